@@ -1,0 +1,177 @@
+"""The `edgecache` command: a thin layer over the same modules the server uses.
+
+Commands that change a running server go through its admin API (found via <data>/run/);
+commands that only read or check the store open it directly (LMDB is multi-process safe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import SCHEMA, ConfigError, load
+
+DEFAULT_DATA = SCHEMA["server"]["data"][1]
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help=f"data directory (default {DEFAULT_DATA})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecache",
+        description="A single-binary OCI registry cache for edge sites.",
+        epilog="Run 'edgecache COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgecache {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the registry cache",
+        description="Serve the OCI distribution API. With no options: listen on 0.0.0.0:5000, "
+        "data in ./edgecache-data, embedded defaults. A config file and EDGECACHE_<SECTION>_<KEY> "
+        "variables override the defaults; these flags override both.",
+    )
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    _add_data(serve)
+    serve.add_argument("--config", metavar="FILE", help="TOML config (see config/edgecache.toml)")
+
+    fsck = sub.add_parser(
+        "fsck",
+        help="check the store (index against files, both ways)",
+        description="Check that every index entry has a file with the right size and digest and "
+        "every file has an entry. Exit status 0 when clean, 1 when problems were found. Safe "
+        "while the server runs (writes in flight may show as leftovers).",
+    )
+    _add_data(fsck)
+    fsck.add_argument(
+        "--repair", action="store_true", help="remove entries and files that cannot be trusted"
+    )
+    fsck.add_argument("--quick", action="store_true", help="check sizes only, do not hash")
+
+    status = sub.add_parser(
+        "status",
+        help="show statistics of a running server",
+        description="Ask a running server (found through --data, or --url/--token) for its "
+        "store statistics.",
+    )
+    _add_data(status)
+    status.add_argument("--url", help="server URL (default: from <data>/run/server.json)")
+    status.add_argument("--token", help="admin token (default: from <data>/run/admin-token)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "fsck":
+            return _fsck(args)
+        if args.command == "status":
+            return _status(args)
+    except ConfigError as exc:
+        print(f"edgecache: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from .server.run import serve
+
+    overrides: dict[str, dict[str, Any]] = {"server": {}}
+    if args.listen:
+        overrides["server"]["listen"] = args.listen
+    if args.data:
+        overrides["server"]["data"] = args.data
+    config = load(args.config, overrides=overrides)
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    trio.run(serve, config)
+    return 0
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data:
+        return Path(args.data)
+    return Path(load().server.data)
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    from .store import Store
+    from .store.fsck import fsck
+
+    data = _data_dir(args)
+    if not (data / "index").is_dir():
+        print(f"edgecache: {data} is not an edgecache data directory", file=sys.stderr)
+        return 2
+    store = Store.open(data)
+    try:
+        report = fsck(store.layout, store.index, repair=args.repair, verify=not args.quick)
+    finally:
+        store.close()
+    for line in report.problems:
+        print(("repaired: " if line in report.repaired else "problem: ") + line)
+    print(
+        f"checked {report.checked_blobs} index entries and {report.checked_files} files: "
+        f"{len(report.problems)} problems"
+        + (f", {len(report.repaired)} repaired" if args.repair else "")
+    )
+    return (
+        0 if report.clean or (args.repair and len(report.repaired) == len(report.problems)) else 1
+    )
+
+
+def _server_endpoint(args: argparse.Namespace) -> tuple[str, str]:
+    data = _data_dir(args)
+    url, token = args.url, args.token
+    if url is None:
+        try:
+            url = json.loads((data / "run" / "server.json").read_text())["url"]
+        except FileNotFoundError:
+            raise SystemExit(f"edgecache: no running server found in {data} (use --url)") from None
+    if token is None:
+        try:
+            token = (data / "run" / "admin-token").read_text().strip()
+        except FileNotFoundError:
+            raise SystemExit(f"edgecache: no admin token in {data}/run (use --token)") from None
+    return url, token
+
+
+def _admin_get(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    import httpx
+
+    url, token = _server_endpoint(args)
+    response = httpx.get(
+        f"{url}/_edgecache/admin/{name}",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=False,
+        timeout=30,
+    )
+    if response.status_code != 200:
+        raise SystemExit(f"edgecache: server answered {response.status_code}: {response.text}")
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _status(args: argparse.Namespace) -> int:
+    stats = _admin_get(args, "status")
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    width = max(len(k) for k in stats)
+    for key, value in stats.items():
+        print(f"{key:<{width}}  {value}")
+    return 0

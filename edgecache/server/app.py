@@ -1,0 +1,146 @@
+"""The ASGI application: routing, authentication, and the one place OCI errors become responses."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from ..config import Config
+from ..oci import errors
+from ..oci.names import validate_repository
+from ..oci.routes import Route, parse_v2_path
+from ..store import Store
+from . import admin, pull, push, zerocopy
+from .auth import Authenticator
+from .http import Request
+from .metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger("edgecache.server")
+
+Handler = Callable[["App", Request, Route], Awaitable[None]]
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("base", "GET"): pull.base,
+    ("catalog", "GET"): pull.catalog,
+    ("tags", "GET"): pull.tags_list,
+    ("manifest", "GET"): pull.get_manifest,
+    ("manifest", "PUT"): push.put_manifest,
+    ("manifest", "DELETE"): push.delete_manifest,
+    ("blob", "GET"): pull.get_blob,
+    ("blob", "DELETE"): push.delete_blob,
+    ("uploads", "POST"): push.start_upload,
+    ("upload", "GET"): push.upload_status,
+    ("upload", "PATCH"): push.patch_upload,
+    ("upload", "PUT"): push.finish_upload,
+    ("upload", "DELETE"): push.cancel_upload,
+    ("referrers", "GET"): pull.referrers,
+}
+
+
+class App:
+    def __init__(self, config: Config, store: Store, admin_token: str) -> None:
+        self.config = config
+        self.store = store
+        self.admin_token = admin_token
+        self.auth = Authenticator(config.auth)
+        self.metrics = Metrics(
+            lambda: float(store.index.meta_int("store_bytes")),
+            lambda: float(zerocopy.ZeroCopyTCPServer.sent_bytes),
+        )
+        self.ready = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        req = Request.from_scope(scope, receive, send)
+        started = time.monotonic()
+        try:
+            await self._dispatch(req)
+        except errors.OCIError as error:
+            if not req.started:
+                await req.respond_error(error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away; nothing to answer
+        except Exception:
+            log.exception("internal error on %s %s", req.method, req.path)
+            if not req.started:
+                await req.respond_error(errors.InternalError("internal server error"))
+        finally:
+            self.metrics.observe(req.extra.get("route", "other"), req.method, req.status, time.monotonic() - started)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.ready = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.ready = False
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _dispatch(self, req: Request) -> None:
+        path = req.path
+        if path.startswith("/v2"):
+            route = parse_v2_path(path)
+            if route is None:
+                raise errors.NotFound(f"no such endpoint: {path}")
+            method = "GET" if req.method == "HEAD" else req.method
+            handler = ROUTES.get((route.kind, method))
+            if handler is None:
+                allowed = sorted({m for (k, m) in ROUTES if k == route.kind})
+                if "GET" in allowed:
+                    allowed.append("HEAD")
+                error = errors.MethodNotAllowed(f"{req.method} is not allowed on {route.kind}")
+                error.headers["Allow"] = ", ".join(sorted(allowed))
+                raise error
+            req.extra["route"] = route.kind
+            await self.auth.check(req.method, req.headers.get("authorization"))
+            if route.name is not None:
+                validate_repository(route.name)
+            await handler(self, req, route)
+            return
+        if path == "/healthz":
+            req.extra["route"] = "health"
+            await req.respond(200, {"Content-Type": "text/plain"}, b"ok\n")
+            return
+        if path == "/readyz":
+            req.extra["route"] = "health"
+            ok = self.ready
+            await req.respond(
+                200 if ok else 503,
+                {"Content-Type": "text/plain"},
+                b"ready\n" if ok else b"starting\n",
+            )
+            return
+        if path == "/metrics":
+            req.extra["route"] = "metrics"
+            await req.respond(200, {"Content-Type": CONTENT_TYPE}, self.metrics.render())
+            return
+        if path.startswith(admin.PREFIX):
+            req.extra["route"] = "admin"
+            self._check_admin(req)
+            await admin.dispatch(self, req)
+            return
+        raise errors.NotFound(f"no such endpoint: {path}")
+
+    def _check_admin(self, req: Request) -> None:
+        header = req.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self.admin_token.encode()
+        ):
+            error = errors.Unauthorized(
+                "the admin API needs 'Authorization: Bearer <token>' (the token is in "
+                "<data>/run/admin-token)"
+            )
+            error.headers["WWW-Authenticate"] = 'Bearer realm="edgecache-admin"'
+            raise error

@@ -1,0 +1,56 @@
+"""Prometheus metrics: requests by route and status, bytes served by path, store size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(
+        self, store_bytes: Callable[[], float], sendfile_bytes: Callable[[], float]
+    ) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "edgecache_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edgecache_http_request_duration_seconds",
+            "Time to answer a request (until the last body byte was handed to the socket).",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60),
+        )
+        self.served_bytes = Counter(
+            "edgecache_served_bytes",
+            "Body bytes of blobs and manifests served, by serving path (sendfile or pread).",
+            ["path"],
+            registry=self.registry,
+        )
+        store = Gauge(
+            "edgecache_store_bytes", "Bytes of content in the store.", registry=self.registry
+        )
+        store.set_function(store_bytes)
+        zero = Gauge(
+            "edgecache_sendfile_socket_bytes",
+            "Bytes the kernel copied with sendfile (zero-copy path), counted at the socket.",
+            registry=self.registry,
+        )
+        zero.set_function(sendfile_bytes)
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def served(self, path: str, count: int) -> None:
+        if count:
+            self.served_bytes.labels(path).inc(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,121 @@
+"""Read side of the distribution API: base, manifests, blobs, tags, referrers, catalog."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..oci import errors, mediatypes
+from ..oci.digest import Digest
+from ..oci.manifest import referrers_index
+from ..oci.names import Reference
+from ..oci.pagination import link_header, paginate, parse_n
+from ..oci.ranges import parse_range
+from ..oci.routes import Route
+from .http import Request
+
+if TYPE_CHECKING:
+    from .app import App
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+async def base(app: App, req: Request, route: Route) -> None:
+    await req.respond_json(200, {}, API_VERSION)
+
+
+async def get_manifest(app: App, req: Request, route: Route) -> None:
+    repo, ref = _repo(route), Reference.parse(route.ref or "")
+    info = app.store.manifest(repo, str(ref))
+    if info is None:
+        raise errors.ManifestUnknown(f"manifest {ref} is not in {repo}")
+    headers = {
+        "Content-Type": info.media_type,
+        "Docker-Content-Digest": str(info.digest),
+        "ETag": f'"{info.digest}"',
+    }
+    await _send_file(app, req, info.path, info.size, headers, range_header=None)
+
+
+async def get_blob(app: App, req: Request, route: Route) -> None:
+    repo, digest = _repo(route), Digest.parse(route.ref or "")
+    info = app.store.blob(repo, digest)
+    if info is None:
+        raise errors.BlobUnknown(f"blob {digest} is not in {repo}", detail={"digest": str(digest)})
+    headers = {
+        "Content-Type": mediatypes.OCTET_STREAM,
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+    }
+    await _send_file(app, req, info.path, info.size, headers, req.headers.get("range"))
+
+
+async def _send_file(
+    app: App,
+    req: Request,
+    path: os.PathLike[str],
+    size: int,
+    headers: dict[str, str],
+    range_header: str | None,
+) -> None:
+    byte_range = parse_range(range_header, size) if range_header else None
+    try:
+        fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+    except FileNotFoundError:
+        # The index says it is here, the disk disagrees: fsck territory, not the client's fault.
+        raise errors.BlobUnknown("content is indexed but its file is missing; run fsck") from None
+    try:
+        if byte_range is None:
+            status, offset, count = 200, 0, size
+        else:
+            status, offset, count = 206, byte_range.start, byte_range.length
+            headers["Content-Range"] = byte_range.content_range(size)
+        headers["Content-Length"] = str(count)
+        await req.start(status, headers)
+        used = await req.send_file(fd, offset, count, app.config.server.sendfile)
+        app.metrics.served(used, count if req.method != "HEAD" else 0)
+    finally:
+        os.close(fd)
+
+
+async def tags_list(app: App, req: Request, route: Route) -> None:
+    repo = _repo(route)
+    if not app.store.repo_exists(repo):
+        raise errors.NameUnknown(f"repository {repo} is not known")
+    n = parse_n(req.query.get("n"))
+    last = req.query.get("last")
+    tags, more = paginate(app.store.tags(repo), n, last)
+    headers = {}
+    if more and n and tags:
+        headers["Link"] = link_header(f"/v2/{repo}/tags/list", n, tags[-1])
+    await req.respond_json(200, {"name": repo, "tags": tags}, headers)
+
+
+async def catalog(app: App, req: Request, route: Route) -> None:
+    n = parse_n(req.query.get("n"))
+    repos, more = paginate(app.store.repositories(), n, req.query.get("last"))
+    headers = {}
+    if more and n and repos:
+        headers["Link"] = link_header("/v2/_catalog", n, repos[-1])
+    await req.respond_json(200, {"repositories": repos}, headers)
+
+
+async def referrers(app: App, req: Request, route: Route) -> None:
+    repo, subject = _repo(route), Digest.parse(route.ref or "")
+    descriptors = app.store.referrers(repo, subject)
+    headers = {"Content-Type": mediatypes.OCI_INDEX}
+    wanted = req.query.get("artifactType")
+    if wanted is not None:
+        descriptors = [d for d in descriptors if d.get("artifactType") == wanted]
+        headers["OCI-Filters-Applied"] = "artifactType"
+    await req.respond(200, headers, referrers_index(descriptors))
+
+
+def _repo(route: Route) -> str:
+    # The app validated the name before dispatch; this only narrows the type.
+    assert route.name is not None
+    return route.name

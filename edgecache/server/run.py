@@ -1,0 +1,96 @@
+"""Serving: hypercorn's trio worker around the App, plus the run files in <data>/run/."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ..config import Config, parse_hostport
+from ..store import Store
+from . import zerocopy
+from .app import App
+
+log = logging.getLogger("edgecache.server")
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    host, port = parse_hostport(config.server.listen)
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if config.server.tls:
+        hc.certfile = config.server.tls_cert
+        hc.keyfile = config.server.tls_key
+    hc.alpn_protocols = list(config.server.alpn)
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    # Large blobs stream for minutes; only idle connections are closed.
+    hc.keep_alive_timeout = 75
+    hc.read_timeout = None
+    hc.graceful_timeout = 5
+    hc.include_server_header = False
+    hc.include_date_header = True
+    return hc
+
+
+def _connectable(bind: str) -> str:
+    """Turn hypercorn's bind URL into one a local client can connect to."""
+    return bind.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+async def serve(config: Config) -> None:
+    if config.server.sendfile:
+        zerocopy.install()
+    store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data, sweep=True))
+    run_dir = store.layout.run
+    token = secrets.token_urlsafe(32)
+    _write_private(run_dir / "admin-token", token + "\n")
+    app = App(config, store, token)
+    server_file = run_dir / "server.json"
+    try:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(_serve_until_signal, app, _hypercorn_config(config))
+            url = _connectable(binds[0])
+            _write_private(
+                server_file,
+                json.dumps({"url": url, "pid": os.getpid(), "tls": config.server.tls}) + "\n",
+            )
+            log.info("edgecache serving %s (data %s)", url, store.layout.root)
+    finally:
+        server_file.unlink(missing_ok=True)
+        store.close()
+
+
+async def _serve_until_signal(
+    app: App,
+    hc: HypercornConfig,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+        async def shutdown_trigger() -> None:
+            async for signum in signals:
+                log.info("signal %s: shutting down", signal.Signals(signum).name)
+                return
+
+        await hypercorn_serve(
+            app,  # type: ignore[arg-type]
+            hc,
+            shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
+        )

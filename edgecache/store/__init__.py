@@ -1,0 +1,34 @@
+"""The content store: the only code that touches the data directory.
+
+Layout of a data directory (this docstring is the one place it is written down)::
+
+    <data>/index/                 LMDB environment (data.mdb, lock.mdb): the graph, see below
+    <data>/blobs/sha256/ab/abcd…  one read-only file per blob *or manifest*, named by its digest
+    <data>/uploads/<uuid>         bytes of a client upload session (chunked pushes); the session
+                                  record lives in LMDB, so an upload survives a restart
+    <data>/tmp/                   downloads and monolithic uploads in progress; emptied at start
+    <data>/run/server.json        address and pid of the running server (removed at clean stop)
+    <data>/run/admin-token        admin API bearer token, mode 0600, new at every start
+
+LMDB named databases (keys are UTF-8; values are compact JSON)::
+
+    blobs      <digest>                    {"size", "created", "pinned"}
+    manifests  <digest>                    {"media_type", "size", "blobs": [...],
+                                            "manifests": [...], "subject", "artifact_type"}
+    tags       <repo>\\0<tag>               {"digest", "updated"}
+    links      <repo>\\0<digest>            {"kind": "blob" | "manifest"}
+    referrers  <repo>\\0<subject>\\0<digest>  referrer descriptor (mediaType, size, artifactType…)
+    repos      <repo>                      {"created"}
+    uploads    <uuid>                      {"repo", "started"}
+    meta       "store_bytes"               total bytes of all files under blobs/
+
+Visibility rule: bytes go to tmp/ (or uploads/), the digest is verified, the file is fsynced
+and renamed into blobs/, and only then does the LMDB transaction record it. A crash at any
+point leaves the old state or the new one; a file in blobs/ without an index entry is
+invisible (fsck reports it, `fsck --repair` removes it). A repository sees only content that
+is linked to it.
+"""
+
+from .store import BlobInfo, ManifestInfo, Store, TagInfo
+
+__all__ = ["BlobInfo", "ManifestInfo", "Store", "TagInfo"]

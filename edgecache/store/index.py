@@ -1,0 +1,256 @@
+"""The LMDB index: the content graph (see the data-directory layout in store/__init__.py).
+
+All methods are synchronous. Reads are microseconds and may run on the event loop; writes
+take LMDB's single writer lock and must run in a worker thread. Every invariant that a
+concurrent writer could break (a child deleted between check and link) is re-checked inside
+the write transaction that depends on it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+_DBS = ("blobs", "manifests", "tags", "links", "referrers", "repos", "uploads", "meta")
+SEP = "\0"
+
+
+def _k(*parts: str) -> bytes:
+    return SEP.join(parts).encode()
+
+
+def _dump(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _load(raw: bytes) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
+@dataclass(frozen=True)
+class MissingChildren(Exception):
+    """Raised inside a manifest commit when referenced content is not in the repository."""
+
+    digests: tuple[str, ...]
+
+
+class Index:
+    def __init__(self, path: Path, map_size: int = 1 << 36) -> None:
+        # map_size is address space, not disk: the file grows only as data is written.
+        self.env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=len(_DBS), max_readers=512, metasync=True
+        )
+        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def _get(self, db: str, key: bytes) -> dict[str, Any] | None:
+        with self.env.begin(db=self.db[db]) as txn:
+            raw = txn.get(key)
+        return None if raw is None else _load(raw)
+
+    def blob(self, digest: str) -> dict[str, Any] | None:
+        return self._get("blobs", digest.encode())
+
+    def manifest(self, digest: str) -> dict[str, Any] | None:
+        return self._get("manifests", digest.encode())
+
+    def tag(self, repo: str, tag: str) -> dict[str, Any] | None:
+        return self._get("tags", _k(repo, tag))
+
+    def upload(self, upload_id: str) -> dict[str, Any] | None:
+        return self._get("uploads", upload_id.encode())
+
+    def linked(self, repo: str, digest: str) -> str | None:
+        """The kind ("blob"/"manifest") of content linked into repo, if it is there."""
+        with self.env.begin() as txn:
+            raw = txn.get(_k(repo, digest), db=self.db["links"])
+            if raw is None or txn.get(digest.encode(), db=self.db["blobs"]) is None:
+                return None
+        kind: str = _load(raw)["kind"]
+        return kind
+
+    def _scan(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        with self.env.begin(db=self.db[db]) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                yield key, value
+
+    def tags(self, repo: str) -> list[str]:
+        prefix = _k(repo, "")
+        return [key[len(prefix) :].decode() for key, _ in self._scan("tags", prefix)]
+
+    def tags_for_digest(self, repo: str, digest: str) -> list[str]:
+        prefix = _k(repo, "")
+        return [
+            key[len(prefix) :].decode()
+            for key, value in self._scan("tags", prefix)
+            if _load(value)["digest"] == digest
+        ]
+
+    def repositories(self) -> list[str]:
+        return [key.decode() for key, _ in self._scan("repos", b"")]
+
+    def repo_exists(self, repo: str) -> bool:
+        return self._get("repos", repo.encode()) is not None
+
+    def referrers(self, repo: str, subject: str) -> list[dict[str, Any]]:
+        return [_load(value) for _, value in self._scan("referrers", _k(repo, subject, ""))]
+
+    def meta_int(self, name: str) -> int:
+        with self.env.begin(db=self.db["meta"]) as txn:
+            raw = txn.get(name.encode())
+        return int(raw) if raw else 0
+
+    def counts(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {name: txn.stat(self.db[name])["entries"] for name in _DBS if name != "meta"}
+
+    def all_blobs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key, value in self._scan("blobs", b""):
+            yield key.decode(), _load(value)
+
+    def all_uploads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key, value in self._scan("uploads", b""):
+            yield key.decode(), _load(value)
+
+    # ---- writes (worker thread) ----------------------------------------------------------
+
+    def _ensure_repo(self, txn: lmdb.Transaction, repo: str) -> None:
+        key = repo.encode()
+        if txn.get(key, db=self.db["repos"]) is None:
+            txn.put(key, _dump({"created": time.time()}), db=self.db["repos"])
+
+    def _add_blob(self, txn: lmdb.Transaction, digest: str, size: int) -> None:
+        key = digest.encode()
+        if txn.get(key, db=self.db["blobs"]) is None:
+            txn.put(key, _dump({"size": size, "created": time.time()}), db=self.db["blobs"])
+            total = txn.get(b"store_bytes", db=self.db["meta"])
+            txn.put(b"store_bytes", str(int(total or 0) + size).encode(), db=self.db["meta"])
+
+    def commit_blob(self, repo: str, digest: str, size: int) -> None:
+        with self.env.begin(write=True) as txn:
+            self._add_blob(txn, digest, size)
+            txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
+            self._ensure_repo(txn, repo)
+
+    def mount_blob(self, repo: str, source: str, digest: str) -> bool:
+        """Link a blob from another repository; False when the source does not have it."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(_k(source, digest), db=self.db["links"])
+            if raw is None or txn.get(digest.encode(), db=self.db["blobs"]) is None:
+                return False
+            if _load(raw)["kind"] != "blob":
+                return False
+            txn.put(_k(repo, digest), raw, db=self.db["links"])
+            self._ensure_repo(txn, repo)
+            return True
+
+    def commit_manifest(
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        record: dict[str, Any],
+        tag: str | None,
+        referrer: tuple[str, dict[str, Any]] | None,
+    ) -> None:
+        """Record a manifest whose bytes are already in blobs/; children must be linked."""
+        with self.env.begin(write=True) as txn:
+            missing = []
+            for child in (*record["blobs"], *record["manifests"]):
+                link = txn.get(_k(repo, child), db=self.db["links"])
+                if link is None or txn.get(child.encode(), db=self.db["blobs"]) is None:
+                    missing.append(child)
+            if missing:
+                raise MissingChildren(tuple(missing))
+            self._add_blob(txn, digest, size)
+            txn.put(digest.encode(), _dump(record), db=self.db["manifests"])
+            txn.put(_k(repo, digest), _dump({"kind": "manifest"}), db=self.db["links"])
+            if tag is not None:
+                txn.put(
+                    _k(repo, tag),
+                    _dump({"digest": digest, "updated": time.time()}),
+                    db=self.db["tags"],
+                )
+            if referrer is not None:
+                subject, descriptor = referrer
+                txn.put(_k(repo, subject, digest), _dump(descriptor), db=self.db["referrers"])
+            self._ensure_repo(txn, repo)
+
+    def delete_tag(self, repo: str, tag: str) -> bool:
+        with self.env.begin(write=True) as txn:
+            return bool(txn.delete(_k(repo, tag), db=self.db["tags"]))
+
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Unlink a manifest from repo with every tag naming it and its referrer entry.
+
+        The bytes stay until garbage collection proves nothing else uses them.
+        """
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(_k(repo, digest), db=self.db["links"])
+            if raw is None or _load(raw)["kind"] != "manifest":
+                return False
+            txn.delete(_k(repo, digest), db=self.db["links"])
+            cursor = txn.cursor(db=self.db["tags"])
+            prefix = _k(repo, "")
+            doomed = []
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    if _load(value)["digest"] == digest:
+                        doomed.append(key)
+            for key in doomed:
+                txn.delete(key, db=self.db["tags"])
+            record = txn.get(digest.encode(), db=self.db["manifests"])
+            subject = _load(record).get("subject") if record else None
+            if subject:
+                txn.delete(_k(repo, subject, digest), db=self.db["referrers"])
+            return True
+
+    def delete_blob_link(self, repo: str, digest: str) -> bool:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(_k(repo, digest), db=self.db["links"])
+            if raw is None or _load(raw)["kind"] != "blob":
+                return False
+            return bool(txn.delete(_k(repo, digest), db=self.db["links"]))
+
+    def start_upload(self, upload_id: str, repo: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(
+                upload_id.encode(),
+                _dump({"repo": repo, "started": time.time()}),
+                db=self.db["uploads"],
+            )
+
+    def end_upload(self, upload_id: str) -> bool:
+        with self.env.begin(write=True) as txn:
+            return bool(txn.delete(upload_id.encode(), db=self.db["uploads"]))
+
+    def forget_blob(self, digest: str) -> bool:
+        """Drop a blob record (fsck --repair of an entry whose file is gone or wrong)."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(digest.encode(), db=self.db["blobs"])
+            if raw is None:
+                return False
+            txn.delete(digest.encode(), db=self.db["blobs"])
+            txn.delete(digest.encode(), db=self.db["manifests"])
+            total = int(txn.get(b"store_bytes", db=self.db["meta"]) or 0)
+            size = int(_load(raw)["size"])
+            txn.put(b"store_bytes", str(max(0, total - size)).encode(), db=self.db["meta"])
+            return True

@@ -1,0 +1,284 @@
+"""The async face of the store: what the server and the CLI call.
+
+Reads of the index run inline (LMDB reads are memory-mapped and take microseconds); anything
+that writes, hashes or fsyncs runs in a worker thread so that the event loop never waits on
+the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..oci import errors
+from ..oci.digest import Digest
+from ..oci.manifest import Manifest, referrer_descriptor
+from .files import BlobWriter, DigestMismatch, Layout, write_bytes
+from .index import Index, MissingChildren
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: Digest
+    size: int
+    media_type: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    tag: str
+    digest: Digest
+    updated: float
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.layout = Layout(root)
+        self.layout.create()
+        self.index = Index(self.layout.index)
+        # In-memory hash state of upload sessions; absent after a restart (then rehashed).
+        self._writers: dict[str, BlobWriter] = {}
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], *, sweep: bool = False) -> Store:
+        store = cls(Path(root))
+        if sweep:
+            store.layout.sweep_tmp()
+        return store
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        self.index.close()
+
+    # ---- blobs ---------------------------------------------------------------------------
+
+    def blob(self, repo: str, digest: Digest) -> BlobInfo | None:
+        """A blob (or manifest bytes) visible in repo."""
+        key = str(digest)
+        if self.index.linked(repo, key) is None:
+            return None
+        record = self.index.blob(key)
+        if record is None:
+            return None
+        return BlobInfo(digest, int(record["size"]), self.layout.blob_path(digest))
+
+    async def put_blob_stream(self, repo: str, expected: Digest, chunks: Any) -> BlobInfo:
+        """Monolithic upload: stream `chunks` (async iterator of bytes) into the store."""
+        writer = await trio.to_thread.run_sync(BlobWriter.in_tmp, self.layout)
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    await trio.to_thread.run_sync(writer.write, chunk)
+            return await self._publish(repo, writer, expected)
+        finally:
+            await trio.to_thread.run_sync(writer.discard)
+
+    async def _publish(self, repo: str, writer: BlobWriter, expected: Digest) -> BlobInfo:
+        def work() -> BlobInfo:
+            try:
+                path = writer.publish(self.layout, expected)
+            except DigestMismatch as exc:
+                raise errors.DigestInvalid(
+                    f"uploaded content has digest {exc.actual}, not {exc.expected}",
+                    detail={"expected": str(exc.expected), "actual": str(exc.actual)},
+                ) from None
+            self.index.commit_blob(repo, str(expected), writer.size)
+            return BlobInfo(expected, writer.size, path)
+
+        return await trio.to_thread.run_sync(work)
+
+    async def mount_blob(self, repo: str, source: str, digest: Digest) -> bool:
+        return await trio.to_thread.run_sync(self.index.mount_blob, repo, source, str(digest))
+
+    async def delete_blob(self, repo: str, digest: Digest) -> bool:
+        return await trio.to_thread.run_sync(self.index.delete_blob_link, repo, str(digest))
+
+    # ---- upload sessions -----------------------------------------------------------------
+
+    async def start_upload(self, repo: str) -> str:
+        upload_id = str(uuid.uuid4())
+
+        def work() -> None:
+            self._writers[upload_id] = BlobWriter(self.layout.upload_path(upload_id))
+            self.index.start_upload(upload_id, repo)
+
+        await trio.to_thread.run_sync(work)
+        return upload_id
+
+    def upload_offset(self, repo: str, upload_id: str) -> int:
+        """Bytes received so far; raises BlobUploadUnknown for an unknown session."""
+        record = self.index.upload(upload_id)
+        if record is None or record["repo"] != repo:
+            raise errors.BlobUploadUnknown(f"no upload session {upload_id} in {repo}")
+        writer = self._writers.get(upload_id)
+        if writer is not None:
+            return writer.size
+        try:
+            return self.layout.upload_path(upload_id).stat().st_size
+        except FileNotFoundError:
+            raise errors.BlobUploadUnknown(f"upload {upload_id} has no data file") from None
+
+    def _writer(self, upload_id: str) -> BlobWriter:
+        writer = self._writers.get(upload_id)
+        if writer is None:
+            writer = BlobWriter(self.layout.upload_path(upload_id), resume=True)
+            self._writers[upload_id] = writer
+        return writer
+
+    async def append_upload(self, repo: str, upload_id: str, start: int | None, chunks: Any) -> int:
+        """Append a chunk; `start` (from Content-Range) must equal the current offset."""
+        offset = self.upload_offset(repo, upload_id)
+        if start is not None and start != offset:
+            raise errors.RangeNotSatisfiable(
+                f"chunk starts at byte {start} but the upload has {offset} bytes; "
+                f"send the chunk starting at {offset}",
+                detail={"offset": offset},
+            )
+        writer = await trio.to_thread.run_sync(self._writer, upload_id)
+        async for chunk in chunks:
+            if chunk:
+                await trio.to_thread.run_sync(writer.write, chunk)
+        return writer.size
+
+    async def finish_upload(
+        self, repo: str, upload_id: str, expected: Digest, chunks: Any
+    ) -> BlobInfo:
+        await self.append_upload(repo, upload_id, None, chunks)
+        writer = self._writers.pop(upload_id)
+        try:
+            return await self._publish(repo, writer, expected)
+        finally:
+            await trio.to_thread.run_sync(self._drop_upload, upload_id, writer)
+
+    async def cancel_upload(self, repo: str, upload_id: str) -> None:
+        self.upload_offset(repo, upload_id)
+        await trio.to_thread.run_sync(
+            self._drop_upload, upload_id, self._writers.pop(upload_id, None)
+        )
+
+    def _drop_upload(self, upload_id: str, writer: BlobWriter | None) -> None:
+        if writer is not None:
+            writer.discard()
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.upload_path(upload_id).unlink()
+        self.index.end_upload(upload_id)
+
+    # ---- manifests and tags --------------------------------------------------------------
+
+    def resolve(self, repo: str, reference: str) -> Digest | None:
+        """Tag or digest -> digest of a manifest visible in repo."""
+        if ":" in reference:
+            digest = Digest.parse(reference)
+        else:
+            record = self.index.tag(repo, reference)
+            if record is None:
+                return None
+            digest = Digest.parse(record["digest"])
+        if self.index.linked(repo, str(digest)) != "manifest":
+            return None
+        return digest
+
+    def manifest(self, repo: str, reference: str) -> ManifestInfo | None:
+        digest = self.resolve(repo, reference)
+        if digest is None:
+            return None
+        record = self.index.manifest(str(digest))
+        if record is None:
+            return None
+        return ManifestInfo(
+            digest, int(record["size"]), record["media_type"], self.layout.blob_path(digest)
+        )
+
+    async def put_manifest(
+        self, repo: str, data: bytes, manifest: Manifest, digest: Digest, tag: str | None
+    ) -> None:
+        record = {
+            "media_type": manifest.media_type,
+            "size": len(data),
+            "blobs": [str(d.digest) for d in manifest.blob_children if _must_exist(d.media_type)],
+            "manifests": [str(d.digest) for d in manifest.manifest_children],
+            "subject": str(manifest.subject.digest) if manifest.subject else None,
+            "artifact_type": manifest.effective_artifact_type,
+        }
+        referrer = None
+        if manifest.subject is not None:
+            referrer = (
+                str(manifest.subject.digest),
+                referrer_descriptor(manifest, digest, len(data)),
+            )
+
+        def work() -> None:
+            write_bytes(self.layout, data, digest)
+            try:
+                self.index.commit_manifest(repo, str(digest), len(data), record, tag, referrer)
+            except MissingChildren as exc:
+                raise errors.ManifestBlobUnknown(
+                    f"manifest references content not in {repo}: {', '.join(exc.digests)}",
+                    detail={"missing": list(exc.digests)},
+                ) from None
+
+        await trio.to_thread.run_sync(work)
+
+    def tags(self, repo: str) -> list[str]:
+        return self.index.tags(repo)
+
+    def tag(self, repo: str, tag: str) -> TagInfo | None:
+        record = self.index.tag(repo, tag)
+        if record is None:
+            return None
+        return TagInfo(tag, Digest.parse(record["digest"]), float(record["updated"]))
+
+    def repo_exists(self, repo: str) -> bool:
+        return self.index.repo_exists(repo)
+
+    def repositories(self) -> list[str]:
+        return self.index.repositories()
+
+    def referrers(self, repo: str, subject: Digest) -> list[dict[str, Any]]:
+        return self.index.referrers(repo, str(subject))
+
+    async def delete_manifest(self, repo: str, digest: Digest) -> bool:
+        return await trio.to_thread.run_sync(self.index.delete_manifest, repo, str(digest))
+
+    async def delete_tag(self, repo: str, tag: str) -> bool:
+        return await trio.to_thread.run_sync(self.index.delete_tag, repo, tag)
+
+    # ---- statistics ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.index.counts()
+        return {
+            "store_bytes": self.index.meta_int("store_bytes"),
+            "blobs": counts["blobs"],
+            "manifests": counts["manifests"],
+            "tags": counts["tags"],
+            "repositories": counts["repos"],
+            "uploads_in_progress": counts["uploads"],
+            "time": time.time(),
+        }
+
+
+# Foreign / non-distributable layers live elsewhere by design (Windows base layers): a manifest
+# may name them without the registry holding them.
+_NONDISTRIBUTABLE_MARKERS = ("foreign", "nondistributable")
+
+
+def _must_exist(media_type: str) -> bool:
+    return not any(marker in media_type for marker in _NONDISTRIBUTABLE_MARKERS)
