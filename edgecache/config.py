@@ -106,7 +106,7 @@ def _coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
             try:
                 value = int(value.strip())
             except ValueError:
-                raise bad("an integer") from None
+                raise bad("a positive integer") from None
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise bad("a positive integer")
         return value
@@ -194,6 +194,7 @@ def load(
             values[section][key] = _coerce(f"--{key}", SCHEMA[section][key][0], value, False)
 
     server = values["server"]
+    server["alpn"] = tuple(server["alpn"])
     if server["log_level"] not in _LOG_LEVELS:
         raise ConfigError(
             f"server.log_level = {server['log_level']!r}: expected one of {', '.join(_LOG_LEVELS)}"

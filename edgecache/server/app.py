@@ -74,7 +74,9 @@ class App:
             if not req.started:
                 await req.respond_error(errors.InternalError("internal server error"))
         finally:
-            self.metrics.observe(req.extra.get("route", "other"), req.method, req.status, time.monotonic() - started)
+            self.metrics.observe(
+                req.extra.get("route", "other"), req.method, req.status, time.monotonic() - started
+            )
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -89,6 +90,20 @@ class ZeroCopyHTTPStream(HTTPStream):
 
 class ZeroCopyH11Protocol(hc_h11.H11Protocol):
     async def stream_send(self, event: StreamEvent) -> None:
+        if isinstance(event, hc_h11.Response) and event.status_code >= 200:
+            # Same as hypercorn's, plus a reason phrase: some HTTP/1.1 clients (h2load, older
+            # proxies) reject "HTTP/1.1 200 " with an empty one.
+            headers = [*event.headers, *self.config.response_headers("h11")]
+            if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                headers.append((b"connection", b"close"))
+            await self._send_h11_event(
+                h11.Response(
+                    headers=headers,
+                    status_code=event.status_code,
+                    reason=_reason(event.status_code),
+                )
+            )
+            return
         if isinstance(event, FileBody):
             assert isinstance(self.connection, h11.Connection)
             pieces = self.connection.send_with_data_passthrough(
@@ -101,6 +116,13 @@ class ZeroCopyH11Protocol(hc_h11.H11Protocol):
                     await self.send(hc_h11.RawData(data=bytes(piece)))
             return
         await super().stream_send(event)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 class ZeroCopyTCPServer(TCPServer):

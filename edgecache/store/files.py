@@ -103,15 +103,17 @@ class BlobWriter:
             return Digest.from_hasher(self._hasher)
         return hash_file(self.path, algorithm)
 
-    def publish(self, layout: Layout, expected: Digest) -> Path:
-        """Verify, fsync and rename into blobs/. Raises DigestMismatch (and removes the file)."""
+    def seal(self, expected: Digest) -> None:
+        """Verify and fsync; the caller then publishes inside its index transaction.
+
+        Raises DigestMismatch (and removes the file) when the bytes are not `expected`.
+        """
         actual = self.digest(expected.algorithm)
         if actual != expected:
             self.discard()
             raise DigestMismatch(expected, actual)
         os.fsync(self._fd)
         self.close()
-        return publish_file(layout, self.path, expected)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -125,7 +127,11 @@ class BlobWriter:
 
 
 def publish_file(layout: Layout, source: Path, digest: Digest) -> Path:
-    """Rename an fsynced, verified file into place; a file already there wins (same bytes)."""
+    """Rename a sealed file into place; a file already there wins (same bytes).
+
+    Called inside the LMDB write transaction that records the content, so that publishing
+    and any concurrent removal (garbage collection) are serialised by LMDB's writer lock.
+    """
     target = layout.blob_path(digest)
     if target.exists():
         source.unlink()
@@ -137,15 +143,16 @@ def publish_file(layout: Layout, source: Path, digest: Digest) -> Path:
     return target
 
 
-def write_bytes(layout: Layout, data: bytes, digest: Digest) -> Path:
-    """Store small content (manifests) by the same tmp → fsync → rename route."""
+def seal_bytes(layout: Layout, data: bytes, digest: Digest) -> BlobWriter:
+    """Small content (manifests) takes the same tmp → verify → fsync route as blobs."""
     writer = BlobWriter.in_tmp(layout)
     try:
         writer.write(data)
-        return writer.publish(layout, digest)
+        writer.seal(digest)
     except BaseException:
         writer.discard()
         raise
+    return writer
 
 
 def hash_file(path: Path, algorithm: str, chunk: int = 4 * 1024 * 1024) -> Digest:

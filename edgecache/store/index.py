@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,8 +142,13 @@ class Index:
             total = txn.get(b"store_bytes", db=self.db["meta"])
             txn.put(b"store_bytes", str(int(total or 0) + size).encode(), db=self.db["meta"])
 
-    def commit_blob(self, repo: str, digest: str, size: int) -> None:
+    def commit_blob(
+        self, repo: str, digest: str, size: int, publish: Callable[[], object] | None = None
+    ) -> None:
+        """Record a blob and link it into repo; `publish` puts its file in place first."""
         with self.env.begin(write=True) as txn:
+            if publish is not None:
+                publish()
             self._add_blob(txn, digest, size)
             txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
             self._ensure_repo(txn, repo)
@@ -168,8 +173,9 @@ class Index:
         record: dict[str, Any],
         tag: str | None,
         referrer: tuple[str, dict[str, Any]] | None,
+        publish: Callable[[], object],
     ) -> None:
-        """Record a manifest whose bytes are already in blobs/; children must be linked."""
+        """Record a manifest; its children must be linked into repo, else nothing changes."""
         with self.env.begin(write=True) as txn:
             missing = []
             for child in (*record["blobs"], *record["manifests"]):
@@ -178,6 +184,7 @@ class Index:
                     missing.append(child)
             if missing:
                 raise MissingChildren(tuple(missing))
+            publish()
             self._add_blob(txn, digest, size)
             txn.put(digest.encode(), _dump(record), db=self.db["manifests"])
             txn.put(_k(repo, digest), _dump({"kind": "manifest"}), db=self.db["links"])

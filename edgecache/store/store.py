@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import trio
 from ..oci import errors
 from ..oci.digest import Digest
 from ..oci.manifest import Manifest, referrer_descriptor
-from .files import BlobWriter, DigestMismatch, Layout, write_bytes
+from .files import BlobWriter, DigestMismatch, Layout, publish_file, seal_bytes
 from .index import Index, MissingChildren
 
 
@@ -93,14 +94,19 @@ class Store:
     async def _publish(self, repo: str, writer: BlobWriter, expected: Digest) -> BlobInfo:
         def work() -> BlobInfo:
             try:
-                path = writer.publish(self.layout, expected)
+                writer.seal(expected)
             except DigestMismatch as exc:
                 raise errors.DigestInvalid(
                     f"uploaded content has digest {exc.actual}, not {exc.expected}",
                     detail={"expected": str(exc.expected), "actual": str(exc.actual)},
                 ) from None
-            self.index.commit_blob(repo, str(expected), writer.size)
-            return BlobInfo(expected, writer.size, path)
+            self.index.commit_blob(
+                repo,
+                str(expected),
+                writer.size,
+                partial(publish_file, self.layout, writer.path, expected),
+            )
+            return BlobInfo(expected, writer.size, self.layout.blob_path(expected))
 
         return await trio.to_thread.run_sync(work)
 
@@ -225,10 +231,14 @@ class Store:
             )
 
         def work() -> None:
-            write_bytes(self.layout, data, digest)
+            writer = seal_bytes(self.layout, data, digest)
+            publish = partial(publish_file, self.layout, writer.path, digest)
             try:
-                self.index.commit_manifest(repo, str(digest), len(data), record, tag, referrer)
+                self.index.commit_manifest(
+                    repo, str(digest), len(data), record, tag, referrer, publish
+                )
             except MissingChildren as exc:
+                writer.discard()
                 raise errors.ManifestBlobUnknown(
                     f"manifest references content not in {repo}: {', '.join(exc.digests)}",
                     detail={"missing": list(exc.digests)},
