@@ -41,6 +41,45 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "limits": {
         "max_manifest_size": ("int", 4 * 1024 * 1024),
     },
+    "proxy": {
+        # Upstream for /v2/<repo>/... requests that carry no ?ns= and name no project (Docker's
+        # registry-mirrors only ever mirror Docker Hub this way). "" = such repos are local.
+        "default_upstream": ("str", ""),
+        # First path components that are always local (pushed) repositories, never proxied.
+        "local_namespaces": ("list[str]", []),
+        # Seconds a tag's digest is trusted without asking upstream; 0 = every pull (Harbor).
+        "tag_ttl": ("float", 0.0),
+        # Deadline for that revalidation: a slow upstream never holds a cached pull longer.
+        "revalidate_timeout": ("float", 3.0),
+        # Tag lists and referrers of proxied repositories are cached this long.
+        "list_ttl": ("float", 300.0),
+        # An upstream 404 for a cached tag removes it (true) or keeps serving it (false).
+        "follow_deletions": ("bool", False),
+    },
+}
+
+# [upstreams.<name>] tables: <name> is the project path (/v2/<name>/<repo>) and the ?ns= host.
+UPSTREAM_SCHEMA: dict[str, tuple[str, Any]] = {
+    "url": ("url", ""),
+    "aliases": ("list[str]", []),  # further project names / ns hosts for the same upstream
+    "username": ("str", ""),
+    "password": ("str", ""),
+    "token": ("str", ""),  # a static bearer token instead of username/password
+    "ca_file": ("str", ""),
+    "insecure": ("bool", False),  # skip TLS verification (lab use only)
+    "connect_timeout": ("float", 10.0),
+    "idle_timeout": ("float", 60.0),  # no total deadline: a 50 GiB model only needs progress
+    "retries": ("int", 3),
+}
+
+DEFAULT_UPSTREAMS: dict[str, dict[str, Any]] = {
+    "docker.io": {"url": "https://registry-1.docker.io", "aliases": ["dockerhub"]},
+    "ghcr.io": {"url": "https://ghcr.io"},
+    "quay.io": {"url": "https://quay.io"},
+    "registry.k8s.io": {"url": "https://registry.k8s.io"},
+    "gcr.io": {"url": "https://gcr.io"},
+    "public.ecr.aws": {"url": "https://public.ecr.aws"},
+    "mcr.microsoft.com": {"url": "https://mcr.microsoft.com"},
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -76,10 +115,51 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    default_upstream: str
+    local_namespaces: tuple[str, ...]
+    tag_ttl: float
+    revalidate_timeout: float
+    list_ttl: float
+    follow_deletions: bool
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    url: str
+    aliases: tuple[str, ...] = ()
+    username: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    ca_file: str = ""
+    insecure: bool = False
+    connect_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    retries: int = 3
+
+    @property
+    def is_docker_hub(self) -> bool:
+        return self.name == "docker.io" or "docker.io" in self.aliases
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     auth: AuthConfig
     limits: LimitsConfig
+    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig("", (), 0.0, 3.0, 300.0, False))
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+
+    def upstream_for(self, name: str) -> UpstreamConfig | None:
+        """The upstream whose name or alias is `name` (a project path or an ns host)."""
+        found = self.upstreams.get(name)
+        if found is not None:
+            return found
+        for upstream in self.upstreams.values():
+            if name in upstream.aliases:
+                return upstream
+        return None
 
 
 def _coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
@@ -110,6 +190,21 @@ def _coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise bad("a positive integer")
         return value
+    if kind == "float":
+        if from_env and isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("a number of seconds") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise bad("a non-negative number of seconds")
+        return float(value)
+    if kind == "url":
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise bad("an http:// or https:// URL")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ConfigError(f"{where}: put credentials in username/password, not in the URL")
+        return value.rstrip("/")
     if kind == "list[str]":
         if from_env and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -147,8 +242,16 @@ def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    extra_upstreams: Mapping[str, str] | None = None,
 ) -> Config:
-    """Defaults < file < EDGECACHE_<SECTION>_<KEY> environment < explicit overrides (CLI flags)."""
+    """Defaults < file < EDGECACHE_<SECTION>_<KEY> environment < explicit overrides (CLI flags).
+
+    `extra_upstreams` ({name: url}, from `serve --upstream NAME=URL`) add to or replace the
+    upstreams of the file (or the embedded defaults when the file names none).
+    """
+    upstream_tables: dict[str, dict[str, Any]] = {
+        name: dict(table) for name, table in DEFAULT_UPSTREAMS.items()
+    }
     values: dict[str, dict[str, Any]] = {
         section: {key: default for key, (_, default) in keys.items()}
         for section, keys in SCHEMA.items()
@@ -160,6 +263,16 @@ def load(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        if "upstreams" in raw:
+            tables = raw.pop("upstreams")
+            if not isinstance(tables, dict):
+                raise ConfigError(f"upstreams = {tables!r}: expected [upstreams.<name>] tables")
+            # A file that names upstreams names all of them: no hidden defaults to proxy to.
+            upstream_tables = {}
+            for name, table in tables.items():
+                if not isinstance(table, dict):
+                    raise ConfigError(f"upstreams.{name}: expected a table")
+                upstream_tables[name] = table
         for section, table in raw.items():
             if section not in SCHEMA:
                 raise ConfigError(
@@ -193,6 +306,10 @@ def load(
         for key, value in table.items():
             values[section][key] = _coerce(f"--{key}", SCHEMA[section][key][0], value, False)
 
+    for name, url in (extra_upstreams or {}).items():
+        upstream_tables[name] = {"url": url}
+    upstreams = {name: _upstream(name, table) for name, table in upstream_tables.items()}
+
     server = values["server"]
     server["alpn"] = tuple(server["alpn"])
     if server["log_level"] not in _LOG_LEVELS:
@@ -212,8 +329,71 @@ def load(
             raise ConfigError(f"server.{key} = {server[key]!r}: expected a readable PEM file")
     if values["auth"]["users"] and not values["auth"]["realm"]:
         raise ConfigError("auth.realm = '': expected a non-empty realm")
-    return Config(
+    proxy = values["proxy"]
+    proxy["local_namespaces"] = tuple(proxy["local_namespaces"])
+    config = Config(
         server=ServerConfig(**server),
         auth=AuthConfig(**values["auth"]),
         limits=LimitsConfig(**values["limits"]),
+        proxy=ProxyConfig(**proxy),
+        upstreams=upstreams,
     )
+    if proxy["default_upstream"] and config.upstream_for(proxy["default_upstream"]) is None:
+        raise ConfigError(
+            f"proxy.default_upstream = {proxy['default_upstream']!r}: expected the name of an "
+            f"upstream (one of {', '.join(upstreams) or 'none configured'})"
+        )
+    _check_names_unique(config)
+    return config
+
+
+def _upstream(name: str, table: Mapping[str, Any]) -> UpstreamConfig:
+    from .oci.errors import NameInvalid
+    from .oci.names import validate_repository
+
+    try:
+        validate_repository(name)
+    except NameInvalid as exc:
+        raise ConfigError(
+            f"upstreams.{name}: the name is used as a project path, so it must be a valid "
+            f"repository name component ({exc.message})"
+        ) from None
+    if "/" in name:
+        raise ConfigError(f"upstreams.{name}: expected a single path component (no '/')")
+    values: dict[str, Any] = {"name": name}
+    for key, value in table.items():
+        if key not in UPSTREAM_SCHEMA:
+            raise ConfigError(
+                f"upstreams.{name}.{key}: unknown key "
+                f"(expected one of {', '.join(UPSTREAM_SCHEMA)})"
+            )
+        shown = "<hidden>" if key in ("password", "token") else None
+        try:
+            values[key] = _coerce(f"upstreams.{name}.{key}", UPSTREAM_SCHEMA[key][0], value, False)
+        except ConfigError:
+            if shown:
+                raise ConfigError(f"upstreams.{name}.{key} = {shown}: expected a string") from None
+            raise
+    if "url" not in values:
+        raise ConfigError(f"upstreams.{name}: url is required")
+    if values.get("password") and not values.get("username"):
+        raise ConfigError(f"upstreams.{name}: password given without username")
+    if values.get("ca_file") and not Path(values["ca_file"]).is_file():
+        raise ConfigError(f"upstreams.{name}.ca_file = {values['ca_file']!r}: expected a PEM file")
+    return UpstreamConfig(**values)
+
+
+def _check_names_unique(config: Config) -> None:
+    seen: dict[str, str] = {}
+    for upstream in config.upstreams.values():
+        for name in (upstream.name, *upstream.aliases):
+            if name in seen and seen[name] != upstream.name:
+                raise ConfigError(
+                    f"upstreams.{upstream.name}: {name!r} is already a name of {seen[name]}"
+                )
+            seen[name] = upstream.name
+    for namespace in config.proxy.local_namespaces:
+        if namespace in seen:
+            raise ConfigError(
+                f"proxy.local_namespaces: {namespace!r} is also the upstream {seen[namespace]}"
+            )
