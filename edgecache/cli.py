@@ -42,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (port 0: any)")
     _add_data(serve)
     serve.add_argument("--config", metavar="FILE", help="TOML config (see config/edgecache.toml)")
+    serve.add_argument(
+        "--upstream",
+        metavar="NAME=URL",
+        action="append",
+        default=[],
+        help="add an upstream registry (repeatable): NAME is its project path "
+        "(/v2/NAME/<repo>) and the ns host it answers for, e.g. "
+        "docker.io=https://registry-1.docker.io",
+    )
 
     fsck = sub.add_parser(
         "fsck",
@@ -94,7 +103,13 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["server"]["listen"] = args.listen
     if args.data:
         overrides["server"]["data"] = args.data
-    config = load(args.config, overrides=overrides)
+    upstreams: dict[str, str] = {}
+    for item in args.upstream:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise ConfigError(f"--upstream {item!r}: expected NAME=URL")
+        upstreams[name] = url
+    config = load(args.config, overrides=overrides, extra_upstreams=upstreams)
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -8,6 +8,7 @@ config/edgecache.toml is the commented reference of the same keys.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -139,6 +140,11 @@ class UpstreamConfig:
     retries: int = 3
 
     @property
+    def host(self) -> str:
+        """host[:port] of the URL: also an ns this upstream answers for."""
+        return self.url.split("//", 1)[1].split("/", 1)[0]
+
+    @property
     def is_docker_hub(self) -> bool:
         return self.name == "docker.io" or "docker.io" in self.aliases
 
@@ -157,7 +163,7 @@ class Config:
         if found is not None:
             return found
         for upstream in self.upstreams.values():
-            if name in upstream.aliases:
+            if name in upstream.aliases or name == upstream.host:
                 return upstream
         return None
 
@@ -347,19 +353,17 @@ def load(
     return config
 
 
-def _upstream(name: str, table: Mapping[str, Any]) -> UpstreamConfig:
-    from .oci.errors import NameInvalid
-    from .oci.names import validate_repository
+_UPSTREAM_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]{1,5})?")
 
-    try:
-        validate_repository(name)
-    except NameInvalid as exc:
+
+def _upstream(name: str, table: Mapping[str, Any]) -> UpstreamConfig:
+    # The name is a project path component and the ns host containerd sends: a lowercase
+    # host name, optionally with :port (such a name is reachable by ns only).
+    if not _UPSTREAM_NAME.fullmatch(name):
         raise ConfigError(
-            f"upstreams.{name}: the name is used as a project path, so it must be a valid "
-            f"repository name component ({exc.message})"
-        ) from None
-    if "/" in name:
-        raise ConfigError(f"upstreams.{name}: expected a single path component (no '/')")
+            f"upstreams.{name}: expected a lowercase host name (optionally :port), e.g. "
+            "docker.io or registry.lab:5000"
+        )
     values: dict[str, Any] = {"name": name}
     for key, value in table.items():
         if key not in UPSTREAM_SCHEMA:

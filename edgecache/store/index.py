@@ -174,11 +174,14 @@ class Index:
         tag: str | None,
         referrer: tuple[str, dict[str, Any]] | None,
         publish: Callable[[], object],
+        *,
+        require_children: bool = True,
     ) -> None:
         """Record a manifest; its children must be linked into repo, else nothing changes."""
         with self.env.begin(write=True) as txn:
             missing = []
-            for child in (*record["blobs"], *record["manifests"]):
+            children = (*record["blobs"], *record["manifests"]) if require_children else ()
+            for child in children:
                 link = txn.get(_k(repo, child), db=self.db["links"])
                 if link is None or txn.get(child.encode(), db=self.db["blobs"]) is None:
                     missing.append(child)

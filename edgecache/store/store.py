@@ -209,8 +209,17 @@ class Store:
         )
 
     async def put_manifest(
-        self, repo: str, data: bytes, manifest: Manifest, digest: Digest, tag: str | None
+        self,
+        repo: str,
+        data: bytes,
+        manifest: Manifest,
+        digest: Digest,
+        tag: str | None,
+        *,
+        require_children: bool = True,
     ) -> None:
+        """Store a manifest. Pushed ones need their children linked in repo; proxied ones
+        (`require_children=False`) are cached before the children, which come by digest."""
         record = {
             "media_type": manifest.media_type,
             "size": len(data),
@@ -231,7 +240,14 @@ class Store:
             publish = partial(publish_file, self.layout, writer.path, digest)
             try:
                 self.index.commit_manifest(
-                    repo, str(digest), len(data), record, tag, referrer, publish
+                    repo,
+                    str(digest),
+                    len(data),
+                    record,
+                    tag,
+                    referrer,
+                    publish,
+                    require_children=require_children,
                 )
             except MissingChildren as exc:
                 writer.discard()
