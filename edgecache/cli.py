@@ -114,6 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every upstream request at INFO; our own logs say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     trio.run(serve, config)
     return 0
 

@@ -206,19 +206,19 @@ class _ManagedProcess:
         Returns the exit code, or None if it was not running.
         """
         proc = self.proc
-        if proc is None:
+        if proc is None or proc.poll() is not None:
+            _LIVE.discard(self)
             return None
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-                with open(self.log_path, "ab") as log:
-                    log.write(f"\n=== did not stop on SIGTERM within {timeout}s: killed\n".encode())
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            with open(self.log_path, "ab") as log:
+                log.write(f"\n=== did not stop on SIGTERM within {timeout}s: killed\n".encode())
         _LIVE.discard(self)
         self.last_event = time.monotonic()
         return proc.returncode
@@ -305,8 +305,15 @@ class EdgecacheServer(_ManagedProcess):
     def __enter__(self) -> EdgecacheServer:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        code = self.stop()
+        # SIGTERM is the graceful stop: anything but exit code 0 is a bug worth a red test
+        # (unless the block already failed: do not hide that error).
+        if exc_type is None and code not in (None, 0):
+            raise AssertionError(
+                f"edgecache exited with code {code} on SIGTERM\n"
+                f"--- log ({self.log_path}) ---\n{self.log_text()}"
+            )
 
     @property
     def server_json(self) -> Path:
@@ -640,6 +647,15 @@ class Containerd(_ManagedProcess):
             check=check,
             timeout=timeout,
         )
+
+    def content(self, digest: str, namespace: str = "edgecache-test") -> bytes:
+        """The bytes of a blob in containerd's content store (`ctr content get`)."""
+        argv = [require_tool("ctr"), "--address", str(self.address), "--namespace", namespace]
+        proc = subprocess.run(
+            [*argv, "content", "get", digest], capture_output=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        return proc.stdout
 
     def __enter__(self) -> Containerd:
         return self.start()

@@ -5,17 +5,21 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
 
+from ..cache.fetch import Fetcher
+from ..cache.proxy import ManifestProxy
+from ..cache.routing import Target, resolve
 from ..config import Config
 from ..oci import errors
 from ..oci.names import validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..store import Store
-from . import admin, pull, push, zerocopy
+from ..upstream import Upstream
+from . import admin, proxied, pull, push, zerocopy
 from .auth import Authenticator
 from .http import Request
 from .metrics import CONTENT_TYPE, Metrics
@@ -42,17 +46,42 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 
+ProxyHandler = Callable[["App", Request, Route, Target], Awaitable[None]]
+
+PROXY_ROUTES: dict[tuple[str, str], ProxyHandler] = {
+    ("manifest", "GET"): proxied.get_manifest,
+    ("blob", "GET"): proxied.get_blob,
+    ("tags", "GET"): proxied.tags_list,
+    ("referrers", "GET"): proxied.referrers,
+}
+
+
 class App:
-    def __init__(self, config: Config, store: Store, admin_token: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        admin_token: str,
+        nursery: trio.Nursery,
+        upstreams: Mapping[str, Upstream],
+    ) -> None:
         self.config = config
         self.store = store
         self.admin_token = admin_token
+        self.upstreams = upstreams
+        self.fetcher = Fetcher(store, nursery)
+        self.proxy = ManifestProxy(store, config.proxy, nursery)
         self.auth = Authenticator(config.auth)
         self.metrics = Metrics(
             lambda: float(store.index.meta_int("store_bytes")),
             lambda: float(zerocopy.ZeroCopyTCPServer.sent_bytes),
         )
+        self.fetcher.on_upstream_bytes = self.metrics.upstream_bytes_add
         self.ready = False
+
+    def upstream(self, target: Target) -> Upstream:
+        assert target.upstream is not None
+        return self.upstreams[target.upstream.name]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -105,10 +134,29 @@ class App:
                 error.headers["Allow"] = ", ".join(sorted(allowed))
                 raise error
             req.extra["route"] = route.kind
-            await self.auth.check(req.method, req.headers.get("authorization"))
-            if route.name is not None:
-                validate_repository(route.name)
-            await handler(self, req, route)
+            await self.auth.check(
+                req.method, req.headers.get("authorization"), base=route.kind == "base"
+            )
+            ns = req.query.get("ns")
+            if ns is not None:
+                req.headers_out["OCI-Namespace"] = ns
+            if route.name is None:
+                await handler(self, req, route)
+                return
+            validate_repository(route.name)
+            target = resolve(self.config, route.name, ns)
+            if not target.proxied:
+                await handler(self, req, route)
+                return
+            assert target.upstream is not None
+            req.headers_out["OCI-Namespace"] = target.upstream.name
+            proxy_handler = PROXY_ROUTES.get((route.kind, method))
+            if proxy_handler is None:
+                raise errors.MethodNotAllowed(
+                    f"{route.name} is a read-only cache of upstream {target.upstream.name}; "
+                    "push to a local repository instead"
+                )
+            await proxy_handler(self, req, route, target)
             return
         if path == "/healthz":
             req.extra["route"] = "health"

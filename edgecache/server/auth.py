@@ -30,14 +30,29 @@ class Authenticator:
         error.headers["WWW-Authenticate"] = f'Basic realm="{self.config.realm}"'
         return error
 
-    async def check(self, method: str, authorization: str | None) -> str | None:
-        """The authenticated user (None for anonymous access that is allowed), or raise 401."""
+    async def check(
+        self, method: str, authorization: str | None, *, base: bool = False
+    ) -> str | None:
+        """The authenticated user (None for anonymous access that is allowed), or raise 401.
+
+        `base` is GET /v2/: clients (skopeo, docker) learn from its challenge whether to send
+        credentials at all, so it challenges anonymous callers whenever some operation needs
+        credentials, even though anonymous pulls of content may be allowed.
+        """
         write = method in WRITE_METHODS
         anonymous_ok = self.config.anonymous_push if write else self.config.anonymous_pull
+        if base:
+            anonymous_ok = self.config.anonymous_pull and (
+                self.config.anonymous_push or not self.config.users
+            )
+        if authorization is not None and _is_empty_basic(authorization):
+            # containers/image sends "Basic Og==" (empty user:password) when it has no
+            # credentials for a Basic challenge: that is an anonymous request.
+            authorization = None
         if authorization is None:
             if anonymous_ok:
                 return None
-            action = "push and delete" if write else "pull"
+            action = "push and delete" if write or base else "pull"
             raise self._challenge(f"authentication required to {action}")
         user, password = self._parse(authorization)
         if not await self._verify(user, password):
@@ -70,3 +85,8 @@ class Authenticator:
         if ok:
             self._verified.add(key)
         return ok
+
+
+def _is_empty_basic(header: str) -> bool:
+    scheme, _, token = header.strip().partition(" ")
+    return scheme.lower() == "basic" and token.strip() in ("Og==", "Og")

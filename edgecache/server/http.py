@@ -38,6 +38,9 @@ class Request:
     sent_bytes: int = 0
     status: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Added to whatever response is sent (OCI-Namespace, Warning), errors included.
+    headers_out: dict[str, str] = field(default_factory=dict)
+    body_done: bool = False
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> Request:
@@ -66,6 +69,7 @@ class Request:
                 yield bytes(buffer)
                 buffer.clear()
             if not more:
+                self.body_done = True
                 return
 
     async def read_body(self, limit: int) -> bytes:
@@ -87,9 +91,16 @@ class Request:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(k.lower().encode(), str(v).encode()) for k, v in headers.items()],
+                "headers": [
+                    (k.lower().encode(), str(v).encode())
+                    for k, v in {**self.headers_out, **headers}.items()
+                ],
             }
         )
+
+    async def finish(self) -> None:
+        """End a response whose body (if any) was already sent."""
+        await self.send({"type": "http.response.body", "body": b""})
 
     async def respond(
         self, status: int, headers: dict[str, str] | None = None, body: bytes = b""
@@ -111,9 +122,21 @@ class Request:
         body = json.dumps(payload, indent=None, separators=(",", ":")).encode()
         await self.respond(status, {"Content-Type": content_type, **(headers or {})}, body)
 
+    @property
+    def unread_body(self) -> bool:
+        if self.body_done:
+            return False
+        length = self.headers.get("content-length", "0")
+        return "transfer-encoding" in self.headers or (length.isdigit() and int(length) > 0)
+
     async def respond_error(self, error: errors.OCIError) -> None:
         body = error.body()
         headers = {"Content-Type": "application/json", **error.headers}
+        if self.unread_body and self.scope.get("http_version") in ("1.0", "1.1"):
+            # The client is still sending a body we will not read (it may be gigabytes): the
+            # connection cannot carry another request, so say so instead of leaving the
+            # client to find out from a reset.
+            headers["Connection"] = "close"
         await self.respond(error.status, headers, body)
 
     async def send_file(self, fd: int, offset: int, count: int, use_zerocopy: bool) -> str:

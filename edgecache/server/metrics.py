@@ -44,6 +44,29 @@ class Metrics:
         )
         zero.set_function(sendfile_bytes)
 
+        self.upstream_bytes = Counter(
+            "edgecache_upstream_bytes",
+            "Blob bytes received from upstream registries.",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.stale_served = Counter(
+            "edgecache_stale_served",
+            "Cached manifests served for a tag that could not be revalidated upstream.",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.upstream_fetches = Counter(
+            "edgecache_upstream_blob_fetches",
+            "Blob downloads started from upstream registries (one per digest in flight).",
+            ["upstream"],
+            registry=self.registry,
+        )
+
+    def upstream_bytes_add(self, upstream: str, count: int) -> None:
+        self.upstream_fetches.labels(upstream).inc()
+        self.upstream_bytes.labels(upstream).inc(count)
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)

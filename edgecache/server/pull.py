@@ -36,7 +36,7 @@ async def get_manifest(app: App, req: Request, route: Route) -> None:
         "Docker-Content-Digest": str(info.digest),
         "ETag": f'"{info.digest}"',
     }
-    await _send_file(app, req, info.path, info.size, headers, range_header=None)
+    await send_stored(app, req, info.path, info.size, headers, range_header=None)
 
 
 async def get_blob(app: App, req: Request, route: Route) -> None:
@@ -44,17 +44,23 @@ async def get_blob(app: App, req: Request, route: Route) -> None:
     info = app.store.blob(repo, digest)
     if info is None:
         raise errors.BlobUnknown(f"blob {digest} is not in {repo}", detail={"digest": str(digest)})
-    headers = {
+    await send_stored(
+        app, req, info.path, info.size, blob_headers(digest), req.headers.get("range")
+    )
+
+
+def blob_headers(digest: Digest) -> dict[str, str]:
+    return {
         "Content-Type": mediatypes.OCTET_STREAM,
         "Docker-Content-Digest": str(digest),
         "ETag": f'"{digest}"',
         "Accept-Ranges": "bytes",
-        "Cache-Control": "max-age=31536000",
+        # Content-addressed: the bytes behind this URL can never change.
+        "Cache-Control": "max-age=31536000, immutable",
     }
-    await _send_file(app, req, info.path, info.size, headers, req.headers.get("range"))
 
 
-async def _send_file(
+async def send_stored(
     app: App,
     req: Request,
     path: os.PathLike[str],

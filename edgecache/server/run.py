@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import Config, parse_hostport
 from ..store import Store
+from ..upstream import Upstream
 from . import zerocopy
 from .app import App
 
@@ -60,11 +61,15 @@ async def serve(config: Config) -> None:
     run_dir = store.layout.run
     token = secrets.token_urlsafe(32)
     _write_private(run_dir / "admin-token", token + "\n")
-    app = App(config, store, token)
     server_file = run_dir / "server.json"
+    upstreams = {name: Upstream(upstream) for name, upstream in config.upstreams.items()}
     try:
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(_serve_until_signal, app, _hypercorn_config(config))
+            # The app's background work (fetches that outlive their client) lives here.
+            app = App(config, store, token, nursery, upstreams)
+            binds = await nursery.start(
+                _serve_until_signal, app, _hypercorn_config(config), nursery.cancel_scope
+            )
             url = _connectable(binds[0])
             _write_private(
                 server_file,
@@ -72,6 +77,9 @@ async def serve(config: Config) -> None:
             )
             log.info("edgecache serving %s (data %s)", url, store.layout.root)
     finally:
+        with trio.CancelScope(shield=True):
+            for upstream in upstreams.values():
+                await upstream.aclose()
         server_file.unlink(missing_ok=True)
         store.close()
 
@@ -79,6 +87,7 @@ async def serve(config: Config) -> None:
 async def _serve_until_signal(
     app: App,
     hc: HypercornConfig,
+    background: trio.CancelScope,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -94,3 +103,5 @@ async def _serve_until_signal(
             shutdown_trigger=shutdown_trigger,
             task_status=task_status,
         )
+    # Connections are closed: stop what outlived them (fetches, revalidations).
+    background.cancel()

@@ -217,3 +217,16 @@ def test_fsck_right_after_kill9_before_restart(server: EdgecacheServer) -> None:
     assert_restarted_clean(server)
     with server.client() as client:
         assert client.head(f"/v2/crash/fsck/blobs/{digest}").status_code == 200
+
+
+def test_sigterm_is_a_clean_shutdown(server: EdgecacheServer) -> None:
+    with server.client() as client:
+        data = os.urandom(100_000)
+        digest = upload(client, "crash/graceful", data)
+    assert server.stop() == 0
+    assert not server.server_json.exists(), "run/server.json must be removed at clean shutdown"
+    fsck = server.cli("fsck", "--data", str(server.data))
+    assert fsck.returncode == 0, f"fsck found problems:\n{fsck.stdout}\n{fsck.stderr}"
+    server.restart()
+    with server.client() as client:
+        assert client.get(f"/v2/crash/graceful/blobs/{digest}").content == data

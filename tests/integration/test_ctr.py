@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,14 +78,7 @@ def assert_content_matches_layout(containerd: Containerd, layout_ref: str) -> No
     manifest = json.loads(manifest_raw)
     for desc in [manifest["config"], *manifest["layers"]]:
         expected = (layout / "blobs" / "sha256" / desc["digest"].split(":", 1)[1]).read_bytes()
-        got = subprocess.run(
-            [require_tool("ctr"), "--address", str(containerd.address),
-             "--namespace", "edgecache-test", "content", "get", desc["digest"]],
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )  # fmt: skip
-        assert got.stdout == expected, desc["digest"]
+        assert containerd.content(desc["digest"]) == expected, desc["digest"]
 
 
 def test_ctr_pull_plain_http(registry: Registry, containerd: Containerd, tmp_path: Path) -> None:

@@ -44,7 +44,11 @@ def tls_server(
     tmp_path_factory: pytest.TempPathFactory, tls_files: tuple[Path, Path, Path]
 ) -> Iterator[EdgecacheServer]:
     _, cert, key = tls_files
-    config = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n\n[auth]\nanonymous_push = true\n'
+    # alpn names h2 first, so an offer of both must get h2 (the server's order decides).
+    config = (
+        f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\nalpn = ["h2", "http/1.1"]\n\n'
+        "[auth]\nanonymous_push = true\n"
+    )
     with EdgecacheServer(tmp_path_factory.mktemp("edgecache-tls"), config_text=config) as s:
         yield s
 
@@ -166,12 +170,23 @@ def negotiated_alpn(server: EdgecacheServer, ca: Path, offered: list[str]) -> st
 
 
 def test_alpn_negotiation(tls_server: EdgecacheServer, tls_files: tuple[Path, Path, Path]) -> None:
-    """Each protocol of the default ALPN list is accepted when it is the only one offered;
-    an offer of both gets one of them."""
+    """Each configured protocol is accepted when it is the only one offered; an offer of both
+    gets the one the server's `alpn` list names first, whatever the client's order."""
     ca = tls_files[0]
     assert negotiated_alpn(tls_server, ca, ["h2"]) == "h2"
     assert negotiated_alpn(tls_server, ca, ["http/1.1"]) == "http/1.1"
-    assert negotiated_alpn(tls_server, ca, ["h2", "http/1.1"]) in ("h2", "http/1.1")
+    assert negotiated_alpn(tls_server, ca, ["http/1.1", "h2"]) == "h2"
+    assert negotiated_alpn(tls_server, ca, ["h2", "http/1.1"]) == "h2"
+
+
+def test_default_alpn_accepts_both(tmp_path: Path, tls_files: tuple[Path, Path, Path]) -> None:
+    """Without `alpn` in the config, TLS clients can still get either protocol."""
+    ca, cert, key = tls_files
+    config = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    with EdgecacheServer(tmp_path / "ec", config_text=config) as server:
+        assert negotiated_alpn(server, ca, ["h2"]) == "h2"
+        assert negotiated_alpn(server, ca, ["http/1.1"]) == "http/1.1"
+        assert negotiated_alpn(server, ca, ["h2", "http/1.1"]) in ("h2", "http/1.1")
 
 
 def test_untrusted_client_is_refused(tls_server: EdgecacheServer) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,10 @@ def oras_registry(registry: Registry) -> Any:
 
 
 @pytest.fixture(scope="module")
-def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     path = tmp_path_factory.mktemp("artifact") / "model.bin"
-    return path, write_random_file(path, BIG_SIZE, seed=200)
+    yield path, write_random_file(path, BIG_SIZE, seed=200)
+    path.unlink()  # pytest keeps the last temp dirs around: do not keep 200 MiB in them
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,7 @@ def test_pull_200mib_artifact_roundtrip(
     pulled = Path(files[0])
     assert pulled.stat().st_size == BIG_SIZE
     assert sha256_file(pulled) == digest
+    pulled.unlink()
 
 
 def test_manifest_keeps_artifact_type(registry: Registry, model_artifact: dict[str, Any]) -> None:

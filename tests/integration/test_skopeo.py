@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
 
@@ -232,3 +233,24 @@ def test_multi_arch_index_copy_all(registry: Registry, tmp_path: Path) -> None:
         assert digest == content
     # Everything reachable from the index came back, nothing else.
     assert pulled == oci_layout_blobs(layout)
+
+
+def test_push_with_credentials(tmp_path_factory: pytest.TempPathFactory, image: str) -> None:
+    """Against a server without anonymous push: skopeo's basic-auth flow (401 challenge, then
+    credentials) works, and a push without credentials is refused."""
+    hashed = bcrypt.hashpw(b"pw-for-skopeo", bcrypt.gensalt(rounds=4)).decode()
+    config = f'[auth]\n[auth.users]\nbob = "{hashed}"\n'
+    with EdgecacheServer(tmp_path_factory.mktemp("edgecache-auth"), config_text=config) as server:
+        ref = f"docker://{server.host}/secure/app:v1"
+        refused = run(
+            [require_tool("skopeo"), "--insecure-policy", "copy", "--dest-tls-verify=false",
+             image, ref],
+            check=False,
+            timeout=300,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "401" in refused.stderr or "unauthorized" in refused.stderr.lower()
+        skopeo("copy", "--dest-tls-verify=false", "--dest-creds", "bob:pw-for-skopeo", image, ref)
+        # Pulls are anonymous.
+        _, manifest = oci_layout_manifest(image)
+        assert inspect_raw(ref) == manifest

@@ -1,0 +1,235 @@
+"""One upstream download per blob, streamed to every waiting client as it arrives.
+
+A `BlobFetch` downloads into a temp file in the store's tmp/ and publishes it when the digest
+checks out. Clients never wait for the end: each holds its own read descriptor on the growing
+temp file (dup'ed from the fetch's, so the publish rename cannot pull it away) and reads what
+has arrived, then waits for more. A late joiner reads the downloaded prefix at disk speed.
+
+A dropped upstream connection resumes with `Range` from the byte where it stopped; a digest
+mismatch discards the bytes and starts over once. The fetch runs in the server's nursery, so a
+client that disconnects does not cancel it: the cache still warms.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import trio
+
+from ..oci import errors
+from ..oci.digest import Digest
+from ..store import Store
+from ..store.files import BlobWriter, DigestMismatch, publish_file
+from ..upstream import Upstream, UpstreamError, UpstreamNotFound, UpstreamUnavailable
+
+log = logging.getLogger("edgecache.fetch")
+
+# Consecutive resumes that make no progress before the fetch is declared failed.
+MAX_STALLED_RESUMES = 5
+READ_CHUNK = 1 << 20
+
+
+class BlobFetch:
+    def __init__(
+        self, store: Store, upstream: Upstream, remote_repo: str, store_repo: str, digest: Digest
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.remote_repo = remote_repo
+        self.store_repo = store_repo
+        self.digest = digest
+        self.writer = BlobWriter.in_tmp(store.layout)
+        self._read_fd = os.open(self.writer.path, os.O_RDONLY)
+        self.total: int | None = None
+        self.written = 0
+        self.upstream_bytes = 0  # what the upstream actually sent (resumes re-send nothing)
+        self.error: Exception | None = None
+        self.finished = False
+        self.started = trio.Event()  # total known, or failed
+        self._progress = trio.Event()
+
+    def dup_fd(self) -> int:
+        """A private read descriptor on the temp file; valid even after the publish rename."""
+        return os.dup(self._read_fd)
+
+    def _notify(self) -> None:
+        event, self._progress = self._progress, trio.Event()
+        event.set()
+
+    async def wait_beyond(self, offset: int) -> None:
+        """Return once more than `offset` bytes are on disk, or the fetch ended."""
+        while self.written <= offset and not self.finished:
+            await self._progress.wait()
+
+    # ---- the download --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            try:
+                await self._download()
+                await self._publish()
+            except DigestMismatch:
+                log.warning(
+                    "%s from %s: digest mismatch, fetching again", self.digest, self.upstream.name
+                )
+                await self._restart()
+                await self._download()
+                await self._publish()
+        except DigestMismatch as exc:
+            self.error = errors.Unavailable(
+                f"upstream {self.upstream.name} sent bytes with digest {exc.actual} for "
+                f"{self.digest} twice; nothing was stored"
+            )
+        except UpstreamNotFound:
+            self.error = errors.BlobUnknown(
+                f"blob {self.digest} is not in {self.remote_repo} at {self.upstream.name}"
+            )
+        except UpstreamError as exc:
+            self.error = errors.Unavailable(
+                f"upstream {self.upstream.name} is unreachable and blob {self.digest} is not "
+                f"cached: {exc}"
+            )
+        except Exception as exc:  # a disk error: the waiters still need an answer
+            log.exception("fetch of %s failed", self.digest)
+            self.error = errors.InternalError(f"fetching {self.digest} failed: {exc}")
+        finally:
+            self.finished = True
+            self.started.set()
+            self._notify()
+            if self.error is not None:
+                await trio.to_thread.run_sync(self.writer.discard)
+
+    def close(self) -> None:
+        os.close(self._read_fd)
+
+    async def _restart(self) -> None:
+        def reset() -> None:
+            self.writer.discard()
+            self.writer = BlobWriter.in_tmp(self.store.layout)
+            os.close(self._read_fd)
+            self._read_fd = os.open(self.writer.path, os.O_RDONLY)
+
+        # Waiters streaming the bad bytes are failed rather than fed a different stream.
+        self.error = errors.Unavailable(f"upstream sent corrupt bytes for {self.digest}")
+        self._notify()
+        await trio.to_thread.run_sync(reset)
+        self.error = None
+        self.written = 0
+
+    async def _download(self) -> None:
+        stalled = 0
+        while True:
+            before = self.written
+            try:
+                await self._stream_from(self.written)
+                if self.total is None or self.written >= self.total:
+                    return
+                raise UpstreamUnavailable(self.upstream.name, "response ended early")
+            except UpstreamUnavailable as exc:
+                stalled = 0 if self.written > before else stalled + 1
+                if stalled >= MAX_STALLED_RESUMES or not self.upstream.available:
+                    raise
+                log.info(
+                    "%s: upstream dropped at byte %d (%s); resuming", self.digest, self.written, exc
+                )
+                await trio.sleep(min(2.0, 0.1 * 2**stalled) * random.random())
+
+    async def _stream_from(self, offset: int) -> None:
+        async with self.upstream.open_blob(self.remote_repo, self.digest, offset) as stream:
+            if self.total is None:
+                self.total = stream.total
+            self.started.set()
+            skip = offset - stream.offset  # the upstream ignored Range: drop what we have
+            async for chunk in stream.chunks():
+                self.upstream_bytes += len(chunk)
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                    if not chunk:
+                        continue
+                await trio.to_thread.run_sync(self.writer.write, chunk)
+                self.written += len(chunk)
+                self._notify()
+
+    async def _publish(self) -> None:
+        def work() -> None:
+            self.writer.seal(self.digest)
+            self.store.index.commit_blob(
+                self.store_repo,
+                str(self.digest),
+                self.written,
+                partial(publish_file, self.store.layout, self.writer.path, self.digest),
+            )
+
+        await trio.to_thread.run_sync(work)
+
+
+class Fetcher:
+    """The in-flight blob downloads of this node, one per digest."""
+
+    def __init__(self, store: Store, nursery: trio.Nursery) -> None:
+        self.store = store
+        self.nursery = nursery
+        self.inflight: dict[Digest, BlobFetch] = {}
+        self.started_fetches = 0
+        self.on_upstream_bytes: Callable[[str, int], None] = lambda name, n: None
+
+    def join(
+        self, upstream: Upstream, remote_repo: str, store_repo: str, digest: Digest
+    ) -> tuple[BlobFetch, int]:
+        """The fetch for `digest` (started if needed) and a read descriptor of its temp file.
+
+        Synchronous on purpose: no checkpoint between finding the fetch and dup'ing its
+        descriptor, so the fetch cannot finish and close it in between.
+        """
+        fetch = self.inflight.get(digest)
+        if fetch is None:
+            fetch = BlobFetch(self.store, upstream, remote_repo, store_repo, digest)
+            self.inflight[digest] = fetch
+            self.started_fetches += 1
+            self.nursery.start_soon(self._run, fetch)
+        return fetch, fetch.dup_fd()
+
+    async def _run(self, fetch: BlobFetch) -> None:
+        try:
+            await fetch.run()
+        finally:
+            del self.inflight[fetch.digest]
+            fetch.close()
+            self.on_upstream_bytes(fetch.upstream.name, fetch.upstream_bytes)
+
+
+@asynccontextmanager
+async def reading(fd: int) -> AsyncIterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+async def stream_growing(
+    fetch: BlobFetch, fd: int, start: int, end: int | None
+) -> AsyncIterator[bytes]:
+    """Bytes [start, end) of a blob being downloaded, as they arrive."""
+    offset = start
+    while end is None or offset < end:
+        await fetch.wait_beyond(offset)
+        if fetch.error is not None:
+            raise fetch.error
+        available = fetch.written
+        if offset >= available:
+            if fetch.finished:
+                return
+            continue
+        limit = available if end is None else min(available, end)
+        size = min(READ_CHUNK, limit - offset)
+        data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
+        if not data:
+            raise errors.InternalError("temp file shorter than the bytes written")
+        offset += len(data)
+        yield data

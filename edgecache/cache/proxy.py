@@ -1,0 +1,218 @@
+"""Pull-through decisions for manifests, tags, tag lists and referrers of proxied repositories.
+
+- A manifest by digest is immutable: once cached it is served without asking upstream.
+- A tag is revalidated with a HEAD (Docker Hub does not count HEADs against its pull limit)
+  when older than `tag_ttl`, under its own short deadline; only a changed digest costs a GET.
+  Concurrent pulls of one tag share one revalidation.
+- Upstream trouble (unreachable, timeout, 5xx, 429, auth) never fails a pull of what is
+  cached: the cached manifest is served, marked stale. Only never-cached content fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..config import ProxyConfig
+from ..oci import errors
+from ..oci.digest import Digest
+from ..oci.manifest import parse_manifest
+from ..oci.names import Reference
+from ..store import ManifestInfo, Store
+from ..upstream import RemoteInfo, Upstream, UpstreamError, UpstreamNotFound
+from .flight import SingleFlight
+from .routing import Target
+
+log = logging.getLogger("edgecache.proxy")
+
+STALE_WARNING = '110 edgecache "Response is Stale: upstream {name} unavailable ({reason})"'
+
+
+@dataclass(frozen=True)
+class ManifestResult:
+    info: ManifestInfo | None  # cached (or just fetched) manifest
+    remote: RemoteInfo | None = None  # HEAD of an uncached manifest answered from upstream
+    warning: str | None = None  # set when serving stale content
+
+
+class ManifestProxy:
+    def __init__(self, store: Store, config: ProxyConfig, nursery: trio.Nursery) -> None:
+        self.store = store
+        self.config = config
+        self.flights: SingleFlight[object] = SingleFlight(nursery)
+        # When each (store repo, tag) was last confirmed upstream: in memory, so a pull does
+        # not cost an LMDB write. After a restart every tag is revalidated once.
+        self._checked: dict[tuple[str, str], float] = {}
+        self._lists: dict[tuple[str, ...], tuple[float, object]] = {}
+        self.stale_served = 0
+
+    async def manifest(
+        self, target: Target, upstream: Upstream, ref: Reference, head: bool
+    ) -> ManifestResult:
+        if ref.digest is not None:
+            cached = self.store.manifest(target.store_repo, str(ref.digest))
+            if cached is not None:
+                return ManifestResult(cached)
+            if head:
+                return ManifestResult(None, await self._remote_head(upstream, target, ref))
+            info = await self._fetch(target, upstream, str(ref.digest), None)
+            return ManifestResult(info)
+        assert ref.tag is not None
+        return await self._by_tag(target, upstream, ref.tag, head)
+
+    async def _by_tag(
+        self, target: Target, upstream: Upstream, tag: str, head: bool
+    ) -> ManifestResult:
+        cached = self.store.manifest(target.store_repo, tag)
+        key = (target.store_repo, tag)
+        if cached is None:
+            if head:
+                return ManifestResult(
+                    None, await self._remote_head(upstream, target, Reference(tag=tag))
+                )
+            return ManifestResult(await self._fetch(target, upstream, tag, tag))
+        if time.monotonic() - self._checked.get(key, -1e18) < self.config.tag_ttl:
+            return ManifestResult(cached)
+        try:
+            result = await self.flights.run(
+                ("reval", *key), lambda: self._revalidate(target, upstream, tag)
+            )
+        except UpstreamNotFound:
+            if self.config.follow_deletions:
+                await self.store.delete_tag(target.store_repo, tag)
+                raise errors.ManifestUnknown(
+                    f"{target.remote_repo}:{tag} was deleted at {upstream.name}"
+                ) from None
+            return self._stale(cached, upstream, "tag not found upstream")
+        except (UpstreamError, errors.Unavailable) as exc:
+            return self._stale(cached, upstream, str(exc))
+        assert isinstance(result, ManifestInfo)
+        return ManifestResult(result)
+
+    def _stale(self, cached: ManifestInfo, upstream: Upstream, reason: str) -> ManifestResult:
+        self.stale_served += 1
+        reason = reason.replace('"', "'")[:200]
+        return ManifestResult(
+            cached, warning=STALE_WARNING.format(name=upstream.name, reason=reason)
+        )
+
+    async def _revalidate(self, target: Target, upstream: Upstream, tag: str) -> ManifestInfo:
+        remote = await upstream.head_manifest(
+            target.remote_repo, tag, deadline=self.config.revalidate_timeout
+        )
+        cached = self.store.manifest(target.store_repo, tag)
+        if cached is not None and remote.digest == cached.digest:
+            self._checked[(target.store_repo, tag)] = time.monotonic()
+            return cached
+        return await self._fetch(target, upstream, tag, tag)
+
+    async def _fetch(
+        self, target: Target, upstream: Upstream, reference: str, tag: str | None
+    ) -> ManifestInfo:
+        result = await self.flights.run(
+            ("get", target.store_repo, reference),
+            lambda: self._get_and_store(target, upstream, reference, tag),
+        )
+        assert isinstance(result, ManifestInfo)
+        return result
+
+    async def _get_and_store(
+        self, target: Target, upstream: Upstream, reference: str, tag: str | None
+    ) -> ManifestInfo:
+        try:
+            remote = await upstream.get_manifest(target.remote_repo, reference)
+        except UpstreamNotFound:
+            raise errors.ManifestUnknown(
+                f"manifest {reference} is not in {target.remote_repo} at {upstream.name}"
+            ) from None
+        except UpstreamError as exc:
+            raise errors.Unavailable(
+                f"upstream {upstream.name} is unreachable and {target.remote_repo}:{reference} "
+                f"is not cached: {exc}"
+            ) from None
+        manifest = parse_manifest(remote.data, remote.media_type)
+        # Children are fetched lazily, by digest, when clients ask for them.
+        await self.store.put_manifest(
+            target.store_repo, remote.data, manifest, remote.digest, tag, require_children=False
+        )
+        if tag is not None:
+            self._checked[(target.store_repo, tag)] = time.monotonic()
+        info = self.store.manifest(target.store_repo, str(remote.digest))
+        assert info is not None
+        return info
+
+    async def _remote_head(self, upstream: Upstream, target: Target, ref: Reference) -> RemoteInfo:
+        try:
+            return await upstream.head_manifest(target.remote_repo, str(ref))
+        except UpstreamNotFound:
+            raise errors.ManifestUnknown(
+                f"manifest {ref} is not in {target.remote_repo} at {upstream.name}"
+            ) from None
+        except UpstreamError as exc:
+            raise errors.Unavailable(
+                f"upstream {upstream.name} is unreachable and {target.remote_repo}:{ref} is "
+                f"not cached: {exc}"
+            ) from None
+
+    # ---- lists ---------------------------------------------------------------------------
+
+    async def tags(self, target: Target, upstream: Upstream) -> list[str]:
+        async def fetch() -> object:
+            return await upstream.tags(target.remote_repo)
+
+        try:
+            value = await self._cached_list(("tags", target.store_repo), fetch)
+        except UpstreamNotFound:
+            raise errors.NameUnknown(
+                f"repository {target.remote_repo} is not known at {upstream.name}"
+            ) from None
+        except (UpstreamError, errors.Unavailable):
+            # What we know locally is better than an error.
+            local = self.store.tags(target.store_repo)
+            if not local:
+                raise errors.Unavailable(f"upstream {upstream.name} is unreachable") from None
+            return local
+        assert isinstance(value, list)
+        return value
+
+    async def referrers(
+        self, target: Target, upstream: Upstream, subject: Digest, artifact_type: str | None
+    ) -> list[dict[str, object]]:
+        async def fetch() -> object:
+            raw = await upstream.referrers(target.remote_repo, subject, None)
+            manifests = json.loads(raw).get("manifests", [])
+            return manifests if isinstance(manifests, list) else []
+
+        try:
+            value = await self._cached_list(("referrers", target.store_repo, str(subject)), fetch)
+        except (UpstreamError, errors.Unavailable, ValueError):
+            value = self.store.referrers(target.store_repo, subject)
+        assert isinstance(value, list)
+        if artifact_type is not None:
+            value = [d for d in value if d.get("artifactType") == artifact_type]
+        return value
+
+    async def _cached_list(
+        self, key: tuple[str, ...], fetch: Callable[[], Awaitable[object]]
+    ) -> object:
+        now = time.monotonic()
+        hit = self._lists.get(key)
+        if hit is not None and now - hit[0] < self.config.list_ttl:
+            return hit[1]
+
+        async def work() -> object:
+            value = await fetch()
+            self._lists[key] = (time.monotonic(), value)
+            return value
+
+        try:
+            return await self.flights.run(("list", *key), work)
+        except (UpstreamError, errors.Unavailable):
+            if hit is not None:
+                return hit[1]
+            raise

@@ -1,0 +1,129 @@
+"""Read side of the API for proxied repositories: cache hits, single-flight fetches, stale."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..cache.fetch import reading, stream_growing
+from ..cache.routing import Target
+from ..oci import errors, mediatypes
+from ..oci.digest import Digest
+from ..oci.manifest import referrers_index
+from ..oci.names import Reference
+from ..oci.pagination import link_header, paginate, parse_n
+from ..oci.ranges import parse_range
+from ..oci.routes import Route
+from ..upstream import Upstream, UpstreamError, UpstreamNotFound
+from .http import Request
+from .pull import blob_headers, send_stored
+
+if TYPE_CHECKING:
+    from .app import App
+
+
+async def get_manifest(app: App, req: Request, route: Route, target: Target) -> None:
+    upstream = app.upstream(target)
+    ref = Reference.parse(route.ref or "")
+    result = await app.proxy.manifest(target, upstream, ref, head=req.method == "HEAD")
+    if result.warning is not None:
+        req.headers_out["Warning"] = result.warning
+        app.metrics.stale_served.labels(upstream.name).inc()
+    if result.info is None:
+        remote = result.remote
+        assert remote is not None
+        headers = {"Content-Type": remote.media_type or mediatypes.OCI_MANIFEST}
+        if remote.digest is not None:
+            headers["Docker-Content-Digest"] = str(remote.digest)
+        if remote.size is not None:
+            headers["Content-Length"] = str(remote.size)
+        await req.start(200, headers)
+        await req.finish()
+        return
+    info = result.info
+    headers = {
+        "Content-Type": info.media_type,
+        "Docker-Content-Digest": str(info.digest),
+        "ETag": f'"{info.digest}"',
+    }
+    await send_stored(app, req, info.path, info.size, headers, range_header=None)
+
+
+async def get_blob(app: App, req: Request, route: Route, target: Target) -> None:
+    digest = Digest.parse(route.ref or "")
+    # No checkpoint from here to join(): a fetch that just finished has published already.
+    fetch = app.fetcher.inflight.get(digest)
+    if fetch is None:
+        info = app.store.blob(target.store_repo, digest)
+        if info is not None:
+            await send_stored(
+                app, req, info.path, info.size, blob_headers(digest), req.headers.get("range")
+            )
+            return
+    upstream = app.upstream(target)
+    if req.method == "HEAD" and fetch is None:
+        await _remote_blob_head(req, upstream, target, digest)
+        return
+    fetch, fd = app.fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
+    async with reading(fd):
+        await fetch.started.wait()
+        if fetch.error is not None and fetch.written == 0:
+            raise fetch.error
+        headers = blob_headers(digest)
+        start, end, status = 0, fetch.total, 200
+        range_header = req.headers.get("range")
+        if range_header and fetch.total is not None:
+            byte_range = parse_range(range_header, fetch.total)
+            if byte_range is not None:
+                start, end, status = byte_range.start, byte_range.end + 1, 206
+                headers["Content-Range"] = byte_range.content_range(fetch.total)
+        if end is not None:
+            headers["Content-Length"] = str(end - start)
+        await req.start(status, headers)
+        if req.method == "HEAD":
+            await req.finish()
+            return
+        async for data in stream_growing(fetch, fd, start, end):
+            await req.send({"type": "http.response.body", "body": data, "more_body": True})
+            req.sent_bytes += len(data)
+        await req.finish()
+        app.metrics.served("inflight", req.sent_bytes)
+
+
+async def _remote_blob_head(
+    req: Request, upstream: Upstream, target: Target, digest: Digest
+) -> None:
+    try:
+        remote = await upstream.head_blob(target.remote_repo, digest)
+    except UpstreamNotFound:
+        raise errors.BlobUnknown(
+            f"blob {digest} is not in {target.remote_repo} at {upstream.name}"
+        ) from None
+    except UpstreamError as exc:
+        raise errors.Unavailable(
+            f"upstream {upstream.name} is unreachable and blob {digest} is not cached: {exc}"
+        ) from None
+    headers = blob_headers(digest)
+    if remote.size is not None:
+        headers["Content-Length"] = str(remote.size)
+    await req.start(200, headers)
+    await req.finish()
+
+
+async def tags_list(app: App, req: Request, route: Route, target: Target) -> None:
+    tags = sorted(await app.proxy.tags(target, app.upstream(target)))
+    n = parse_n(req.query.get("n"))
+    page, more = paginate(tags, n, req.query.get("last"))
+    headers = {}
+    if more and n and page:
+        headers["Link"] = link_header(f"/v2/{route.name}/tags/list", n, page[-1])
+    await req.respond_json(200, {"name": route.name, "tags": page}, headers)
+
+
+async def referrers(app: App, req: Request, route: Route, target: Target) -> None:
+    subject = Digest.parse(route.ref or "")
+    wanted = req.query.get("artifactType")
+    descriptors = await app.proxy.referrers(target, app.upstream(target), subject, wanted)
+    headers = {"Content-Type": mediatypes.OCI_INDEX}
+    if wanted is not None:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    await req.respond(200, headers, referrers_index(descriptors))
