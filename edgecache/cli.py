@@ -75,6 +75,41 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="server URL (default: from <data>/run/server.json)")
     status.add_argument("--token", help="admin token (default: from <data>/run/admin-token)")
     status.add_argument("--json", action="store_true", help="print JSON")
+    mirror = sub.add_parser(
+        "mirror-config",
+        help="print containerd/docker/podman config that pulls through this instance",
+        description="Print ready-to-use client configuration for this edgecache: containerd "
+        "hosts.toml files (one per upstream host), a Docker daemon.json snippet (Docker Hub "
+        'only; needs [proxy] default_upstream = "docker.io"), or podman/CRI-O '
+        "registries.conf mirrors (Harbor-style project paths, since they send no ns).",
+    )
+    mirror.add_argument("kind", choices=["containerd", "docker", "podman"])
+    mirror.add_argument(
+        "--url",
+        help="this edgecache's URL as the clients reach it (default: the running server's, "
+        "from <data>/run/server.json, else http://<hostname>:<listen port>)",
+    )
+    _add_data(mirror)
+    mirror.add_argument("--config", metavar="FILE", help="the config the server runs with")
+    mirror.add_argument(
+        "--upstream",
+        metavar="NAME=URL",
+        action="append",
+        default=[],
+        help="an upstream given to serve with --upstream (repeatable)",
+    )
+    mirror.add_argument("--ca-file", help="containerd: CA bundle to verify an https edgecache")
+    mirror.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="containerd: do not verify an https edgecache (lab use)",
+    )
+    mirror.add_argument(
+        "--write",
+        metavar="DIR",
+        help="containerd: write the hosts.toml files under DIR "
+        "(e.g. /etc/containerd/certs.d) instead of printing them",
+    )
     return parser
 
 
@@ -87,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fsck(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "mirror-config":
+            return _mirror_config(args)
     except ConfigError as exc:
         print(f"edgecache: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -103,13 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["server"]["listen"] = args.listen
     if args.data:
         overrides["server"]["data"] = args.data
-    upstreams: dict[str, str] = {}
-    for item in args.upstream:
-        name, sep, url = item.partition("=")
-        if not sep or not name or not url:
-            raise ConfigError(f"--upstream {item!r}: expected NAME=URL")
-        upstreams[name] = url
-    config = load(args.config, overrides=overrides, extra_upstreams=upstreams)
+    config = load(args.config, overrides=overrides, extra_upstreams=_upstream_flags(args))
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -117,6 +148,59 @@ def _serve(args: argparse.Namespace) -> int:
     # httpx logs every upstream request at INFO; our own logs say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     trio.run(serve, config)
+    return 0
+
+
+def _upstream_flags(args: argparse.Namespace) -> dict[str, str]:
+    upstreams: dict[str, str] = {}
+    for item in args.upstream:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise ConfigError(f"--upstream {item!r}: expected NAME=URL")
+        upstreams[name] = url
+    return upstreams
+
+
+def _mirror_config(args: argparse.Namespace) -> int:
+    import socket
+
+    from .config import parse_hostport
+    from .mirror_config import (
+        MirrorConfigError,
+        containerd_hosts,
+        render,
+        write_containerd_hosts,
+    )
+
+    overrides: dict[str, dict[str, Any]] = {"server": {"data": args.data}} if args.data else {}
+    config = load(args.config, overrides=overrides, extra_upstreams=_upstream_flags(args))
+    url = args.url
+    if url is None:
+        try:
+            url = json.loads((Path(config.server.data) / "run" / "server.json").read_text())["url"]
+        except (FileNotFoundError, ValueError, KeyError):
+            host, port = parse_hostport(config.server.listen)
+            if host in ("0.0.0.0", "::", ""):
+                host = socket.getfqdn()
+            scheme = "https" if config.server.tls else "http"
+            url = f"{scheme}://{host}:{port}"
+    try:
+        if args.write:
+            if args.kind != "containerd":
+                raise MirrorConfigError("--write is for containerd's hosts.toml files")
+            files = containerd_hosts(
+                config.upstreams, url, ca_file=args.ca_file, skip_verify=args.skip_verify
+            )
+            for path in write_containerd_hosts(files, Path(args.write)):
+                print(f"wrote {path}")
+            return 0
+        print(
+            render(args.kind, config, url, ca_file=args.ca_file, skip_verify=args.skip_verify),
+            end="",
+        )
+    except MirrorConfigError as exc:
+        print(f"edgecache: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
