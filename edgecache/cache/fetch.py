@@ -52,6 +52,7 @@ class BlobFetch:
         self.finished = False
         self.started = trio.Event()  # total known, or failed
         self._progress = trio.Event()
+        self.on_bytes: Callable[[str, int], None] = lambda name, n: None
 
     def dup_fd(self) -> int:
         """A private read descriptor on the temp file; valid even after the publish rename."""
@@ -147,6 +148,7 @@ class BlobFetch:
             skip = offset - stream.offset  # the upstream ignored Range: drop what we have
             async for chunk in stream.chunks():
                 self.upstream_bytes += len(chunk)
+                self.on_bytes(self.upstream.name, len(chunk))
                 if skip:
                     dropped = min(skip, len(chunk))
                     chunk, skip = chunk[dropped:], skip - dropped
@@ -177,6 +179,9 @@ class Fetcher:
         self.nursery = nursery
         self.inflight: dict[Digest, BlobFetch] = {}
         self.started_fetches = 0
+        # Metrics hooks: a fetch started, bytes received (as they arrive, not at the end, so
+        # that they are counted before any waiting client has seen the last byte).
+        self.on_fetch: Callable[[str], None] = lambda name: None
         self.on_upstream_bytes: Callable[[str, int], None] = lambda name, n: None
 
     def join(
@@ -190,8 +195,10 @@ class Fetcher:
         fetch = self.inflight.get(digest)
         if fetch is None:
             fetch = BlobFetch(self.store, upstream, remote_repo, store_repo, digest)
+            fetch.on_bytes = self.on_upstream_bytes
             self.inflight[digest] = fetch
             self.started_fetches += 1
+            self.on_fetch(upstream.name)
             self.nursery.start_soon(self._run, fetch)
         return fetch, fetch.dup_fd()
 
@@ -201,7 +208,6 @@ class Fetcher:
         finally:
             del self.inflight[fetch.digest]
             fetch.close()
-            self.on_upstream_bytes(fetch.upstream.name, fetch.upstream_bytes)
 
 
 @asynccontextmanager

@@ -77,6 +77,7 @@ class App:
             lambda: float(zerocopy.ZeroCopyTCPServer.sent_bytes),
         )
         self.fetcher.on_upstream_bytes = self.metrics.upstream_bytes_add
+        self.fetcher.on_fetch = self.metrics.upstream_fetch_started
         self.ready = False
 
     def upstream(self, target: Target) -> Upstream:

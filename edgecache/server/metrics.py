@@ -63,8 +63,10 @@ class Metrics:
             registry=self.registry,
         )
 
-    def upstream_bytes_add(self, upstream: str, count: int) -> None:
+    def upstream_fetch_started(self, upstream: str) -> None:
         self.upstream_fetches.labels(upstream).inc()
+
+    def upstream_bytes_add(self, upstream: str, count: int) -> None:
         self.upstream_bytes.labels(upstream).inc(count)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -13,6 +13,7 @@ from ..oci.names import Reference
 from ..oci.pagination import link_header, paginate, parse_n
 from ..oci.ranges import parse_range
 from ..oci.routes import Route
+from ..store import BlobInfo
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound
 from .http import Request
 from .pull import blob_headers, send_stored
@@ -60,6 +61,16 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
             )
             return
     upstream = app.upstream(target)
+    if fetch is None and app.store.has_content(digest):
+        # Another repository pulled these bytes already (a shared base layer): ask upstream
+        # only whether this repository has them too, instead of downloading them again.
+        linked = await _link_if_upstream_has(app, upstream, target, digest)
+        if linked is not None:
+            await send_stored(
+                app, req, linked.path, linked.size, blob_headers(digest), req.headers.get("range")
+            )
+            return
+        fetch = app.fetcher.inflight.get(digest)
     if req.method == "HEAD" and fetch is None:
         await _remote_blob_head(req, upstream, target, digest)
         return
@@ -87,6 +98,22 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
             req.sent_bytes += len(data)
         await req.finish()
         app.metrics.served("inflight", req.sent_bytes)
+
+
+async def _link_if_upstream_has(
+    app: App, upstream: Upstream, target: Target, digest: Digest
+) -> BlobInfo | None:
+    try:
+        await upstream.head_blob(
+            target.remote_repo, digest, deadline=app.config.proxy.revalidate_timeout
+        )
+    except UpstreamNotFound:
+        raise errors.BlobUnknown(
+            f"blob {digest} is not in {target.remote_repo} at {upstream.name}"
+        ) from None
+    except UpstreamError:
+        pass  # unreachable: the bytes are verified by digest, serving them is safe
+    return await app.store.link_blob(target.store_repo, digest)
 
 
 async def _remote_blob_head(

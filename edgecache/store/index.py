@@ -153,6 +153,15 @@ class Index:
             txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
             self._ensure_repo(txn, repo)
 
+    def link_blob(self, repo: str, digest: str) -> bool:
+        """Link stored content into repo; False when the store does not have it (any more)."""
+        with self.env.begin(write=True) as txn:
+            if txn.get(digest.encode(), db=self.db["blobs"]) is None:
+                return False
+            txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
+            self._ensure_repo(txn, repo)
+            return True
+
     def mount_blob(self, repo: str, source: str, digest: str) -> bool:
         """Link a blob from another repository; False when the source does not have it."""
         with self.env.begin(write=True) as txn:

@@ -108,6 +108,16 @@ class Store:
 
         return await trio.to_thread.run_sync(work)
 
+    def has_content(self, digest: Digest) -> bool:
+        """Whether the store holds these bytes, in whatever repository."""
+        return self.index.blob(str(digest)) is not None
+
+    async def link_blob(self, repo: str, digest: Digest) -> BlobInfo | None:
+        """Make stored bytes visible in repo (they are the same bytes whoever fetched them)."""
+        if not await trio.to_thread.run_sync(self.index.link_blob, repo, str(digest)):
+            return None
+        return self.blob(repo, digest)
+
     async def mount_blob(self, repo: str, source: str, digest: Digest) -> bool:
         return await trio.to_thread.run_sync(self.index.mount_blob, repo, source, str(digest))
 

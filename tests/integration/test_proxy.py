@@ -214,6 +214,26 @@ def test_inspect_reports_proxied_content(cache: EdgecacheServer) -> None:
     assert json.loads(result.stdout)["schemaVersion"] == 2
 
 
+def test_shared_layer_is_linked_not_downloaded_again(
+    cache: EdgecacheServer, upstream: RunningUpstream
+) -> None:
+    layer = os.urandom(2 << 20)
+    digest = upstream.push_blob("team/base-a", layer)
+    assert upstream.push_blob("team/base-b", layer) == digest
+    label = f'{{upstream="{UPSTREAM}"}}'
+    with cache.client() as client:
+        first = client.get(f"/v2/{UPSTREAM}/team/base-a/blobs/{digest}")
+        assert first.content == layer
+        fetches = metric(client, "edgecache_upstream_blob_fetches_total", label)
+        second = client.get(f"/v2/{UPSTREAM}/team/base-b/blobs/{digest}")
+        assert second.status_code == 200 and second.content == layer
+        assert metric(client, "edgecache_upstream_blob_fetches_total", label) == fetches
+        # A repository the upstream does not hold it in gets no bytes from the cache.
+        other = client.get(f"/v2/{UPSTREAM}/team/base-c/blobs/{digest}")
+        assert other.status_code == 404
+        assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
 def test_upstream_down_serves_cache_and_fails_fast_otherwise(
     cache: EdgecacheServer, upstream: RunningUpstream, image: str, tmp_path: Path
 ) -> None:
