@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -56,6 +58,18 @@ def require_tool(name: str) -> str:
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
     return path
+
+
+def require_module(name: str) -> types.ModuleType:
+    """Import a Python package a test needs (e.g. "oras.provider"): like require_tool, a skip
+    locally when it is not installed and a failure when CI=true."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        msg = f"required Python package {name!r} is not installed ({exc})"
+        if in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
 
 
 def free_port() -> int:

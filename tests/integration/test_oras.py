@@ -18,10 +18,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import DockerRegistry, EdgecacheServer, sha256_bytes, sha256_file
+from tests.support import (
+    DockerRegistry,
+    EdgecacheServer,
+    require_module,
+    sha256_bytes,
+    sha256_file,
+)
 
-oras_provider = pytest.importorskip("oras.provider")
-oras_oci = pytest.importorskip("oras.oci")
+oras_provider = require_module("oras.provider")
+oras_oci = require_module("oras.oci")
 
 Registry = EdgecacheServer | DockerRegistry
 
