@@ -1,0 +1,303 @@
+"""HTTP/2 over TLS vs HTTP/1.1 over TLS for a large blob from edgecache (decides the ALPN default).
+
+    .venv/bin/python benchmarks/h2_vs_h1_tls.py [--blob-mib 256] [--clients 1,4] [--rounds 3]
+        [--profile] [--workdir /tmp/edgecache-bench]
+
+One blob of random bytes is pushed over plain HTTP, then edgecache is restarted on the same
+data dir with `[server] tls_cert/tls_key` (self-signed EC cert made with openssl). Over TLS the
+server cannot use sendfile: blobs go through its pread-chunk path for both protocols.
+
+- h1 client: raw ssl socket, ALPN ["http/1.1"] only, recv_into reused buffers, sha256 in a
+  second thread (benchmarks/_common.py H1Client).
+- h2 client: the `h2` package over an ssl socket, ALPN ["h2"] only, flow control like Go's
+  net/http2 transport: SETTINGS_INITIAL_WINDOW_SIZE 4 MiB per stream, connection window raised
+  to 1 GiB, WINDOW_UPDATE as soon as half a window has been consumed (h2's window manager,
+  data acknowledged right after each read), sha256 in a second thread.
+
+Each client is its own process and connection and GETs the blob once; N clients run at once.
+Rounds interleaved (h1, h2, h1, ...). Ratio = median over rounds of h2 / h1.
+With --profile, extra rounds (max clients, --profile-proto h1|h2) run under py-spy:
+benchmarks/profile-tls-<proto>.{svg,collapsed,txt}
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c
+
+REPO = "bench/tls"
+HERE = Path(__file__).resolve().parent
+STREAM_WINDOW = 4 * c.MiB  # Go: transportDefaultStreamFlow
+CONN_WINDOW = 1 << 30  # Go: transportDefaultConnFlow
+
+
+def make_cert(d: Path) -> tuple[Path, Path]:
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def _hasher(q: queue.Queue[Any], h: Any) -> None:
+    while (item := q.get()) is not None:
+        for chunk in item:
+            h.update(chunk)
+
+
+def h2_pull(
+    port: int, path: str, digest: str, verify: bool, *, prepare: bool = False, prepared: Any = None
+) -> Any:
+    if prepare:
+        s = socket.create_connection((c.LOOPBACK, port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * c.MiB)
+        ss = c.client_tls_context(["h2"]).wrap_socket(s, server_hostname="localhost")
+        if ss.selected_alpn_protocol() != "h2":
+            raise RuntimeError(f"ALPN gave {ss.selected_alpn_protocol()!r}, not h2")
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        S = h2.settings.SettingCodes
+        # Effective at once for our own bookkeeping and sent in the first SETTINGS frame.
+        conn.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                S.ENABLE_PUSH: 0,
+                S.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                S.MAX_HEADER_LIST_SIZE: 10 << 20,
+            },
+        )
+        conn.initiate_connection()
+        conn.increment_flow_control_window(CONN_WINDOW - 65535)
+        ss.sendall(conn.data_to_send())
+        return ss, conn
+    ss, conn = prepared
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(
+        sid,
+        [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", f"localhost:{port}"),
+            (":path", path),
+            ("user-agent", "edgecache-bench-h2"),
+        ],
+        end_stream=True,
+    )
+    ss.sendall(conn.data_to_send())
+    h = hashlib.sha256()
+    q: queue.Queue[Any] = queue.Queue(maxsize=64)
+    t = threading.Thread(target=_hasher, args=(q, h), daemon=True)
+    t.start()
+    status, total, done = None, 0, False
+    batch: list[bytes] = []
+    batched = 0
+    while not done:
+        data = ss.recv(1 << 20)
+        if not data:
+            raise RuntimeError("connection closed")
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = dict(ev.headers).get(":status")
+            elif isinstance(ev, h2.events.DataReceived):
+                total += len(ev.data)
+                if verify:
+                    batch.append(ev.data)
+                    batched += len(ev.data)
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                done = True
+            elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                raise RuntimeError(f"h2: {ev}")
+        out = conn.data_to_send()
+        if out:
+            ss.sendall(out)
+        if batched >= c.MiB or (done and batch):
+            q.put(batch)
+            batch, batched = [], 0
+    q.put(None)
+    t.join()
+    if status != "200":
+        raise RuntimeError(f"h2 status {status}")
+    if verify and "sha256:" + h.hexdigest() != digest:
+        raise RuntimeError("sha256 mismatch over h2")
+    conn.close_connection()
+    ss.sendall(conn.data_to_send())
+    ss.close()
+    return total
+
+
+def h1_pull(
+    port: int, path: str, digest: str, verify: bool, *, prepare: bool = False, prepared: Any = None
+) -> Any:
+    if prepare:
+        return c.H1Client(c.LOOPBACK, port, c.client_tls_context(["http/1.1"]))
+    cl: c.H1Client = prepared
+    n = cl.get(path, digest, verify)
+    cl.close()
+    return n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--blob-mib", type=int, default=256)
+    ap.add_argument("--clients", default="1,4")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument(
+        "--profile", action="store_true", help="py-spy an extra h1-over-TLS round (pread path)"
+    )
+    ap.add_argument("--profile-proto", choices=["h1", "h2"], default="h1")
+    ap.add_argument("--profile-seconds", type=int, default=10)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
+    a = ap.parse_args()
+    verify = not a.no_verify
+    levels = [int(x) for x in a.clients.split(",")]
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = a.workdir / f"tls-{int(time.time())}"
+    run_dir.mkdir(parents=True)
+    img = c.build_image(a.workdir / f"layout-{a.blob_mib}", 1, a.blob_mib)
+    digest, size = img.layers[0]
+    path = f"/v2/{REPO}/blobs/{digest}"
+    cert, key = make_cert(run_dir)
+    data = run_dir / "edgecache"
+
+    plain = c.Edgecache(data).start()
+    try:
+        c.push_image(plain.port, REPO, img)
+    finally:
+        plain.stop()
+    edge = c.Edgecache(data, config=f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n').start()
+    assert edge.url.startswith("https://"), edge.url
+    # What a client offering both (in Go's / curl's order: h2 first) is given by the default `alpn`.
+    ctx = c.client_tls_context(["h2", "http/1.1"])
+    with (
+        socket.create_connection((c.LOOPBACK, edge.port)) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as t,
+    ):
+        negotiated = t.selected_alpn_protocol()
+    clients = {"h1": h1_pull, "h2": h2_pull}
+    res: dict[int, dict[str, list[float]]] = {}
+    prof = ""
+    try:
+        cpu: dict[str, list[float]] = {}
+
+        def pull(proto: str, n: int) -> float:
+            cpu0 = c.cpu_seconds(edge.pid)
+            secs, nbytes = c.run_clients(clients[proto], [(edge.port, path, digest, verify)] * n)
+            if nbytes != n * size:
+                raise RuntimeError(f"{proto}: {nbytes} bytes, expected {n * size}")
+            cpu.setdefault(f"{n}:{proto}", []).append(
+                (c.cpu_seconds(edge.pid) - cpu0) / (nbytes / (1 << 30))
+            )
+            return nbytes / secs / 1e6
+
+        for proto in clients:
+            c.log(f"warm-up {proto}: {pull(proto, 1):.0f} MB/s")
+        for n in levels:
+            res[n] = {p: [] for p in clients}
+            for r in range(a.rounds):
+                for proto in clients:
+                    v = pull(proto, n)
+                    res[n][proto].append(v)
+                    c.log(f"clients={n} round={r + 1} {proto}: {v:.0f} MB/s")
+        if a.profile:
+            prof = c.pyspy_profile(
+                edge.pid,
+                lambda: pull(a.profile_proto, max(levels)),
+                a.profile_seconds,
+                HERE / f"profile-tls-{a.profile_proto}",
+            )
+    finally:
+        edge.stop()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+    rows = []
+    for n in levels:
+        for proto in clients:
+            vals = res[n][proto]
+            ratio = c.median(v / b for v, b in zip(vals, res[n]["h1"], strict=False))
+            rows.append(
+                [
+                    n,
+                    proto,
+                    " / ".join(f"{v:.0f}" for v in vals),
+                    f"{c.median(vals):.0f}",
+                    f"{ratio:.2f}x",
+                    f"{c.median(cpu[f'{n}:{proto}'][-a.rounds :]):.2f}",
+                ]
+            )
+    print()
+    print(f"# h2_vs_h1_tls  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"# {c.machine()}")
+    print(f"# edgecache: {c.edgecache_source()}")
+    print(
+        f"# blob {a.blob_mib} MiB over TLS (pread path), each client one connection, one GET; "
+        f"sha256 verify: {verify}; h2 windows: stream {STREAM_WINDOW >> 20} MiB, "
+        f"connection {CONN_WINDOW >> 20} MiB; "
+        f"{a.rounds} rounds interleaved; load average at end: {c.loadavg()}"
+    )
+    print(f"# server default alpn; a client offering [h2, http/1.1] negotiated: {negotiated}")
+    print(
+        c.table(
+            [
+                "clients",
+                "protocol",
+                "MB/s per round",
+                "median MB/s",
+                "ratio to h1",
+                "server CPU s/GiB",
+            ],
+            rows,
+        )
+    )
+    if prof:
+        print()
+        print(prof)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
