@@ -22,6 +22,7 @@ from ..upstream import Upstream
 from . import admin, proxied, pull, push, zerocopy
 from .auth import Authenticator
 from .http import Request
+from .manifest_cache import ManifestCache
 from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("edgecache.server")
@@ -71,6 +72,7 @@ class App:
         self.upstreams = upstreams
         self.fetcher = Fetcher(store, nursery)
         self.proxy = ManifestProxy(store, config.proxy, nursery)
+        self.manifest_cache = ManifestCache()
         self.auth = Authenticator(config.auth)
         self.metrics = Metrics(
             lambda: float(store.index.meta_int("store_bytes")),

@@ -16,7 +16,7 @@ from ..oci.routes import Route
 from ..store import BlobInfo
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound
 from .http import Request
-from .pull import blob_headers, send_stored
+from .pull import blob_headers, send_manifest, send_stored
 
 if TYPE_CHECKING:
     from .app import App
@@ -40,13 +40,7 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
         await req.start(200, headers)
         await req.finish()
         return
-    info = result.info
-    headers = {
-        "Content-Type": info.media_type,
-        "Docker-Content-Digest": str(info.digest),
-        "ETag": f'"{info.digest}"',
-    }
-    await send_stored(app, req, info.path, info.size, headers, range_header=None)
+    await send_manifest(app, req, result.info)
 
 
 async def get_blob(app: App, req: Request, route: Route, target: Target) -> None:

@@ -14,6 +14,7 @@ from ..oci.names import Reference
 from ..oci.pagination import link_header, paginate, parse_n
 from ..oci.ranges import parse_range
 from ..oci.routes import Route
+from ..store import ManifestInfo
 from .http import Request
 
 if TYPE_CHECKING:
@@ -31,12 +32,18 @@ async def get_manifest(app: App, req: Request, route: Route) -> None:
     info = app.store.manifest(repo, str(ref))
     if info is None:
         raise errors.ManifestUnknown(f"manifest {ref} is not in {repo}")
+    await send_manifest(app, req, info)
+
+
+async def send_manifest(app: App, req: Request, info: ManifestInfo) -> None:
     headers = {
         "Content-Type": info.media_type,
         "Docker-Content-Digest": str(info.digest),
         "ETag": f'"{info.digest}"',
     }
-    await send_stored(app, req, info.path, info.size, headers, range_header=None)
+    body = await app.manifest_cache.read(info.digest, info.path)
+    await req.respond(200, headers, body)
+    app.metrics.served("memory", len(body) if req.method != "HEAD" else 0)
 
 
 async def get_blob(app: App, req: Request, route: Route) -> None:
