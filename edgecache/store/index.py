@@ -135,29 +135,49 @@ class Index:
         if txn.get(key, db=self.db["repos"]) is None:
             txn.put(key, _dump({"created": time.time()}), db=self.db["repos"])
 
-    def _add_blob(self, txn: lmdb.Transaction, digest: str, size: int) -> None:
+    def _add_blob(self, txn: lmdb.Transaction, digest: str, size: int, pin: bool = False) -> None:
         key = digest.encode()
-        if txn.get(key, db=self.db["blobs"]) is None:
-            txn.put(key, _dump({"size": size, "created": time.time()}), db=self.db["blobs"])
+        raw = txn.get(key, db=self.db["blobs"])
+        if raw is None:
+            record: dict[str, Any] = {"size": size, "created": time.time()}
+            if pin:
+                record["pinned"] = True
+            txn.put(key, _dump(record), db=self.db["blobs"])
             total = txn.get(b"store_bytes", db=self.db["meta"])
             txn.put(b"store_bytes", str(int(total or 0) + size).encode(), db=self.db["meta"])
+        elif pin:
+            record = _load(bytes(raw))
+            if not record.get("pinned"):
+                record["pinned"] = True
+                txn.put(key, _dump(record), db=self.db["blobs"])
 
     def commit_blob(
-        self, repo: str, digest: str, size: int, publish: Callable[[], object] | None = None
+        self,
+        repo: str,
+        digest: str,
+        size: int,
+        publish: Callable[[], object] | None = None,
+        *,
+        pin: bool = False,
     ) -> None:
-        """Record a blob and link it into repo; `publish` puts its file in place first."""
+        """Record a blob and link it into repo; `publish` puts its file in place first.
+
+        `pin` protects the content from eviction (preloaded images)."""
         with self.env.begin(write=True) as txn:
             if publish is not None:
                 publish()
-            self._add_blob(txn, digest, size)
+            self._add_blob(txn, digest, size, pin)
             txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
             self._ensure_repo(txn, repo)
 
-    def link_blob(self, repo: str, digest: str) -> bool:
+    def link_blob(self, repo: str, digest: str, *, pin: bool = False) -> bool:
         """Link stored content into repo; False when the store does not have it (any more)."""
         with self.env.begin(write=True) as txn:
-            if txn.get(digest.encode(), db=self.db["blobs"]) is None:
+            raw = txn.get(digest.encode(), db=self.db["blobs"])
+            if raw is None:
                 return False
+            if pin:
+                self._add_blob(txn, digest, int(_load(raw)["size"]), pin)
             txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
             self._ensure_repo(txn, repo)
             return True
@@ -185,6 +205,7 @@ class Index:
         publish: Callable[[], object],
         *,
         require_children: bool = True,
+        pin: bool = False,
     ) -> None:
         """Record a manifest; its children must be linked into repo, else nothing changes."""
         with self.env.begin(write=True) as txn:
@@ -197,7 +218,7 @@ class Index:
             if missing:
                 raise MissingChildren(tuple(missing))
             publish()
-            self._add_blob(txn, digest, size)
+            self._add_blob(txn, digest, size, pin)
             txn.put(digest.encode(), _dump(record), db=self.db["manifests"])
             txn.put(_k(repo, digest), _dump({"kind": "manifest"}), db=self.db["links"])
             if tag is not None:

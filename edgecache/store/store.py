@@ -80,16 +80,20 @@ class Store:
             return None
         return BlobInfo(digest, int(record["size"]), self.layout.blob_path(digest))
 
-    async def put_blob_stream(self, repo: str, expected: Digest, chunks: Any) -> BlobInfo:
+    async def put_blob_stream(
+        self, repo: str, expected: Digest, chunks: Any, *, pin: bool = False
+    ) -> BlobInfo:
         """Monolithic upload: stream `chunks` (async iterator of bytes) into the store."""
         writer = await trio.to_thread.run_sync(BlobWriter.in_tmp, self.layout)
         try:
             await _drain(chunks, writer)
-            return await self._publish(repo, writer, expected)
+            return await self._publish(repo, writer, expected, pin=pin)
         finally:
             await trio.to_thread.run_sync(writer.discard)
 
-    async def _publish(self, repo: str, writer: BlobWriter, expected: Digest) -> BlobInfo:
+    async def _publish(
+        self, repo: str, writer: BlobWriter, expected: Digest, *, pin: bool = False
+    ) -> BlobInfo:
         def work() -> BlobInfo:
             try:
                 writer.seal(expected)
@@ -103,6 +107,7 @@ class Store:
                 str(expected),
                 writer.size,
                 partial(publish_file, self.layout, writer.path, expected),
+                pin=pin,
             )
             return BlobInfo(expected, writer.size, self.layout.blob_path(expected))
 
@@ -112,9 +117,10 @@ class Store:
         """Whether the store holds these bytes, in whatever repository."""
         return self.index.blob(str(digest)) is not None
 
-    async def link_blob(self, repo: str, digest: Digest) -> BlobInfo | None:
+    async def link_blob(self, repo: str, digest: Digest, *, pin: bool = False) -> BlobInfo | None:
         """Make stored bytes visible in repo (they are the same bytes whoever fetched them)."""
-        if not await trio.to_thread.run_sync(self.index.link_blob, repo, str(digest)):
+        link = partial(self.index.link_blob, repo, str(digest), pin=pin)
+        if not await trio.to_thread.run_sync(link):
             return None
         return self.blob(repo, digest)
 
@@ -227,6 +233,7 @@ class Store:
         tag: str | None,
         *,
         require_children: bool = True,
+        pin: bool = False,
     ) -> None:
         """Store a manifest. Pushed ones need their children linked in repo; proxied ones
         (`require_children=False`) are cached before the children, which come by digest."""
@@ -258,6 +265,7 @@ class Store:
                     referrer,
                     publish,
                     require_children=require_children,
+                    pin=pin,
                 )
             except MissingChildren as exc:
                 writer.discard()
