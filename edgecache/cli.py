@@ -75,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="server URL (default: from <data>/run/server.json)")
     status.add_argument("--token", help="admin token (default: from <data>/run/admin-token)")
     status.add_argument("--json", action="store_true", help="print JSON")
+    gc = sub.add_parser(
+        "gc",
+        help="run garbage collection in the running server (or preview it)",
+        description="Ask the running server (found through --data, or --url/--token) to "
+        "collect unreachable content now, while it keeps serving. --dry-run reports exactly "
+        "what a real run would free (objects and bytes, per repository) and changes nothing.",
+    )
+    _add_data(gc)
+    gc.add_argument("--dry-run", action="store_true", help="report, do not delete")
+    gc.add_argument("--history", action="store_true", help="show past runs instead")
+    gc.add_argument("--url", help="server URL (default: from <data>/run/server.json)")
+    gc.add_argument("--token", help="admin token (default: from <data>/run/admin-token)")
+    gc.add_argument("--json", action="store_true", help="print JSON")
+
     mirror = sub.add_parser(
         "mirror-config",
         help="print containerd/docker/podman config that pulls through this instance",
@@ -122,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fsck(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "gc":
+            return _gc(args)
         if args.command == "mirror-config":
             return _mirror_config(args)
     except ConfigError as exc:
@@ -251,20 +267,80 @@ def _server_endpoint(args: argparse.Namespace) -> tuple[str, str]:
     return url, token
 
 
-def _admin_get(args: argparse.Namespace, name: str) -> dict[str, Any]:
+def _admin(args: argparse.Namespace, name: str, method: str = "GET", **params: str) -> Any:
     import httpx
 
     url, token = _server_endpoint(args)
-    response = httpx.get(
-        f"{url}/_edgecache/admin/{name}",
-        headers={"Authorization": f"Bearer {token}"},
-        verify=False,
-        timeout=30,
-    )
+    try:
+        response = httpx.request(
+            method,
+            f"{url}/_edgecache/admin/{name}",
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            verify=False,  # the admin token, not the certificate, authenticates; loopback
+            timeout=None,  # a GC over a large store takes as long as it takes
+        )
+    except httpx.TransportError as exc:
+        raise SystemExit(f"edgecache: cannot reach the server at {url}: {exc}") from None
     if response.status_code != 200:
         raise SystemExit(f"edgecache: server answered {response.status_code}: {response.text}")
-    result: dict[str, Any] = response.json()
+    return response.json()
+
+
+def _admin_get(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = _admin(args, name)
     return result
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _gc(args: argparse.Namespace) -> int:
+    import time
+
+    if args.history:
+        runs = _admin(args, "gc/history")
+        if args.json:
+            print(json.dumps(runs, indent=2))
+            return 0
+        print(
+            f"{'started':<20} {'kind':<8} {'trigger':<22} {'seconds':>8} {'objects':>8} "
+            f"{'bytes':>11}  skipped"
+        )
+        for run in runs:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
+            kind = "dry-run" if run["dry_run"] else "run"
+            done = run.get("would_free") if run["dry_run"] else run.get("freed")
+            objects = done.get("candidates", done.get("objects", 0)) if done else 0
+            size = done.get("bytes", 0) if done else 0
+            skipped = ", ".join(f"{k}: {v}" for k, v in run.get("skipped", {}).items()) or "-"
+            print(
+                f"{started:<20} {kind:<8} {run['trigger'][:22]:<22} "
+                f"{run['ended'] - run['started']:>8.2f} {objects:>8} {_size(size):>11}  {skipped}"
+            )
+        return 0
+    params = {"dry_run": "true"} if args.dry_run else {}
+    record = _admin(args, "gc", "POST", **params)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    done = record["would_free"] if args.dry_run else record["freed"]
+    verb = "would free" if args.dry_run else "freed"
+    objects = done.get("candidates", done.get("objects", 0))
+    print(
+        f"gc {verb} {objects} objects, {_size(done['bytes'])} "
+        f"({record['ended'] - record['started']:.2f} s; {record['live']} live objects kept)"
+    )
+    for repo, entry in done.get("by_repository", {}).items():
+        print(f"  {repo:<50} {entry['objects']:>7} objects {_size(entry['bytes']):>11}")
+    for reason, count in record.get("skipped", {}).items():
+        print(f"  skipped {count}: {reason}")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -272,7 +348,14 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    by_repo = stats.pop("bytes_by_repository", {})
     width = max(len(k) for k in stats)
     for key, value in stats.items():
+        if key.endswith("bytes") and isinstance(value, int):
+            value = f"{_size(value)} ({value})"
         print(f"{key:<{width}}  {value}")
+    if by_repo:
+        print(f"\n{'repository':<50} {'bytes':>11}")
+        for repo, size in by_repo.items():
+            print(f"{repo:<50} {_size(size):>11}")
     return 0

@@ -57,6 +57,28 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # An upstream 404 for a cached tag removes it (true) or keeps serving it (false).
         "follow_deletions": ("bool", False),
     },
+    "gc": {
+        # Cron expression (5 fields, server local time) for automatic runs; "" = manual only.
+        "schedule": ("cron", ""),
+        # Content younger than this is never collected (an upload whose manifest is not
+        # pushed yet must survive).
+        "grace": ("float", 3600.0),
+        # Collect manifests of pushed repositories that no tag names (proxied content is
+        # governed by eviction instead: containerd pulls it by digest, untagged).
+        "delete_untagged": ("bool", False),
+    },
+    "eviction": {
+        # Bytes the store may hold (0 = no limit) and free disk space to keep (0 = none).
+        "max_store_bytes": ("int0", 0),
+        "min_free_bytes": ("int0", 0),
+        # Eviction starts above high_watermark x max_store_bytes and stops below low.
+        "high_watermark": ("fraction", 0.9),
+        "low_watermark": ("fraction", 0.8),
+        # Proxied images not pulled for this many days are evicted (0 = keep).
+        "retention_days": ("float", 0.0),
+        # How often the limits are checked (a full disk also triggers a check at once).
+        "check_interval": ("float", 60.0),
+    },
 }
 
 # [upstreams.<name>] tables: <name> is the project path (/v2/<name>/<repo>) and the ?ns= host.
@@ -126,6 +148,23 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class GCConfig:
+    schedule: str = ""
+    grace: float = 3600.0
+    delete_untagged: bool = False
+
+
+@dataclass(frozen=True)
+class EvictionConfig:
+    max_store_bytes: int = 0
+    min_free_bytes: int = 0
+    high_watermark: float = 0.9
+    low_watermark: float = 0.8
+    retention_days: float = 0.0
+    check_interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -156,6 +195,8 @@ class Config:
     limits: LimitsConfig
     proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig("", (), 0.0, 3.0, 300.0, False))
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    gc: GCConfig = field(default_factory=GCConfig)
+    eviction: EvictionConfig = field(default_factory=EvictionConfig)
 
     def upstream_for(self, name: str) -> UpstreamConfig | None:
         """The upstream whose name or alias is `name` (a project path or an ns host)."""
@@ -196,6 +237,33 @@ def _coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise bad("a positive integer")
         return value
+    if kind == "int0":
+        if from_env and isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise bad("a non-negative integer") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad("a non-negative integer")
+        return value
+    if kind == "fraction":
+        if from_env and isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("a number between 0 and 1") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise bad("a number between 0 and 1")
+        return float(value)
+    if kind == "cron":
+        if not isinstance(value, str):
+            raise bad("a cron expression such as '0 3 * * *'")
+        if value.strip():
+            from croniter import croniter
+
+            if len(value.split()) != 5 or not croniter.is_valid(value):
+                raise bad("a 5-field cron expression such as '0 3 * * *'")
+        return value.strip()
     if kind == "float":
         if from_env and isinstance(value, str):
             try:
@@ -343,7 +411,17 @@ def load(
         limits=LimitsConfig(**values["limits"]),
         proxy=ProxyConfig(**proxy),
         upstreams=upstreams,
+        gc=GCConfig(**values["gc"]),
+        eviction=EvictionConfig(**values["eviction"]),
     )
+    eviction = config.eviction
+    if eviction.low_watermark >= eviction.high_watermark:
+        raise ConfigError(
+            f"eviction.low_watermark = {eviction.low_watermark}: expected less than "
+            f"high_watermark ({eviction.high_watermark})"
+        )
+    if eviction.check_interval <= 0:
+        raise ConfigError("eviction.check_interval = 0: expected a positive number of seconds")
     if proxy["default_upstream"] and config.upstream_for(proxy["default_upstream"]) is None:
         raise ConfigError(
             f"proxy.default_upstream = {proxy['default_upstream']!r}: expected the name of an "

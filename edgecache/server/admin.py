@@ -1,8 +1,19 @@
-"""The admin API (bearer token from <data>/run/admin-token): what CLI commands ask the server."""
+"""The admin API (bearer token from <data>/run/admin-token): what CLI commands ask the server.
+
+GET  status            store statistics: sizes by repository, hit ratio, oldest content
+POST gc[?dry_run=true] run garbage collection now (or report what it would free)
+GET  gc/history        records of past runs, newest first
+POST evict             apply the size / free-disk / age limits now
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from .. import __version__
 from ..oci import errors
@@ -14,14 +25,72 @@ if TYPE_CHECKING:
 PREFIX = "/_edgecache/admin/"
 
 
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
 async def dispatch(app: App, req: Request) -> None:
     name = req.path[len(PREFIX) :]
-    if name == "status" and req.method in ("GET", "HEAD"):
-        stats = app.store.stats()
-        stats["version"] = __version__
-        stats["sendfile_socket_bytes"] = int(
-            app.metrics.registry.get_sample_value("edgecache_sendfile_socket_bytes") or 0
+    method = req.method
+    if name == "status" and method in ("GET", "HEAD"):
+        await req.respond_json(200, await status(app))
+    elif name == "gc" and method == "POST":
+        record = await app.housekeeper.collect(
+            dry_run=_flag(req.query.get("dry_run")), trigger="admin API"
         )
-        await req.respond_json(200, stats)
-        return
-    raise errors.NotFound(f"no admin endpoint {req.method} {req.path}")
+        await req.respond_json(200, record)
+    elif name == "gc/history" and method in ("GET", "HEAD"):
+        limit = req.query.get("limit", "50")
+        await req.respond_json(200, app.housekeeper.history(int(limit) if limit.isdigit() else 50))
+    elif name == "evict" and method == "POST":
+        await req.respond_json(200, await app.housekeeper.evict(trigger="admin API"))
+    else:
+        raise errors.NotFound(f"no admin endpoint {method} {req.path}")
+
+
+async def status(app: App) -> dict[str, Any]:
+    stats = app.store.stats()
+    stats["version"] = __version__
+    stats["sendfile_socket_bytes"] = int(
+        app.metrics.registry.get_sample_value("edgecache_sendfile_socket_bytes") or 0
+    )
+    hits, misses = app.metrics.cache_hits, app.metrics.cache_misses
+    stats["proxy_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
+    stats["proxy_hits"], stats["proxy_misses"] = hits, misses
+    stats.update(await trio.to_thread.run_sync(_content_stats, app))
+    stats["gc_runs"] = app.housekeeper.runs
+    stats["evicted_images"] = app.housekeeper.evicted_images
+    return stats
+
+
+def _content_stats(app: App) -> dict[str, Any]:
+    """Bytes linked into each repository (shared content counts in each), oldest content."""
+    index = app.store.index
+    by_repo: dict[str, int] = defaultdict(int)
+    oldest: float | None = None
+    with index.env.begin() as txn:
+        blobs = index.db["blobs"]
+        for key, _ in txn.cursor(db=index.db["links"]):
+            repo, digest = key.decode().split("\0")
+            raw = txn.get(digest.encode(), db=blobs)
+            if raw is None:
+                continue
+            record = json.loads(raw)
+            by_repo[repo] += int(record["size"])
+            created = float(record.get("created", 0))
+            oldest = created if oldest is None else min(oldest, created)
+    access = index.access_times()
+    least_recent = min(access.items(), key=lambda item: item[1]) if access else None
+    return {
+        "bytes_by_repository": dict(sorted(by_repo.items(), key=lambda kv: -kv[1])),
+        "oldest_content_age_seconds": round(time.time() - oldest) if oldest else None,
+        "least_recently_pulled": (
+            {
+                "repository": least_recent[0][0],
+                "digest": least_recent[0][1],
+                "seconds_ago": round(time.time() - least_recent[1]),
+            }
+            if least_recent
+            else None
+        ),
+    }

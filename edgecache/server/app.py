@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
 import time
@@ -14,6 +15,7 @@ from ..cache.fetch import Fetcher
 from ..cache.proxy import ManifestProxy
 from ..cache.routing import Target, resolve
 from ..config import Config
+from ..gc import Housekeeper
 from ..oci import errors
 from ..oci.names import validate_repository
 from ..oci.routes import Route, parse_v2_path
@@ -73,6 +75,12 @@ class App:
         self.fetcher = Fetcher(store, nursery)
         self.proxy = ManifestProxy(store, config.proxy, nursery)
         self.manifest_cache = ManifestCache()
+        self.housekeeper = Housekeeper(
+            store,
+            config,
+            is_proxied=lambda repo: resolve(config, repo, None).proxied,
+            in_flight=lambda: {str(d) for d in self.fetcher.inflight},
+        )
         self.auth = Authenticator(config.auth)
         self.metrics = Metrics(
             lambda: float(store.index.meta_int("store_bytes")),
@@ -101,6 +109,20 @@ class App:
                 await req.respond_error(error)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             pass  # the client went away; nothing to answer
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                log.exception("I/O error on %s %s", req.method, req.path)
+                if not req.started:
+                    await req.respond_error(errors.InternalError(f"I/O error: {exc.strerror}"))
+            else:
+                # The temp file is already gone (writers discard on error); make room.
+                self.housekeeper.disk_full()
+                if not req.started:
+                    await req.respond_error(
+                        errors.InsufficientStorage(
+                            "the cache's disk is full; eviction has been started, retry later"
+                        )
+                    )
         except Exception:
             log.exception("internal error on %s %s", req.method, req.path)
             if not req.started:

@@ -63,6 +63,9 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache_hits = 0  # proxied blob and manifest requests answered from the store
+        self.cache_misses = 0  # ... that needed the upstream
+
     def upstream_fetch_started(self, upstream: str) -> None:
         self.upstream_fetches.labels(upstream).inc()
 

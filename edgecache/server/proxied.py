@@ -40,6 +40,7 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
         await req.start(200, headers)
         await req.finish()
         return
+    app.housekeeper.pulled(target.store_repo, result.info.digest)
     await send_manifest(app, req, result.info)
 
 
@@ -50,6 +51,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     if fetch is None:
         info = app.store.blob(target.store_repo, digest)
         if info is not None:
+            app.metrics.cache_hits += 1
             await send_stored(
                 app, req, info.path, info.size, blob_headers(digest), req.headers.get("range")
             )
@@ -68,6 +70,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     if req.method == "HEAD" and fetch is None:
         await _remote_blob_head(req, upstream, target, digest)
         return
+    app.metrics.cache_misses += 1
     fetch, fd = app.fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
     async with reading(fd):
         await fetch.started.wait()

@@ -63,10 +63,12 @@ async def serve(config: Config) -> None:
     _write_private(run_dir / "admin-token", token + "\n")
     server_file = run_dir / "server.json"
     upstreams = {name: Upstream(upstream) for name, upstream in config.upstreams.items()}
+    app: App | None = None
     try:
         async with trio.open_nursery() as nursery:
             # The app's background work (fetches that outlive their client) lives here.
             app = App(config, store, token, nursery, upstreams)
+            await nursery.start(app.housekeeper.run)
             binds = await nursery.start(
                 _serve_until_signal, app, _hypercorn_config(config), nursery.cancel_scope
             )
@@ -80,6 +82,8 @@ async def serve(config: Config) -> None:
         with trio.CancelScope(shield=True):
             for upstream in upstreams.values():
                 await upstream.aclose()
+            if app is not None:
+                await app.housekeeper.flush_access()
         server_file.unlink(missing_ok=True)
         store.close()
 

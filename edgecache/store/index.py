@@ -17,7 +17,18 @@ from typing import Any
 
 import lmdb
 
-_DBS = ("blobs", "manifests", "tags", "links", "referrers", "repos", "uploads", "meta")
+_DBS = (
+    "blobs",
+    "manifests",
+    "tags",
+    "links",
+    "referrers",
+    "repos",
+    "uploads",
+    "meta",
+    "access",
+    "gcruns",
+)
 SEP = "\0"
 
 
@@ -145,11 +156,22 @@ class Index:
             txn.put(key, _dump(record), db=self.db["blobs"])
             total = txn.get(b"store_bytes", db=self.db["meta"])
             txn.put(b"store_bytes", str(int(total or 0) + size).encode(), db=self.db["meta"])
-        elif pin:
+        else:
             record = _load(bytes(raw))
-            if not record.get("pinned"):
+            if pin:
                 record["pinned"] = True
-                txn.put(key, _dump(record), db=self.db["blobs"])
+            # "ref": the last time something linked or referenced this content. Garbage
+            # collection decides inside its delete transaction and spares anything referenced
+            # since its mark started, so a concurrent push can never lose a blob.
+            record["ref"] = time.time()
+            txn.put(key, _dump(record), db=self.db["blobs"])
+
+    def _touch(self, txn: lmdb.Transaction, digest: str) -> None:
+        raw = txn.get(digest.encode(), db=self.db["blobs"])
+        if raw is not None:
+            record = _load(bytes(raw))
+            record["ref"] = time.time()
+            txn.put(digest.encode(), _dump(record), db=self.db["blobs"])
 
     def commit_blob(
         self,
@@ -176,8 +198,7 @@ class Index:
             raw = txn.get(digest.encode(), db=self.db["blobs"])
             if raw is None:
                 return False
-            if pin:
-                self._add_blob(txn, digest, int(_load(raw)["size"]), pin)
+            self._add_blob(txn, digest, int(_load(raw)["size"]), pin)
             txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
             self._ensure_repo(txn, repo)
             return True
@@ -190,6 +211,7 @@ class Index:
                 return False
             if _load(raw)["kind"] != "blob":
                 return False
+            self._touch(txn, digest)
             txn.put(_k(repo, digest), raw, db=self.db["links"])
             self._ensure_repo(txn, repo)
             return True
@@ -218,6 +240,8 @@ class Index:
             if missing:
                 raise MissingChildren(tuple(missing))
             publish()
+            for child in (*record["blobs"], *record["manifests"]):
+                self._touch(txn, child)
             self._add_blob(txn, digest, size, pin)
             txn.put(digest.encode(), _dump(record), db=self.db["manifests"])
             txn.put(_k(repo, digest), _dump({"kind": "manifest"}), db=self.db["links"])
@@ -294,3 +318,48 @@ class Index:
             size = int(_load(raw)["size"])
             txn.put(b"store_bytes", str(max(0, total - size)).encode(), db=self.db["meta"])
             return True
+
+    # ---- housekeeping: pull times and garbage-collection history ---------------------------
+
+    def record_access(self, times: dict[tuple[str, str], float]) -> None:
+        """Store last-pulled times collected in memory: one transaction for many pulls."""
+        with self.env.begin(write=True) as txn:
+            for (repo, digest), when in times.items():
+                txn.put(_k(repo, digest), str(when).encode(), db=self.db["access"])
+
+    def access_times(self) -> dict[tuple[str, str], float]:
+        result: dict[tuple[str, str], float] = {}
+        for key, value in self._scan("access", b""):
+            repo, digest = key.decode().split(SEP)
+            result[(repo, digest)] = float(value)
+        return result
+
+    def manifest_links(self) -> list[tuple[str, str, float]]:
+        """(repo, digest, created) of every manifest linked into a repository."""
+        result = []
+        with self.env.begin() as txn:
+            blobs = self.db["blobs"]
+            for key, value in txn.cursor(db=self.db["links"]):
+                if _load(value)["kind"] != "manifest":
+                    continue
+                repo, digest = key.decode().split(SEP)
+                raw = txn.get(digest.encode(), db=blobs)
+                created = float(_load(raw).get("created", 0)) if raw else 0.0
+                result.append((repo, digest, created))
+        return result
+
+    def add_gc_run(self, record: dict[str, Any]) -> None:
+        key = f"{record['started']:020.6f}".encode()
+        with self.env.begin(write=True) as txn:
+            txn.put(key, _dump(record), db=self.db["gcruns"])
+
+    def gc_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.env.begin(db=self.db["gcruns"]) as txn:
+            cursor = txn.cursor()
+            runs = []
+            if cursor.last():
+                for _, value in cursor.iterprev():
+                    runs.append(_load(value))
+                    if len(runs) >= limit:
+                        break
+        return runs

@@ -1,0 +1,196 @@
+"""Garbage collection over the LMDB graph: mark from the roots, sweep in small transactions.
+
+Roots: tags; every manifest linked into a proxied repository (proxied content lives or dies
+by when it was last pulled, which is eviction's business, never by whether it is tagged);
+every manifest linked into a pushed repository unless `delete_untagged`; pinned content;
+content younger than the grace window; digests being fetched right now. Manifests reach their
+children and their referrers (a signature lives as long as what it signs).
+
+Mark reads one consistent snapshot. Sweep deletes in batches, each in its own write
+transaction that first re-checks every candidate: anything linked or referenced since the
+mark began (the "ref" time on its record) is spared, so a push or fetch racing the sweep can
+never lose content. The file is unlinked inside that same transaction: a concurrent publish
+of the same digest, which renames inside its own transaction, cannot interleave. A client
+already streaming a removed blob keeps its open descriptor and receives every byte.
+
+Synchronous and blocking: the server runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..oci.digest import Digest
+from .files import Layout
+from .index import SEP, Index
+
+
+@dataclass
+class Plan:
+    started: float
+    candidates: dict[str, int]  # digest -> size, what a real run would delete
+    links: dict[str, list[str]]  # candidate digest -> repositories linking it
+    live: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        per_repo: dict[str, dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0})
+        for digest, size in self.candidates.items():
+            repos = self.links.get(digest)
+            entry = per_repo[repos[0] if repos else "(unreferenced)"]
+            entry["objects"] += 1
+            entry["bytes"] += size
+        return {
+            "candidates": len(self.candidates),
+            "bytes": sum(self.candidates.values()),
+            "live": self.live,
+            "by_repository": dict(sorted(per_repo.items())),
+        }
+
+
+@dataclass
+class SweepResult:
+    deleted: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # digest -> why
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(self.deleted.values())
+
+
+def _split(key: bytes) -> list[str]:
+    return key.decode().split(SEP)
+
+
+def mark(
+    index: Index,
+    *,
+    grace: float,
+    delete_untagged: bool,
+    is_proxied: Callable[[str], bool],
+    in_flight: Iterable[str] = (),
+    now: float | None = None,
+) -> Plan:
+    started = time.time() if now is None else now
+    young_before = started - grace
+    with index.env.begin() as txn:
+        manifests: dict[str, dict[str, Any]] = {
+            k.decode(): json.loads(v) for k, v in txn.cursor(db=index.db["manifests"])
+        }
+        blobs: dict[str, dict[str, Any]] = {
+            k.decode(): json.loads(v) for k, v in txn.cursor(db=index.db["blobs"])
+        }
+        tagged: set[tuple[str, str]] = set()
+        roots: set[str] = set(in_flight)
+        for key, value in txn.cursor(db=index.db["tags"]):
+            repo, _ = _split(key)
+            digest = json.loads(value)["digest"]
+            tagged.add((repo, digest))
+            roots.add(digest)
+        linked_in: dict[str, list[str]] = defaultdict(list)
+        for key, value in txn.cursor(db=index.db["links"]):
+            repo, digest = _split(key)
+            linked_in[digest].append(repo)
+            if json.loads(value)["kind"] != "manifest":
+                continue
+            if not delete_untagged or is_proxied(repo) or (repo, digest) in tagged:
+                roots.add(digest)
+        referrers: dict[str, list[str]] = defaultdict(list)
+        for key, _ in txn.cursor(db=index.db["referrers"]):
+            _, subject, digest = _split(key)
+            referrers[subject].append(digest)
+
+    for digest, record in blobs.items():
+        if (
+            record.get("pinned")
+            or max(record.get("created", 0), record.get("ref", 0)) >= young_before
+        ):
+            roots.add(digest)
+
+    live: set[str] = set()
+    stack = list(roots)
+    while stack:
+        digest = stack.pop()
+        if digest in live:
+            continue
+        live.add(digest)
+        children = manifests.get(digest)
+        if children is not None:
+            stack.extend(children["blobs"])
+            stack.extend(children["manifests"])
+        stack.extend(referrers.get(digest, ()))
+
+    candidates = {d: int(r["size"]) for d, r in blobs.items() if d not in live}
+    links = {d: linked_in[d] for d in candidates if d in linked_in}
+    return Plan(started, candidates, links, live=len(live & blobs.keys()))
+
+
+def sweep(
+    index: Index,
+    layout: Layout,
+    plan: Plan,
+    *,
+    grace: float,
+    in_flight: Callable[[], set[str]] = set,
+    batch: int = 128,
+    after_batch: Callable[[SweepResult], None] | None = None,
+) -> SweepResult:
+    result = SweepResult()
+    spare_from = min(plan.started, time.time() - grace)
+    pending = sorted(plan.candidates)
+    for start in range(0, len(pending), batch):
+        chunk = pending[start : start + batch]
+        fetching = in_flight()
+        with index.env.begin(write=True) as txn:
+            for digest in chunk:
+                repos = plan.links.get(digest, [])
+                why = _delete_in(txn, index, layout, digest, repos, spare_from, fetching)
+                if why is None:
+                    result.deleted[digest] = plan.candidates[digest]
+                else:
+                    result.skipped[digest] = why
+        if after_batch is not None:
+            after_batch(result)
+    return result
+
+
+def _delete_in(
+    txn: Any,
+    index: Index,
+    layout: Layout,
+    digest: str,
+    repos: list[str],
+    spare_from: float,
+    fetching: set[str],
+) -> str | None:
+    """Delete one candidate inside `txn`, or say why it must stay."""
+    raw = txn.get(digest.encode(), db=index.db["blobs"])
+    if raw is None:
+        return "already gone"
+    record = json.loads(raw)
+    if record.get("pinned"):
+        return "pinned since the mark"
+    if max(record.get("created", 0), record.get("ref", 0)) >= spare_from:
+        return "referenced since the mark began"
+    if digest in fetching:
+        return "being fetched"
+    manifest_raw = txn.get(digest.encode(), db=index.db["manifests"])
+    subject = json.loads(manifest_raw).get("subject") if manifest_raw is not None else None
+    # Links made after the mark bumped "ref" (checked above), so the mark's list is complete.
+    for repo in repos:
+        key = f"{repo}{SEP}{digest}".encode()
+        txn.delete(key, db=index.db["links"])
+        txn.delete(key, db=index.db["access"])
+        if subject:
+            txn.delete(f"{repo}{SEP}{subject}{SEP}{digest}".encode(), db=index.db["referrers"])
+    if manifest_raw is not None:
+        txn.delete(digest.encode(), db=index.db["manifests"])
+    txn.delete(digest.encode(), db=index.db["blobs"])
+    total = int(txn.get(b"store_bytes", db=index.db["meta"]) or 0)
+    txn.put(b"store_bytes", str(max(0, total - int(record["size"]))).encode(), db=index.db["meta"])
+    layout.blob_path(Digest.parse(digest)).unlink(missing_ok=True)
+    return None

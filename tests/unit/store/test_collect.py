@@ -1,0 +1,131 @@
+"""Mark and sweep against a real LMDB store."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgecache.oci.digest import Digest
+from edgecache.store import Store
+from edgecache.store.collect import mark, sweep
+from edgecache.store.fsck import fsck
+from tests.unit.store.test_store import chunks, image_manifest, put_manifest
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def never_proxied(repo: str) -> bool:
+    return False
+
+
+async def push_image(store: Store, repo: str, tag: str | None, *layers: bytes) -> Digest:
+    config = json.dumps({"layers": len(layers), "tag": tag}).encode()
+    for blob in (config, *layers):
+        await store.put_blob_stream(repo, Digest.of_bytes(blob), chunks(blob))
+    return await put_manifest(store, repo, image_manifest(config, *layers), tag)
+
+
+def collect(store: Store, **options: object) -> tuple[dict[str, object], dict[str, int]]:
+    args = {"grace": 0.0, "delete_untagged": True, "is_proxied": never_proxied, **options}
+    plan = mark(store.index, **args)  # type: ignore[arg-type]
+    summary = plan.summary()
+    result = sweep(store.index, store.layout, plan, grace=0.0)
+    return summary, result.deleted
+
+
+async def test_tagged_images_survive_and_untagged_ones_go(store: Store) -> None:
+    shared, only_old = b"shared layer", b"old layer"
+    await push_image(store, "r", "keep", shared)
+    old = await push_image(store, "r", "old", shared, only_old)
+    await store.delete_tag("r", "old")
+    summary, deleted = collect(store)
+    assert str(old) in deleted
+    assert str(Digest.of_bytes(only_old)) in deleted
+    assert str(Digest.of_bytes(shared)) not in deleted
+    assert summary["candidates"] == len(deleted)
+    assert summary["bytes"] == sum(deleted.values())
+    assert store.manifest("r", "keep") is not None
+    assert store.manifest("r", str(old)) is None
+    assert not store.layout.blob_path(Digest.of_bytes(only_old)).exists()
+    assert fsck(store.layout, store.index).clean
+    assert store.stats()["store_bytes"] == sum(
+        p.stat().st_size for p in store.layout.blobs.rglob("*") if p.is_file()
+    )
+
+
+async def test_untagged_manifests_stay_unless_asked(store: Store) -> None:
+    old = await push_image(store, "r", "t", b"layer")
+    await store.delete_tag("r", "t")
+    _, deleted = collect(store, delete_untagged=False)
+    assert deleted == {}
+    await store.delete_manifest("r", old)  # unlinked from every repository: garbage
+    _, deleted = collect(store, delete_untagged=False)
+    assert str(old) in deleted
+
+
+async def test_proxied_content_is_not_collected_for_being_untagged(store: Store) -> None:
+    digest = await push_image(store, "docker.io/library/x", None, b"layer")
+    _, deleted = collect(store, is_proxied=lambda repo: repo.startswith("docker.io/"))
+    assert deleted == {}
+    assert store.manifest("docker.io/library/x", str(digest)) is not None
+
+
+async def test_referrers_follow_their_subject(store: Store) -> None:
+    subject = await push_image(store, "r", "v1", b"layer")
+    config = b"{}"
+    await store.put_blob_stream("r", Digest.of_bytes(config), chunks(config))
+    signature = await put_manifest(store, "r", image_manifest(config, subject=subject), None)
+    _, deleted = collect(store)
+    assert deleted == {}
+    await store.delete_tag("r", "v1")
+    _, deleted = collect(store)
+    assert {str(subject), str(signature)} <= set(deleted)
+    assert store.referrers("r", subject) == []
+
+
+async def test_pinned_and_young_content_survives(store: Store) -> None:
+    pinned = b"pinned"
+    await store.put_blob_stream("p", Digest.of_bytes(pinned), chunks(pinned), pin=True)
+    loose = b"uploaded, no manifest yet"
+    await store.put_blob_stream("p", Digest.of_bytes(loose), chunks(loose))
+    plan = mark(store.index, grace=3600, delete_untagged=True, is_proxied=never_proxied)
+    assert plan.candidates == {}
+    _, deleted = collect(store)
+    assert list(deleted) == [str(Digest.of_bytes(loose))]
+
+
+async def test_content_referenced_after_the_mark_is_spared(store: Store) -> None:
+    layer = b"reused by a push racing the sweep"
+    old = await push_image(store, "r", "old", layer)
+    await store.delete_tag("r", "old")
+    plan = mark(store.index, grace=0.0, delete_untagged=True, is_proxied=never_proxied)
+    assert str(Digest.of_bytes(layer)) in plan.candidates
+    # A new image reusing the layer is pushed between mark and sweep.
+    await store.put_blob_stream("r2", Digest.of_bytes(layer), chunks(layer))
+    await push_image(store, "r2", "new", layer)
+    result = sweep(store.index, store.layout, plan, grace=0.0)
+    assert str(old) in result.deleted
+    assert result.skipped[str(Digest.of_bytes(layer))] == "referenced since the mark began"
+    assert store.blob("r2", Digest.of_bytes(layer)) is not None
+    assert store.layout.blob_path(Digest.of_bytes(layer)).exists()
+    assert fsck(store.layout, store.index).clean
+
+
+async def test_dry_run_equals_real_run(store: Store) -> None:
+    for i in range(5):
+        await push_image(store, f"repo{i % 2}", f"t{i}", f"layer {i}".encode(), b"common")
+    for i in range(0, 5, 2):
+        await store.delete_tag(f"repo{i % 2}", f"t{i}")
+    dry = mark(store.index, grace=0.0, delete_untagged=True, is_proxied=never_proxied)
+    summary = dry.summary()
+    result = sweep(store.index, store.layout, dry, grace=0.0)
+    assert set(result.deleted) == set(dry.candidates)
+    assert summary["bytes"] == result.freed_bytes
+    by_repo = summary["by_repository"]
+    assert isinstance(by_repo, dict) and set(by_repo) == {"repo0"}
