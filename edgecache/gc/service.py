@@ -109,6 +109,12 @@ class Housekeeper:
                     in_flight=in_flight_now,
                 )
             )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("gc mark started at %.6f", plan.started)
+                for digest in result.deleted:
+                    log.debug("gc deleted %s (linked in %s)", digest, plan.links.get(digest))
+                for digest, why in result.skipped.items():
+                    log.debug("gc kept %s: %s", digest, why)
             freed = {d: plan.candidates[d] for d in result.deleted}
             by_repo = type(plan)(plan.started, freed, plan.links).summary()["by_repository"]
             record["freed"] = {

@@ -7,12 +7,15 @@ Layout of a data directory (this docstring is the one place it is written down):
     <data>/uploads/<uuid>         bytes of a client upload session (chunked pushes); the session
                                   record lives in LMDB, so an upload survives a restart
     <data>/tmp/                   downloads and monolithic uploads in progress; emptied at start
+    <data>/trash/                 files of a garbage-collection batch whose transaction has not
+                                  committed yet; at start-up put back if the index still
+                                  names them, else deleted
     <data>/run/server.json        address and pid of the running server (removed at clean stop)
     <data>/run/admin-token        admin API bearer token, mode 0600, new at every start
 
 LMDB named databases (keys are UTF-8; values are compact JSON)::
 
-    blobs      <digest>                    {"size", "created", "pinned"}
+    blobs      <digest>                    {"size", "created", "pinned", "ref", "gen"}
     manifests  <digest>                    {"media_type", "size", "blobs": [...],
                                             "manifests": [...], "subject", "artifact_type"}
     tags       <repo>\\0<tag>               {"digest", "updated"}
@@ -21,6 +24,11 @@ LMDB named databases (keys are UTF-8; values are compact JSON)::
     repos      <repo>                      {"created"}
     uploads    <uuid>                      {"repo", "started"}
     meta       "store_bytes"               total bytes of all files under blobs/
+               "gen"                       counter bumped by every transaction that links or
+                                           references content ("gen" on blob records): GC
+                                           spares what was referenced after its snapshot
+    access     <repo>\0<digest>            last time the manifest was pulled (batched writes)
+    gcruns     <start time>                record of a GC run (what was freed or skipped)
 
 Visibility rule: bytes go to tmp/ (or uploads/), the digest is verified, the file is fsynced
 and renamed into blobs/, and only then does the LMDB transaction record it. A crash at any

@@ -8,21 +8,25 @@ children and their referrers (a signature lives as long as what it signs).
 
 Mark reads one consistent snapshot. Sweep deletes in batches, each in its own write
 transaction that first re-checks every candidate: anything linked or referenced since the
-mark began (the "ref" time on its record) is spared, so a push or fetch racing the sweep can
-never lose content. The file is unlinked inside that same transaction: a concurrent publish
-of the same digest, which renames inside its own transaction, cannot interleave. A client
-already streaming a removed blob keeps its open descriptor and receives every byte.
+snapshot (its record's "gen" stamp is above the snapshot's counter) is spared, so a push or
+fetch racing the sweep can never lose content. The file is unlinked inside that same
+transaction: a concurrent publish of the same digest, which renames inside its own
+transaction, cannot interleave. A client already streaming a removed blob keeps its open
+descriptor and receives every byte.
 
 Synchronous and blocking: the server runs it in a worker thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..oci.digest import Digest
@@ -36,6 +40,7 @@ class Plan:
     candidates: dict[str, int]  # digest -> size, what a real run would delete
     links: dict[str, list[str]]  # candidate digest -> repositories linking it
     live: int = 0
+    gen: int = 0  # the reference counter of the snapshot marked from
 
     def summary(self) -> dict[str, Any]:
         per_repo: dict[str, dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0})
@@ -78,6 +83,7 @@ def mark(
     started = time.time() if now is None else now
     young_before = started - grace
     with index.env.begin() as txn:
+        gen = int(txn.get(b"gen", db=index.db["meta"]) or 0)
         manifests: dict[str, dict[str, Any]] = {
             k.decode(): json.loads(v) for k, v in txn.cursor(db=index.db["manifests"])
         }
@@ -126,7 +132,7 @@ def mark(
 
     candidates = {d: int(r["size"]) for d, r in blobs.items() if d not in live}
     links = {d: linked_in[d] for d in candidates if d in linked_in}
-    return Plan(started, candidates, links, live=len(live & blobs.keys()))
+    return Plan(started, candidates, links, live=len(live & blobs.keys()), gen=gen)
 
 
 def sweep(
@@ -140,19 +146,25 @@ def sweep(
     after_batch: Callable[[SweepResult], None] | None = None,
 ) -> SweepResult:
     result = SweepResult()
-    spare_from = min(plan.started, time.time() - grace)
+    young_from = time.time() - grace
     pending = sorted(plan.candidates)
     for start in range(0, len(pending), batch):
         chunk = pending[start : start + batch]
         fetching = in_flight()
+        trashed: list[Path] = []
         with index.env.begin(write=True) as txn:
             for digest in chunk:
                 repos = plan.links.get(digest, [])
-                why = _delete_in(txn, index, layout, digest, repos, spare_from, fetching)
+                why = _delete_in(txn, index, layout, digest, repos, plan.gen, young_from, fetching)
                 if why is None:
                     result.deleted[digest] = plan.candidates[digest]
+                    trashed.append(layout.trash / digest.replace(":", "-"))
                 else:
                     result.skipped[digest] = why
+        # Committed: the files in trash/ belong to nobody now. (A crash before this point is
+        # undone at start-up by recover_trash, which puts back what the index still names.)
+        for path in trashed:
+            path.unlink(missing_ok=True)
         if after_batch is not None:
             after_batch(result)
     return result
@@ -164,7 +176,8 @@ def _delete_in(
     layout: Layout,
     digest: str,
     repos: list[str],
-    spare_from: float,
+    marked_gen: int,
+    young_from: float,
     fetching: set[str],
 ) -> str | None:
     """Delete one candidate inside `txn`, or say why it must stay."""
@@ -174,8 +187,10 @@ def _delete_in(
     record = json.loads(raw)
     if record.get("pinned"):
         return "pinned since the mark"
-    if max(record.get("created", 0), record.get("ref", 0)) >= spare_from:
+    if int(record.get("gen", 0)) > marked_gen:
         return "referenced since the mark began"
+    if max(record.get("created", 0), record.get("ref", 0)) >= young_from:
+        return "younger than the grace window"
     if digest in fetching:
         return "being fetched"
     manifest_raw = txn.get(digest.encode(), db=index.db["manifests"])
@@ -192,5 +207,29 @@ def _delete_in(
     txn.delete(digest.encode(), db=index.db["blobs"])
     total = int(txn.get(b"store_bytes", db=index.db["meta"]) or 0)
     txn.put(b"store_bytes", str(max(0, total - int(record["size"]))).encode(), db=index.db["meta"])
-    layout.blob_path(Digest.parse(digest)).unlink(missing_ok=True)
+    # Moved aside, not deleted: if this transaction never commits (a crash), the file can be
+    # put back. Renamed inside the transaction, so a concurrent publish of the same digest
+    # (which renames inside its own) cannot interleave.
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(layout.blob_path(Digest.parse(digest)), layout.trash / digest.replace(":", "-"))
     return None
+
+
+def recover_trash(index: Index, layout: Layout) -> tuple[int, int]:
+    """At start-up, before serving: finish or undo the sweep a crash interrupted.
+
+    A file in trash/ whose digest the index still records belongs to a transaction that
+    never committed: it goes back. Any other file there is garbage whose deletion committed.
+    """
+    restored = removed = 0
+    for path in layout.trash.iterdir():
+        digest = Digest.parse(path.name.replace("-", ":", 1))
+        target = layout.blob_path(digest)
+        if index.blob(str(digest)) is not None and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, target)
+            restored += 1
+        else:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return restored, removed

@@ -42,6 +42,10 @@ class Layout:
     def run(self) -> Path:
         return self.root / "run"
 
+    @property
+    def trash(self) -> Path:
+        return self.root / "trash"
+
     def blob_path(self, digest: Digest) -> Path:
         return self.blobs / digest.algorithm / digest.hex[:2] / digest.hex
 
@@ -49,7 +53,15 @@ class Layout:
         return self.uploads / upload_id
 
     def create(self) -> None:
-        for path in (self.root, self.index, self.blobs, self.tmp, self.uploads, self.run):
+        for path in (
+            self.root,
+            self.index,
+            self.blobs,
+            self.tmp,
+            self.uploads,
+            self.run,
+            self.trash,
+        ):
             path.mkdir(parents=True, exist_ok=True)
 
     def sweep_tmp(self) -> int:

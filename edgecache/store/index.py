@@ -150,7 +150,11 @@ class Index:
         key = digest.encode()
         raw = txn.get(key, db=self.db["blobs"])
         if raw is None:
-            record: dict[str, Any] = {"size": size, "created": time.time()}
+            record: dict[str, Any] = {
+                "size": size,
+                "created": time.time(),
+                "gen": self._next_gen(txn),
+            }
             if pin:
                 record["pinned"] = True
             txn.put(key, _dump(record), db=self.db["blobs"])
@@ -160,18 +164,27 @@ class Index:
             record = _load(bytes(raw))
             if pin:
                 record["pinned"] = True
-            # "ref": the last time something linked or referenced this content. Garbage
-            # collection decides inside its delete transaction and spares anything referenced
-            # since its mark started, so a concurrent push can never lose a blob.
-            record["ref"] = time.time()
-            txn.put(key, _dump(record), db=self.db["blobs"])
+            self._stamp(txn, key, record)
+
+    def _next_gen(self, txn: lmdb.Transaction) -> int:
+        """A counter bumped by every transaction that references content, in commit order."""
+        gen = int(txn.get(b"gen", db=self.db["meta"]) or 0) + 1
+        txn.put(b"gen", str(gen).encode(), db=self.db["meta"])
+        return gen
+
+    def _stamp(self, txn: lmdb.Transaction, key: bytes, record: dict[str, Any]) -> None:
+        # "gen" orders this reference against garbage collection's mark: the sweep spares
+        # anything stamped after the snapshot it marked from, so a push or fetch racing it can
+        # never lose content. (Wall-clock times cannot do this: a transaction's commit, with
+        # its fsync, lands well after the times taken inside it.) "ref" is for the grace window.
+        record["ref"] = time.time()
+        record["gen"] = self._next_gen(txn)
+        txn.put(key, _dump(record), db=self.db["blobs"])
 
     def _touch(self, txn: lmdb.Transaction, digest: str) -> None:
         raw = txn.get(digest.encode(), db=self.db["blobs"])
         if raw is not None:
-            record = _load(bytes(raw))
-            record["ref"] = time.time()
-            txn.put(digest.encode(), _dump(record), db=self.db["blobs"])
+            self._stamp(txn, digest.encode(), _load(bytes(raw)))
 
     def commit_blob(
         self,

@@ -8,6 +8,7 @@ the disk.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -23,6 +24,8 @@ from ..oci.digest import Digest
 from ..oci.manifest import Manifest, referrer_descriptor
 from .files import BlobWriter, DigestMismatch, Layout, publish_file, seal_bytes
 from .index import Index, MissingChildren
+
+_log = logging.getLogger("edgecache.store")
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,14 @@ class Store:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, sweep: bool = False) -> Store:
+        """Open a data directory; `sweep` (the server at start-up) also clears what a crash
+        left: unfinished writes in tmp/ and an interrupted garbage-collection batch."""
         store = cls(Path(root))
         if sweep:
+            from .collect import recover_trash
+
             store.layout.sweep_tmp()
+            recover_trash(store.index, store.layout)
         return store
 
     def close(self) -> None:
@@ -275,6 +283,7 @@ class Store:
                 ) from None
 
         await trio.to_thread.run_sync(work)
+        _log.debug("manifest %s committed in %s (tag %s)", digest, repo, tag)
 
     def tags(self, repo: str) -> list[str]:
         return self.index.tags(repo)

@@ -1,0 +1,156 @@
+"""`edgecache preload`: read inputs, check everything, then publish.
+
+Per input: every entry is spooled (spool.py) while the progress bar runs, the images are
+planned and checked (docker_save.py / oci_layout.py), and only then are blobs published and
+manifests and tags committed, children before parents, so that a reader (the server, which may
+be running on the same data directory) never sees a tag whose content is incomplete. What the
+store already has is linked, not written: a second import of the same file writes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TextIO
+
+import trio
+
+from ..oci.digest import Digest
+from ..oci.errors import OCIError
+from ..store import Store
+from ..store.files import publish_file
+from . import docker_save, oci_layout
+from .archive import Limits, input_size, iter_members
+from .errors import TransferError
+from .names import ImageName, literal
+from .plan import ImagePlan, ManifestDoc
+from .progress import Progress, human_bytes
+from .spool import Inventory, Spool, Spooled
+
+
+@dataclass
+class Summary:
+    images: list[tuple[str, Digest]] = field(default_factory=list)  # "repo:tag", manifest
+    blobs: set[Digest] = field(default_factory=set)  # distinct configs and layers
+    new_blobs: int = 0
+    new_bytes: int = 0
+    skipped: int = 0  # blobs the store already had
+
+    def line(self) -> str:
+        return (
+            f"{len(self.images)} images, {len(self.blobs)} blobs: {self.new_blobs} new "
+            f"({human_bytes(self.new_bytes)}), {self.skipped} already stored (skipped)"
+        )
+
+
+def preload(
+    data: Path,
+    files: list[Path],
+    *,
+    rename: str | None = None,
+    pin: bool = True,
+    err: TextIO | None = None,
+    tty: bool | None = None,
+    limits: Limits | None = None,
+) -> Summary:
+    """Import `files` into the store at `data`; raises TransferError on bad input."""
+    err = err if err is not None else sys.stderr
+    target = literal(rename, "--as") if rename is not None else None
+    if target is not None and len(files) != 1:
+        raise TransferError("--as names one image: give exactly one FILE with it")
+    for path in files:
+        if not path.exists():
+            raise TransferError(f"{path}: no such file or directory")
+    store = Store.open(data)
+    spool = Spool(store)
+    summary = Summary()
+    try:
+        spool.acquire()
+        for path in files:
+            plans = _read(store, spool, path, target, limits or Limits(), err, tty)
+            for plan in plans:
+                _publish(store, plan, pin, summary)
+        spool.sweep()
+    except TransferError:
+        spool.sweep()
+        raise
+    finally:
+        spool.release()
+        store.close()
+    return summary
+
+
+def _read(
+    store: Store,
+    spool: Spool,
+    path: Path,
+    rename: ImageName | None,
+    limits: Limits,
+    err: TextIO,
+    tty: bool | None,
+) -> list[ImagePlan]:
+    inv = Inventory(str(path))
+    progress = Progress(f"preload {path.name}", input_size(path), out=err, tty=tty)
+    for member in iter_members(path, limits, progress):
+        spool.add(inv, member)
+    spool.drain()
+    progress.finish()
+    if "index.json" in inv.meta:
+        return oci_layout.plans(inv, rename, spool.known)
+    if "manifest.json" in inv.meta:
+        return docker_save.plans(inv, rename)
+    raise TransferError(
+        f"{path}: neither an OCI image layout (no index.json) nor a docker save archive "
+        "(no manifest.json)"
+    )
+
+
+def _publish(store: Store, plan: ImagePlan, pin: bool, summary: Summary) -> None:
+    for name in plan.names:
+        for blob in plan.blobs:
+            _put_blob(store, name.repo, blob, pin, summary, plan.origin)
+        for child in plan.children:
+            _put_manifest(store, name.repo, child, None, pin, plan.origin)
+        _put_manifest(store, name.repo, plan.top, name.tag, pin, plan.origin)
+        summary.images.append((str(name), plan.top.digest))
+
+
+def _put_blob(
+    store: Store, repo: str, blob: Spooled, pin: bool, summary: Summary, origin: str
+) -> None:
+    key = str(blob.digest)
+    first = blob.digest not in summary.blobs
+    summary.blobs.add(blob.digest)
+    record = store.index.blob(key)
+    if record is not None:
+        summary.skipped += first
+        if store.index.linked(repo, key) and (record.get("pinned") or not pin):
+            return
+        if store.index.link_blob(repo, key, pin=pin):
+            return
+    if blob.stored or not blob.path.exists():
+        raise TransferError(
+            f"{origin}: {key} was removed from the store during the import (evicted?); "
+            "run the preload again"
+        )
+    publish = partial(publish_file, store.layout, blob.path, blob.digest)
+    store.index.commit_blob(repo, key, blob.size, publish, pin=pin)
+    summary.new_blobs += 1
+    summary.new_bytes += blob.size
+
+
+def _put_manifest(
+    store: Store, repo: str, doc: ManifestDoc, tag: str | None, pin: bool, origin: str
+) -> None:
+    existing = store.manifest(repo, tag or str(doc.digest))
+    if existing is not None and existing.digest == doc.digest:
+        record = store.index.blob(str(doc.digest)) or {}
+        if record.get("pinned") or not pin:
+            return
+    put = partial(store.put_manifest, repo, doc.data, doc.manifest, doc.digest, tag, pin=pin)
+    try:
+        trio.run(put)
+    except OCIError as exc:
+        raise TransferError(f"{origin}: {exc.message}") from None

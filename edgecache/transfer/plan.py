@@ -1,0 +1,45 @@
+"""What an input holds, as the store will receive it: images with their manifests and blobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..oci.digest import Digest
+from ..oci.errors import OCIError
+from ..oci.manifest import Manifest, parse_manifest
+from .errors import TransferError
+from .names import ImageName
+from .spool import Spooled
+
+
+@dataclass(frozen=True)
+class ManifestDoc:
+    digest: Digest
+    data: bytes
+    manifest: Manifest
+
+    @classmethod
+    def parse(cls, data: bytes, media_type: str | None, what: str) -> ManifestDoc:
+        try:
+            manifest = parse_manifest(data, media_type)
+        except OCIError as exc:
+            raise TransferError(f"{what}: {exc.message}") from None
+        return cls(Digest.of_bytes(data), data, manifest)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    origin: str  # where in the input it was found, for messages
+    names: tuple[ImageName, ...]
+    top: ManifestDoc
+    children: tuple[ManifestDoc, ...]  # platform manifests of an index, stored first
+    blobs: tuple[Spooled, ...]  # configs and layers, each once
+
+
+# Foreign (non-distributable) layers are fetched from elsewhere by design; a manifest may name
+# them without the archive carrying them (the store makes the same exception).
+_NONDISTRIBUTABLE = ("foreign", "nondistributable")
+
+
+def must_carry(media_type: str) -> bool:
+    return not any(marker in media_type for marker in _NONDISTRIBUTABLE)

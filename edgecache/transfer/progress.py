@@ -1,0 +1,92 @@
+"""Progress of a long import or export: a redrawn bar on a terminal, log lines elsewhere.
+
+A bar full of carriage returns is noise in a CI log or a journal, and silence for ten minutes
+looks like a hang; so off a terminal a plain line is printed every `interval` seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_bytes(n: float) -> str:
+    for unit in _UNITS:
+        if abs(n) < 1024 or unit == _UNITS[-1]:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        out: TextIO | None = None,
+        tty: bool | None = None,
+        interval: float | None = None,
+    ) -> None:
+        self.label = label
+        self.total = max(total, 0)
+        self.done = 0
+        self.out = out if out is not None else sys.stderr
+        self.tty = self.out.isatty() if tty is None else tty
+        # Redraws cost a write syscall each: ten a second look smooth and cost nothing.
+        self.interval = interval if interval is not None else (0.1 if self.tty else 10.0)
+        self.started = time.monotonic()
+        self._last = self.started
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second so far."""
+        return self.done / max(time.monotonic() - self.started, 1e-6)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._show(final=False)
+
+    def _line(self) -> str:
+        rate = self.rate
+        if self.total:
+            share = min(self.done / self.total, 1.0)
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            return (
+                f"{human_bytes(self.done)} of {human_bytes(self.total)} ({share:.0%}), "
+                f"{human_bytes(rate)}/s, ETA {_duration(eta)}"
+            )
+        return f"{human_bytes(self.done)}, {human_bytes(rate)}/s"
+
+    def _show(self, *, final: bool) -> None:
+        if self.tty:
+            share = min(self.done / self.total, 1.0) if self.total else 0.0
+            filled = int(share * 24)
+            bar = "#" * filled + "." * (24 - filled)
+            end = "\n" if final else ""
+            self.out.write(f"\r\x1b[K{self.label} [{bar}] {self._line()}{end}")
+        else:
+            self.out.write(f"{self.label}: {self._line()}\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.tty:
+            self._show(final=True)
+        else:
+            self.out.write(
+                f"{self.label}: {human_bytes(self.done)} in {elapsed:.1f}s "
+                f"({human_bytes(self.rate)}/s)\n"
+            )
+            self.out.flush()

@@ -1,0 +1,209 @@
+"""Garbage collection and eviction in the running server, under concurrent pushes and pulls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import EdgecacheServer, anonymous_push_config, wait_for
+from tests.upstreams import RunningUpstream, start_registry
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_blob(client: httpx.Client, repo: str, data: bytes) -> None:
+    r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest_of(data)}, content=data)
+    assert r.status_code == 201, r.text
+
+
+def image(layers: list[bytes], label: str) -> tuple[bytes, bytes]:
+    config = json.dumps({"label": label, "layers": len(layers)}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest_of(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digest_of(x),
+                    "size": len(x),
+                }
+                for x in layers
+            ],
+        }
+    ).encode()
+    return config, manifest
+
+
+def push_image(client: httpx.Client, repo: str, tag: str, layers: list[bytes]) -> str:
+    """Push blobs then the manifest; a blob collected in between (grace 0) is pushed again,
+    as a registry client would on MANIFEST_BLOB_UNKNOWN."""
+    config, manifest = image(layers, f"{repo}:{tag}")
+    for _ in range(50):
+        for blob in (config, *layers):
+            push_blob(client, repo, blob)
+        r = client.put(
+            f"/v2/{repo}/manifests/{tag}", content=manifest, headers={"Content-Type": OCI_MANIFEST}
+        )
+        if r.status_code == 201:
+            return digest_of(manifest)
+        assert r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN", r.text
+    raise AssertionError("manifest push kept losing its blobs")
+
+
+def pull_image(client: httpx.Client, repo: str, ref: str) -> None:
+    r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 200, f"{repo}:{ref}: {r.status_code} {r.text}"
+    manifest = r.json()
+    for desc in (manifest["config"], *manifest["layers"]):
+        blob = client.get(f"/v2/{repo}/blobs/{desc['digest']}")
+        assert blob.status_code == 200, f"{repo} {desc['digest']}: {blob.status_code}"
+        assert digest_of(blob.content) == desc["digest"]
+
+
+def admin(server: EdgecacheServer, method: str, name: str, **params: str) -> object:
+    with server.client(timeout=300) as client:
+        r = client.request(
+            method,
+            f"/_edgecache/admin/{name}",
+            params=params,
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+@pytest.fixture
+def gc_server(tmp_path: Path) -> Iterator[EdgecacheServer]:
+    config = anonymous_push_config("[gc]\ngrace = 0.0\ndelete_untagged = true\n")
+    with EdgecacheServer(tmp_path / "ec", config_text=config) as server:
+        yield server
+
+
+def test_torture_push_delete_pull_while_gc_runs(gc_server: EdgecacheServer) -> None:
+    rng = random.Random(4)
+    shared = [os.urandom(64 * 1024) for _ in range(6)]
+    rounds = 24
+    pushed: dict[str, str] = {}  # "repo:tag" -> manifest digest the client was told is stored
+    deleted: set[str] = set()
+    lock = threading.Condition()
+    done = threading.Event()
+    errors: list[BaseException] = []
+    gc_runs = 0
+    freed = 0
+
+    def guard(fn):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                errors.append(exc)
+                done.set()
+
+        return run
+
+    @guard
+    def pusher() -> None:
+        with gc_server.client() as client:
+            for i in range(rounds):
+                layers = [rng.choice(shared), rng.choice(shared), os.urandom(32 * 1024)]
+                ref = f"torture/app{i % 4}:t{i}"
+                repo, tag = ref.split(":")
+                digest = push_image(client, repo, tag, layers)
+                with lock:
+                    pushed[ref] = digest
+                    lock.notify_all()
+
+    @guard
+    def deleter() -> None:
+        with gc_server.client() as client:
+            while not done.is_set():
+                with lock:
+                    victims = [r for r in pushed if r not in deleted]
+                    if len(victims) <= 3:
+                        if len(pushed) >= rounds:
+                            return
+                        lock.wait(timeout=5)  # woken by the next push
+                        continue
+                ref = victims[0]
+                repo = ref.split(":")[0]
+                with lock:
+                    deleted.add(ref)  # before the request: from now on a 404 is fine
+                r = client.delete(f"/v2/{repo}/manifests/{pushed[ref]}")
+                assert r.status_code == 202, r.text
+
+    @guard
+    def puller() -> None:
+        with gc_server.client() as client:
+            while not done.is_set():
+                with lock:
+                    alive = [r for r in pushed if r not in deleted]
+                    if not alive:
+                        lock.wait(timeout=5)  # woken by the first push
+                        continue
+                ref = alive[-1]
+                repo = ref.split(":")[0]
+                r = client.get(
+                    f"/v2/{repo}/manifests/{pushed[ref]}", headers={"Accept": OCI_MANIFEST}
+                )
+                with lock:
+                    if ref in deleted:
+                        continue  # deleted meanwhile: a 404 is right
+                assert r.status_code == 200, f"{ref}: {r.status_code} {r.text}"
+                for desc in (r.json()["config"], *r.json()["layers"]):
+                    blob = client.get(f"/v2/{repo}/blobs/{desc['digest']}")
+                    with lock:
+                        if ref in deleted:
+                            break
+                    assert blob.status_code == 200, f"{ref} lost {desc['digest']}"
+                    assert digest_of(blob.content) == desc["digest"]
+
+    workers = [threading.Thread(target=f) for f in (pusher, deleter, puller)]
+    for w in workers:
+        w.start()
+    # GC back to back, in this thread, for as long as pushes and deletes go on.
+    while (workers[0].is_alive() or workers[1].is_alive()) and not errors:
+        record = admin(gc_server, "POST", "gc")
+        assert isinstance(record, dict)
+        gc_runs += 1
+        freed += record["freed"]["bytes"]
+    done.set()
+    with lock:
+        lock.notify_all()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    assert gc_runs >= 2
+    for _ in range(2):
+        record = admin(gc_server, "POST", "gc")
+        assert isinstance(record, dict)
+        gc_runs += 1
+        freed += record["freed"]["bytes"]
+    assert freed > 0
+    with gc_server.client() as client:
+        for ref, digest in pushed.items():
+            repo, tag = ref.split(":")
+            if ref in deleted:
+                assert client.get(f"/v2/{repo}/manifests/{digest}").status_code == 404
+            else:
+                pull_image(client, repo, tag)
+                pull_image(client, repo, digest)
+    result = gc_server.cli("fsck", "--data", str(gc_server.data))
+    assert result.returncode == 0, result.stdout + result.stderr
