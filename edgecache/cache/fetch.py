@@ -32,6 +32,10 @@ log = logging.getLogger("edgecache.fetch")
 # Consecutive resumes that make no progress before the fetch is declared failed.
 MAX_STALLED_RESUMES = 5
 READ_CHUNK = 1 << 20
+# Upstream bytes are written (and waiters woken) in pieces of this size: per ~64 KiB network
+# read, the worker-thread hop and the wake-ups of every waiter cost more than the copy
+# (py-spy on a 50-client cold pull). At 100 MB/s this delays a waiter by ~2.5 ms.
+WRITE_CHUNK = 256 << 10
 
 
 class BlobFetch:
@@ -146,7 +150,7 @@ class BlobFetch:
                 self.total = stream.total
             self.started.set()
             skip = offset - stream.offset  # the upstream ignored Range: drop what we have
-            async for chunk in stream.chunks():
+            async for chunk in stream.chunks(WRITE_CHUNK):
                 self.upstream_bytes += len(chunk)
                 self.on_bytes(self.upstream.name, len(chunk))
                 if skip:
@@ -216,26 +220,3 @@ async def reading(fd: int) -> AsyncIterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-async def stream_growing(
-    fetch: BlobFetch, fd: int, start: int, end: int | None
-) -> AsyncIterator[bytes]:
-    """Bytes [start, end) of a blob being downloaded, as they arrive."""
-    offset = start
-    while end is None or offset < end:
-        await fetch.wait_beyond(offset)
-        if fetch.error is not None:
-            raise fetch.error
-        available = fetch.written
-        if offset >= available:
-            if fetch.finished:
-                return
-            continue
-        limit = available if end is None else min(available, end)
-        size = min(READ_CHUNK, limit - offset)
-        data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
-        if not data:
-            raise errors.InternalError("temp file shorter than the bytes written")
-        offset += len(data)
-        yield data

@@ -50,6 +50,8 @@ class ManifestProxy:
         self._checked: dict[tuple[str, str], float] = {}
         self._lists: dict[tuple[str, ...], tuple[float, object]] = {}
         self.stale_served = 0
+        # (store repo, digest) -> tag, from HEADs of uncached tags awaiting the GET by digest.
+        self._resolved: dict[tuple[str, str], str] = {}
 
     async def manifest(
         self, target: Target, upstream: Upstream, ref: Reference, head: bool
@@ -60,7 +62,10 @@ class ManifestProxy:
                 return ManifestResult(cached)
             if head:
                 return ManifestResult(None, await self._remote_head(upstream, target, ref))
-            info = await self._fetch(target, upstream, str(ref.digest), None)
+            # containerd resolves a tag with HEAD, then GETs by digest: the tag it resolved
+            # is recorded with the manifest, so the image still pulls by tag when offline.
+            tag = self._resolved.pop((target.store_repo, str(ref.digest)), None)
+            info = await self._fetch(target, upstream, str(ref.digest), tag)
             return ManifestResult(info)
         assert ref.tag is not None
         return await self._by_tag(target, upstream, ref.tag, head)
@@ -72,9 +77,10 @@ class ManifestProxy:
         key = (target.store_repo, tag)
         if cached is None:
             if head:
-                return ManifestResult(
-                    None, await self._remote_head(upstream, target, Reference(tag=tag))
-                )
+                remote = await self._remote_head(upstream, target, Reference(tag=tag))
+                if remote.digest is not None:
+                    self._remember_resolution(target.store_repo, str(remote.digest), tag)
+                return ManifestResult(None, remote)
             return ManifestResult(await self._fetch(target, upstream, tag, tag))
         if time.monotonic() - self._checked.get(key, -1e18) < self.config.tag_ttl:
             return ManifestResult(cached)
@@ -93,6 +99,11 @@ class ManifestProxy:
             return self._stale(cached, upstream, str(exc))
         assert isinstance(result, ManifestInfo)
         return ManifestResult(result)
+
+    def _remember_resolution(self, store_repo: str, digest: str, tag: str) -> None:
+        if len(self._resolved) >= 10_000:  # bounded: drop the oldest resolution
+            del self._resolved[next(iter(self._resolved))]
+        self._resolved[(store_repo, digest)] = tag
 
     def _stale(self, cached: ManifestInfo, upstream: Upstream, reason: str) -> ManifestResult:
         self.stale_served += 1

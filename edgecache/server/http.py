@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -140,13 +141,25 @@ class Request:
         await self.respond(error.status, headers, body)
 
     async def send_file(self, fd: int, offset: int, count: int, use_zerocopy: bool) -> str:
-        """Send `count` bytes of an open file after start(); returns the path used."""
+        """Send `count` bytes of an open file after start() and end the response."""
         if self.method == "HEAD" or count == 0:
-            await self.send({"type": "http.response.body", "body": b""})
+            await self.finish()
             return "none"
+        used = await self.send_part(fd, offset, count, use_zerocopy)
+        await self.finish()
+        return used
+
+    async def send_part(self, fd: int, offset: int, count: int, use_zerocopy: bool) -> str:
+        """Send bytes of an open file as more body to come; returns the path used."""
         if use_zerocopy and self.zerocopy:
             await self.send(
-                {"type": zerocopy.EXTENSION, "file": fd, "offset": offset, "count": count}
+                {
+                    "type": zerocopy.EXTENSION,
+                    "file": fd,
+                    "offset": offset,
+                    "count": count,
+                    "more_body": True,
+                }
             )
             self.sent_bytes += count
             return "sendfile"
@@ -157,6 +170,24 @@ class Request:
             if not data:
                 raise OSError("file shorter than its index entry")
             offset += len(data)
-            await self.send({"type": "http.response.body", "body": data, "more_body": offset < end})
+            await self.send({"type": "http.response.body", "body": data, "more_body": True})
             self.sent_bytes += len(data)
         return "pread"
+
+    @asynccontextmanager
+    async def until_disconnect(self) -> AsyncIterator[None]:
+        """Run a long response body that stops when the client goes away.
+
+        hypercorn silently drops what is sent after a disconnect, so without this a hung-up
+        client would be "served" to the end (and cost disk reads and wake-ups until then).
+        """
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                while (await self.receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            yield
+            nursery.cancel_scope.cancel()

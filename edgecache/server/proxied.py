@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..cache.fetch import reading, stream_growing
+from ..cache.fetch import BlobFetch, reading
 from ..cache.routing import Target
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
@@ -90,11 +90,29 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
         if req.method == "HEAD":
             await req.finish()
             return
-        async for data in stream_growing(fetch, fd, start, end):
-            await req.send({"type": "http.response.body", "body": data, "more_body": True})
-            req.sent_bytes += len(data)
-        await req.finish()
+        async with req.until_disconnect():
+            await _stream_growing(app, req, fetch, fd, start, end)
         app.metrics.served("inflight", req.sent_bytes)
+
+
+async def _stream_growing(
+    app: App, req: Request, fetch: BlobFetch, fd: int, start: int, end: int | None
+) -> None:
+    """Bytes [start, end) of a blob being downloaded, sent as they reach the disk (with
+    sendfile where the connection allows it)."""
+    offset = start
+    while end is None or offset < end:
+        await fetch.wait_beyond(offset)
+        if fetch.error is not None:
+            raise fetch.error
+        available = fetch.written if end is None else min(fetch.written, end)
+        if offset >= available:
+            if fetch.finished:
+                break
+            continue
+        await req.send_part(fd, offset, available - offset, app.config.server.sendfile)
+        offset = available
+    await req.finish()
 
 
 async def _link_if_upstream_has(

@@ -95,9 +95,10 @@ class BlobStream:
         self._response = response
         self.received = 0
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        """The body; `chunk_size` coalesces network reads (fewer, larger disk writes)."""
         try:
-            async for chunk in self._response.aiter_bytes():
+            async for chunk in self._response.aiter_bytes(chunk_size):
                 self.received += len(chunk)
                 yield chunk
         except httpx.TransportError as exc:
