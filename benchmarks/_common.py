@@ -403,19 +403,32 @@ class Edgecache(Proc):
 class Registry(Proc):
     name = "docker-registry"
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, proxy_remote: str | None = None, json_log: bool = False) -> None:
+        """proxy_remote: run as a pull-through cache of that registry URL (`proxy: remoteurl`).
+
+        json_log: info-level JSON log with access lines ("response completed"), parsed by
+        `access_log()`; otherwise warnings only, access log off (no cost while measuring).
+        """
         super().__init__()
         self.base = base
+        self.proxy_remote = proxy_remote
+        self.json_log = json_log
 
     def start(self) -> Registry:
         self.base.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         cfg = self.base / "config.yml"
+        if self.json_log:
+            log_cfg = "log:\n  level: info\n  formatter: json\n"
+        else:
+            log_cfg = "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        proxy_cfg = f"proxy:\n  remoteurl: {self.proxy_remote}\n" if self.proxy_remote else ""
         cfg.write_text(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"version: 0.1\n{log_cfg}"
             f"storage:\n  filesystem:\n    rootdirectory: {self.base / 'storage'}\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
             f"http:\n  addr: {LOOPBACK}:{self.port}\n"
+            f"{proxy_cfg}"
         )
         self._spawn(
             ["docker-registry", "serve", str(cfg)],
@@ -424,6 +437,19 @@ class Registry(Proc):
         )
         wait_for(lambda: (self.check(), port_open(self.port))[1], 30, "docker-registry port")
         return self
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """The "response completed" entries of a json_log registry (method, uri, written...)."""
+        out = []
+        assert self.log is not None
+        for line in self.log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            with contextlib.suppress(ValueError):
+                e = json.loads(line)
+                if str(e.get("msg", "")).startswith("response completed"):
+                    out.append(e)
+        return out
 
 
 class Nginx(Proc):
@@ -522,9 +548,21 @@ class H1Client:
         self.hasher.join()
         self.sock.close()
 
-    def get(self, path: str, digest: str | None, verify: bool = True) -> int:
-        """GET `path`; return the body size; raise unless 200 and (if verify) sha256 matches."""
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+    def get(
+        self,
+        path: str,
+        digest: str | None,
+        verify: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """GET `path`; return the body size; raise unless 200 and (if verify) sha256 matches.
+
+        Sets self.first_body_at (time.monotonic() when the first body byte arrived, or when the
+        headers did for an empty body).
+        """
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{extra}\r\n".encode())
+        self.first_body_at = 0.0
         # Headers: read into a small buffer until the blank line (no pipelining, so anything
         # after it is this response's body).
         mv = memoryview(self.head)
@@ -555,6 +593,8 @@ class H1Client:
             raise HTTPError(f"no Content-Length: {header}")
         h = hashlib.sha256() if verify else None
         body0 = got - end - 4
+        if body0 > 0 or length == 0:
+            self.first_body_at = time.monotonic()
         remaining = length
         # Copy what followed the headers into the first body buffer.
         buf = self.free.get()
@@ -567,6 +607,8 @@ class H1Client:
             n = self.sock.recv_into(bmv[fill : fill + want])
             if n == 0:
                 raise HTTPError("connection closed in body")
+            if not self.first_body_at:
+                self.first_body_at = time.monotonic()
             fill += n
             remaining -= n
             if fill == self.BUF:
@@ -587,6 +629,35 @@ class H1Client:
             if digest is not None and "sha256:" + h.hexdigest() != digest:
                 raise HTTPError(f"sha256 mismatch for {path}")
         return length
+
+    def get_small(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """GET a small document (manifest) on this connection: (status, body)."""
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{extra}\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise HTTPError("connection closed in headers")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = -1
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v.strip())
+            elif k.strip().lower() == "transfer-encoding" and "chunked" in v.lower():
+                raise HTTPError("chunked responses are not expected")
+        if length < 0:
+            raise HTTPError(f"no Content-Length: {lines}")
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise HTTPError("connection closed in body")
+            body += chunk
+        return status, body[:length]
 
 
 def client_tls_context(alpn: list[str]) -> ssl.SSLContext:
@@ -612,12 +683,12 @@ def _worker(fn: Callable[..., int], args: tuple[Any, ...], start: Any, out: Any)
         out.put(("error", 0.0, 0.0, f"{type(e).__name__}: {e}"))
 
 
-def run_clients(
-    fn: Callable[..., int], args_list: list[tuple[Any, ...]], timeout: float = 300
-) -> tuple[float, int]:
-    """Run fn(*args) in one process per client, released together; (seconds, bytes) overall.
+def run_clients_results(
+    fn: Callable[..., Any], args_list: list[tuple[Any, ...]], timeout: float = 300
+) -> list[tuple[str, float, float, Any]]:
+    """Like run_clients, but every client's (status "ok"/"error", t0, t1, result or message).
 
-    fn(*args, prepare=True) is called first (connect), then fn(*args, prepared=<that>).
+    t0/t1 are time.monotonic() in the client (fork: the same clock as the caller's).
     """
     ctx = mp.get_context("fork")
     start = ctx.Event()
@@ -625,11 +696,22 @@ def run_clients(
     procs = [ctx.Process(target=_worker, args=(fn, a, start, out), daemon=True) for a in args_list]
     for p in procs:
         p.start()
-    time.sleep(0.3)  # let them connect (their connect is outside the measured window)
+    time.sleep(0.3 + 0.01 * len(procs))  # let them connect (outside the measured window)
     start.set()
     results = [out.get(timeout=timeout) for _ in procs]
     for p in procs:
         p.join(10)
+    return results
+
+
+def run_clients(
+    fn: Callable[..., int], args_list: list[tuple[Any, ...]], timeout: float = 300
+) -> tuple[float, int]:
+    """Run fn(*args) in one process per client, released together; (seconds, bytes) overall.
+
+    fn(*args, prepare=True) is called first (connect), then fn(*args, prepared=<that>).
+    """
+    results = run_clients_results(fn, args_list, timeout)
     errors = [r[3] for r in results if r[0] != "ok"]
     if errors:
         raise RuntimeError(f"client errors: {errors[:3]}")

@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="containerd: write the hosts.toml files under DIR "
         "(e.g. /etc/containerd/certs.d) instead of printing them",
     )
+    from .transfer.cli import add_export_parser, add_preload_parser
+
+    add_preload_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
@@ -140,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             return _gc(args)
         if args.command == "mirror-config":
             return _mirror_config(args)
+        if args.command == "preload":
+            from .transfer.cli import run_preload
+
+            return run_preload(args)
+        if args.command == "export":
+            from .transfer.cli import run_export
+
+            return run_export(args)
     except ConfigError as exc:
         print(f"edgecache: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -84,7 +84,33 @@ def choose_evictions(
             else "free disk below the reserve"
         )
         remaining = [r for r in ranked if (r[1], r[2]) not in chosen]
-        for _, repo, digest in remaining[:batch]:
+        # Whole images, oldest first, until their bytes cover what must go. Shared layers
+        # make this an overestimate of what a collection frees: the caller checks again.
+        planned = 0
+        taken = 0
+        for _, repo, digest in remaining:
+            if planned >= need or taken >= batch:
+                break
             plan.images.append((repo, digest, reason))
-        plan.more = len(remaining) > batch
+            planned += image_bytes(index, digest)
+            taken += 1
+        plan.more = taken < len(remaining)
     return plan
+
+
+def image_bytes(index: Index, digest: str) -> int:
+    """Bytes of a manifest and everything it reaches that is in the store."""
+    total, stack, seen = 0, [digest], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        blob = index.blob(current)
+        if blob is not None:
+            total += int(blob["size"])
+        record = index.manifest(current)
+        if record is not None:
+            stack.extend(record["blobs"])
+            stack.extend(record["manifests"])
+    return total

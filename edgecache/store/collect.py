@@ -41,6 +41,11 @@ class Plan:
     links: dict[str, list[str]]  # candidate digest -> repositories linking it
     live: int = 0
     gen: int = 0  # the reference counter of the snapshot marked from
+    # Candidates the grace window applies to: content linked into a pushed repository (an
+    # upload whose manifest is not pushed yet). Proxied content needs no grace (fetches in
+    # flight are roots), or eviction could not free what was pulled in the last hour; unlinked
+    # content was deleted or evicted on purpose.
+    graced: set[str] = field(default_factory=set)
 
     def summary(self) -> dict[str, Any]:
         per_repo: dict[str, dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0})
@@ -110,11 +115,12 @@ def mark(
             _, subject, digest = _split(key)
             referrers[subject].append(digest)
 
+    def graced(digest: str) -> bool:
+        return any(not is_proxied(repo) for repo in linked_in.get(digest, ()))
+
     for digest, record in blobs.items():
-        if (
-            record.get("pinned")
-            or max(record.get("created", 0), record.get("ref", 0)) >= young_before
-        ):
+        young = max(record.get("created", 0), record.get("ref", 0)) >= young_before
+        if record.get("pinned") or (young and graced(digest)):
             roots.add(digest)
 
     live: set[str] = set()
@@ -132,7 +138,14 @@ def mark(
 
     candidates = {d: int(r["size"]) for d, r in blobs.items() if d not in live}
     links = {d: linked_in[d] for d in candidates if d in linked_in}
-    return Plan(started, candidates, links, live=len(live & blobs.keys()), gen=gen)
+    return Plan(
+        started,
+        candidates,
+        links,
+        live=len(live & blobs.keys()),
+        gen=gen,
+        graced={d for d in candidates if graced(d)},
+    )
 
 
 def sweep(
@@ -155,7 +168,10 @@ def sweep(
         with index.env.begin(write=True) as txn:
             for digest in chunk:
                 repos = plan.links.get(digest, [])
-                why = _delete_in(txn, index, layout, digest, repos, plan.gen, young_from, fetching)
+                young_from_here = young_from if digest in plan.graced else float("inf")
+                why = _delete_in(
+                    txn, index, layout, digest, repos, plan.gen, young_from_here, fetching
+                )
                 if why is None:
                     result.deleted[digest] = plan.candidates[digest]
                     trashed.append(layout.trash / digest.replace(":", "-"))

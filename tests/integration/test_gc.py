@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from tests.support import EdgecacheServer, anonymous_push_config, wait_for
-from tests.upstreams import RunningUpstream, start_registry
+from tests.upstreams import start_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -207,3 +208,100 @@ def test_torture_push_delete_pull_while_gc_runs(gc_server: EdgecacheServer) -> N
                 pull_image(client, repo, digest)
     result = gc_server.cli("fsck", "--data", str(gc_server.data))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _blob_files(data: Path) -> int:
+    return sum(1 for p in (data / "blobs").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("kill_after", [50, 400, 900])
+def test_kill_9_in_the_middle_of_a_sweep_leaves_a_clean_store(
+    tmp_path: Path, kill_after: int
+) -> None:
+    config = anonymous_push_config("[gc]\ngrace = 0.0\n")
+    server = EdgecacheServer(tmp_path / "ec", config_text=config).start()
+    try:
+        with server.client() as client:
+            layers = [os.urandom(2048), os.urandom(4096)]
+            push_image(client, "keep/app", "v1", layers)
+            for i in range(1200):  # uploaded blobs no manifest references: garbage
+                push_blob(client, "junk/blobs", f"garbage {i} {kill_after}".encode() * 10)
+        before = _blob_files(server.data)
+
+        def run_gc() -> None:
+            with contextlib.suppress(httpx.HTTPError, AssertionError):  # killed under it
+                admin(server, "POST", "gc")
+
+        runner = threading.Thread(target=run_gc)
+        runner.start()
+        # Kill once the sweep has removed some files (or it finished: then this offset is
+        # simply "after the sweep").
+        wait_for(
+            lambda: _blob_files(server.data) <= before - kill_after or not runner.is_alive(),
+            timeout=60,
+            what=f"the sweep to remove {kill_after} files",
+        )
+        server.kill9()
+        runner.join()
+        server.restart()
+        with server.client() as client:
+            pull_image(client, "keep/app", "v1")
+        server.stop()
+        fsck = server.cli("fsck", "--data", str(server.data))
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        server.restart()
+        admin(server, "POST", "gc")
+        with server.client() as client:
+            pull_image(client, "keep/app", "v1")
+        assert _blob_files(server.data) == 4  # the manifest, its config and two layers
+    finally:
+        server.stop()
+
+
+MiB = 1 << 20
+
+
+def test_eviction_keeps_the_store_under_its_limit_and_spares_local_and_pinned(
+    tmp_path: Path,
+) -> None:
+    with start_registry(tmp_path / "upstream", "anonymous") as upstream:
+        images = [
+            upstream.push_test_image(f"team/img{i}", layer=os.urandom(3 * MiB)) for i in range(6)
+        ]
+        config = (
+            anonymous_push_config()
+            + f'[upstreams.lab]\nurl = "{upstream.url}"\n'
+            # 6 images of 3 MiB would need 18 MiB: limit 10, evict above 9 down to 6.
+            + f"[eviction]\nmax_store_bytes = {10 * MiB}\nhigh_watermark = 0.9\n"
+            + "low_watermark = 0.6\ncheck_interval = 3600.0\n"
+        )
+        with EdgecacheServer(tmp_path / "ec", config_text=config) as server:
+            with server.client() as client:
+                local = push_image(client, "local/app", "v1", [os.urandom(2 * MiB)])
+            assert server.cli("status", "--data", str(server.data)).returncode == 0
+            evicted: list[str] = []
+            for i, pushed in enumerate(images):
+                with server.client() as client:
+                    pull_image(client, f"lab/team/img{i}", "v1")
+                    # Pull the first image again: it is the most recently used, not the oldest.
+                    if i >= 2:
+                        pull_image(client, "lab/team/img0", "v1")
+                result = admin(server, "POST", "evict")
+                assert isinstance(result, dict)
+                evicted += [e["repository"] for e in result["evicted"]]
+                status = admin(server, "GET", "status")
+                assert isinstance(status, dict)
+                assert status["store_bytes"] <= 9 * MiB, (
+                    i,
+                    json.dumps(admin(server, "GET", "gc/history")),
+                )
+                assert pushed.digest
+            assert evicted, "nothing was evicted although 20 MiB went through a 10 MiB store"
+            assert "lab/team/img0" not in evicted  # pulled again and again: recently used
+            assert all(repo.startswith("lab/") for repo in evicted)
+            assert evicted[0] == "lab/team/img1"  # the least recently pulled went first
+            with server.client() as client:
+                pull_image(client, "local/app", local)  # pushed content is never evicted
+                pull_image(client, "lab/team/img5", "v1")  # and evicted ones pull again
+            fsck = server.cli("fsck", "--data", str(server.data))
+            assert fsck.returncode == 0, fsck.stdout
