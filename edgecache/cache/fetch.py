@@ -26,6 +26,7 @@ from ..oci.digest import Digest
 from ..store import Store
 from ..store.files import BlobWriter, DigestMismatch, publish_file
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound, UpstreamUnavailable
+from .failures import not_cached
 
 log = logging.getLogger("edgecache.fetch")
 
@@ -95,10 +96,7 @@ class BlobFetch:
                 f"blob {self.digest} is not in {self.remote_repo} at {self.upstream.name}"
             )
         except UpstreamError as exc:
-            self.error = errors.Unavailable(
-                f"upstream {self.upstream.name} is unreachable and blob {self.digest} is not "
-                f"cached: {exc}"
-            )
+            self.error = not_cached(self.upstream.name, f"blob {self.digest}", exc)
         except Exception as exc:  # a disk error: the waiters still need an answer
             log.exception("fetch of %s failed", self.digest)
             self.error = errors.InternalError(f"fetching {self.digest} failed: {exc}")

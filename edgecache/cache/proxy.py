@@ -25,6 +25,7 @@ from ..oci.manifest import parse_manifest
 from ..oci.names import Reference
 from ..store import ManifestInfo, Store
 from ..upstream import RemoteInfo, Upstream, UpstreamError, UpstreamNotFound
+from .failures import not_cached
 from .flight import SingleFlight
 from .routing import Target
 
@@ -142,10 +143,7 @@ class ManifestProxy:
                 f"manifest {reference} is not in {target.remote_repo} at {upstream.name}"
             ) from None
         except UpstreamError as exc:
-            raise errors.Unavailable(
-                f"upstream {upstream.name} is unreachable and {target.remote_repo}:{reference} "
-                f"is not cached: {exc}"
-            ) from None
+            raise not_cached(upstream.name, f"{target.remote_repo}:{reference}", exc) from None
         manifest = parse_manifest(remote.data, remote.media_type)
         # Children are fetched lazily, by digest, when clients ask for them.
         await self.store.put_manifest(
@@ -165,10 +163,7 @@ class ManifestProxy:
                 f"manifest {ref} is not in {target.remote_repo} at {upstream.name}"
             ) from None
         except UpstreamError as exc:
-            raise errors.Unavailable(
-                f"upstream {upstream.name} is unreachable and {target.remote_repo}:{ref} is "
-                f"not cached: {exc}"
-            ) from None
+            raise not_cached(upstream.name, f"{target.remote_repo}:{ref}", exc) from None
 
     # ---- lists ---------------------------------------------------------------------------
 

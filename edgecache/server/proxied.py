@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..cache.failures import not_cached
 from ..cache.fetch import BlobFetch, reading
 from ..cache.routing import Target
 from ..oci import errors, mediatypes
@@ -141,9 +142,7 @@ async def _remote_blob_head(
             f"blob {digest} is not in {target.remote_repo} at {upstream.name}"
         ) from None
     except UpstreamError as exc:
-        raise errors.Unavailable(
-            f"upstream {upstream.name} is unreachable and blob {digest} is not cached: {exc}"
-        ) from None
+        raise not_cached(upstream.name, f"blob {digest}", exc) from None
     headers = blob_headers(digest)
     if remote.size is not None:
         headers["Content-Length"] = str(remote.size)

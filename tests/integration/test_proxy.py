@@ -234,6 +234,52 @@ def test_shared_layer_is_linked_not_downloaded_again(
         assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
 
 
+def test_tag_list_and_multi_arch_index_come_through_whole(
+    cache: EdgecacheServer, upstream: RunningUpstream
+) -> None:
+    amd = upstream.push_test_image("team/multi", tags=("amd64-only",))
+    arm = upstream.push_test_image("team/multi", tags=("arm64-only",))
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": image.digest,
+                    "size": len(image.manifest),
+                    "platform": {"architecture": arch, "os": "linux"},
+                }
+                for image, arch in ((amd, "amd64"), (arm, "arm64"))
+            ],
+        },
+        indent=3,  # any formatting: the cache must keep the exact bytes
+    ).encode()
+    index_digest = upstream.push_manifest(
+        "team/multi", "v1", index, "application/vnd.oci.image.index.v1+json"
+    )
+    with cache.client() as client:
+        got = client.get(
+            f"/v2/{UPSTREAM}/team/multi/manifests/v1",
+            headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+        )
+        assert got.status_code == 200
+        assert got.content == index  # cached whole, never trimmed to a platform
+        assert got.headers["docker-content-digest"] == index_digest
+        for image in (amd, arm):
+            child = client.get(
+                f"/v2/{UPSTREAM}/team/multi/manifests/{image.digest}",
+                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            )
+            assert child.content == image.manifest
+        tags = client.get(f"/v2/{UPSTREAM}/team/multi/tags/list")
+        assert tags.status_code == 200
+        assert set(tags.json()["tags"]) == {"amd64-only", "arm64-only", "v1"}
+        page = client.get(f"/v2/{UPSTREAM}/team/multi/tags/list", params={"n": "2"})
+        assert page.json()["tags"] == ["amd64-only", "arm64-only"]
+        assert 'rel="next"' in page.headers["link"]
+
+
 def test_upstream_down_serves_cache_and_fails_fast_otherwise(
     cache: EdgecacheServer, upstream: RunningUpstream, image: str, tmp_path: Path
 ) -> None:
