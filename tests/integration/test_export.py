@@ -7,19 +7,25 @@ and one preloaded from a docker-save archive; node B starts empty and only ever 
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_ctr import image_digests
 from tests.integration.test_preload import airgapped_config, edgecache_argv, reported, skopeo
 from tests.support import (
+    Containerd,
     EdgecacheServer,
     anonymous_push_config,
     make_image,
     oci_layout_blobs,
     oci_layout_dir,
     oci_layout_manifest,
+    require_tool,
     run,
+    sha256_bytes,
 )
 
 MiB = 1 << 20
@@ -66,6 +72,44 @@ def test_round_trip_keeps_digests(node_a: tuple[Path, str, str], tmp_path: Path,
         skopeo("inspect", "--raw", "--tls-verify=false",
                f"docker://{server.host}/docker.io/library/saved:1")  # fmt: skip
     assert oci_layout_blobs(pulled) == oci_layout_blobs(oci_layout_dir(image))
+
+
+@pytest.mark.parametrize("fmt", ["oci", "docker"])
+def test_ctr_pulls_what_was_exported(
+    node_a: tuple[Path, str, str], tmp_path: Path, fmt: str
+) -> None:
+    """export on A -> preload on an empty B -> a fresh containerd pulls from B: same digests."""
+    require_tool("containerd")
+    require_tool("ctr")
+    data_a, image, saved_digest = node_a
+    pushed_digest, pushed_raw = oci_layout_manifest(image)
+    tar = tmp_path / "export.tar"
+    cli("export", "--data", data_a, "team/app:v1", "saved:1", "-o", tar, "--format", fmt)
+    node_b = tmp_path / "b"
+    cli("preload", "--data", node_b / "data", tar)
+    # Short base path: containerd's unix sockets must fit in 108 bytes.
+    with (
+        EdgecacheServer(node_b, config_text=airgapped_config()) as server,
+        tempfile.TemporaryDirectory(prefix="ec-ctrd-") as base,
+        Containerd(base) as containerd,
+    ):
+        expected = {
+            f"{server.host}/team/app:v1": pushed_digest,
+            f"{server.host}/docker.io/library/saved:1": saved_digest,
+        }
+        for name in expected:
+            containerd.ctr("images", "pull", "--plain-http", "--snapshotter", "native", name)
+        assert image_digests(containerd) == expected
+        check = containerd.ctr("images", "check").stdout.splitlines()[1:]
+        assert len(check) == len(expected)
+        for line in check:
+            assert re.search(r"\bcomplete\s+\((\d+)/\1\)", line), line
+        # Every blob as containerd stored it hashes to its digest, layers included.
+        for digest in (pushed_digest, saved_digest):
+            manifest = json.loads(containerd.content(digest))
+            for desc in [manifest["config"], *manifest["layers"]]:
+                assert sha256_bytes(containerd.content(desc["digest"])) == desc["digest"]
+        assert containerd.content(pushed_digest) == pushed_raw
 
 
 def test_skopeo_reads_oci_archive(node_a: tuple[Path, str, str], tmp_path: Path) -> None:
