@@ -12,6 +12,7 @@ client that disconnects does not cancel it: the cache still warms.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -58,6 +59,7 @@ class BlobFetch:
         self.started = trio.Event()  # total known, or failed
         self._progress = trio.Event()
         self.on_bytes: Callable[[str, int], None] = lambda name, n: None
+        self.on_disk_full: Callable[[], None] = lambda: None
 
     def dup_fd(self) -> int:
         """A private read descriptor on the temp file; valid even after the publish rename."""
@@ -97,9 +99,16 @@ class BlobFetch:
             )
         except UpstreamError as exc:
             self.error = not_cached(self.upstream.name, f"blob {self.digest}", exc)
-        except Exception as exc:  # a disk error: the waiters still need an answer
-            log.exception("fetch of %s failed", self.digest)
-            self.error = errors.InternalError(f"fetching {self.digest} failed: {exc}")
+        except OSError as exc:  # a disk error: the waiters still need an answer
+            if exc.errno == errno.ENOSPC:
+                self.error = errors.InsufficientStorage(
+                    f"the cache's disk is full while fetching {self.digest}; eviction has "
+                    "been started, retry later"
+                )
+                self.on_disk_full()
+            else:
+                log.exception("fetch of %s failed", self.digest)
+                self.error = errors.InternalError(f"fetching {self.digest} failed: {exc}")
         finally:
             self.finished = True
             self.started.set()
@@ -185,6 +194,7 @@ class Fetcher:
         # that they are counted before any waiting client has seen the last byte).
         self.on_fetch: Callable[[str], None] = lambda name: None
         self.on_upstream_bytes: Callable[[str, int], None] = lambda name, n: None
+        self.on_disk_full: Callable[[], None] = lambda: None
 
     def join(
         self, upstream: Upstream, remote_repo: str, store_repo: str, digest: Digest
@@ -198,6 +208,7 @@ class Fetcher:
         if fetch is None:
             fetch = BlobFetch(self.store, upstream, remote_repo, store_repo, digest)
             fetch.on_bytes = self.on_upstream_bytes
+            fetch.on_disk_full = self.on_disk_full
             self.inflight[digest] = fetch
             self.started_fetches += 1
             self.on_fetch(upstream.name)

@@ -75,6 +75,7 @@ class App:
         self.fetcher = Fetcher(store, nursery)
         self.proxy = ManifestProxy(store, config.proxy, nursery)
         self.manifest_cache = ManifestCache()
+        self.fetcher.on_disk_full = self._disk_full
         self.housekeeper = Housekeeper(
             store,
             config,
@@ -89,6 +90,10 @@ class App:
         self.fetcher.on_upstream_bytes = self.metrics.upstream_bytes_add
         self.fetcher.on_fetch = self.metrics.upstream_fetch_started
         self.ready = False
+
+    def _disk_full(self) -> None:
+        self.metrics.disk_full.inc()
+        self.housekeeper.disk_full()
 
     def upstream(self, target: Target) -> Upstream:
         assert target.upstream is not None
@@ -116,7 +121,7 @@ class App:
                     await req.respond_error(errors.InternalError(f"I/O error: {exc.strerror}"))
             else:
                 # The temp file is already gone (writers discard on error); make room.
-                self.housekeeper.disk_full()
+                self._disk_full()
                 if not req.started:
                     await req.respond_error(
                         errors.InsufficientStorage(

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 
 import trio
 
+from ..concurrency import unwrapped_errors
 from ..oci import errors
 from . import zerocopy
 
@@ -181,13 +182,14 @@ class Request:
         hypercorn silently drops what is sent after a disconnect, so without this a hung-up
         client would be "served" to the end (and cost disk reads and wake-ups until then).
         """
-        async with trio.open_nursery() as nursery:
+        with unwrapped_errors():
+            async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                while (await self.receive())["type"] != "http.disconnect":
-                    pass
+                async def watch() -> None:
+                    while (await self.receive())["type"] != "http.disconnect":
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                yield
                 nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            yield
-            nursery.cancel_scope.cancel()

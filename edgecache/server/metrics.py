@@ -63,6 +63,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.disk_full = Counter(
+            "edgecache_disk_full",
+            "Writes that failed because the disk was full (each starts an eviction check).",
+            registry=self.registry,
+        )
         self.cache_hits = 0  # proxied blob and manifest requests answered from the store
         self.cache_misses = 0  # ... that needed the upstream
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from ..concurrency import unwrapped_errors
 from ..oci import errors
 from ..oci.digest import Digest
 from ..oci.manifest import Manifest, referrer_descriptor
@@ -337,12 +338,13 @@ async def _drain(chunks: Any, writer: BlobWriter) -> None:
             async for chunk in receive:
                 await trio.to_thread.run_sync(writer.write, chunk)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
-        async with send:
-            async for chunk in chunks:
-                if chunk:
-                    await send.send(chunk)
+    with unwrapped_errors():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            async with send:
+                async for chunk in chunks:
+                    if chunk:
+                        await send.send(chunk)
 
 
 # Foreign / non-distributable layers live elsewhere by design (Windows base layers): a manifest
