@@ -55,8 +55,9 @@ def _write_private(path: Path, text: str) -> None:
 
 
 async def serve(config: Config) -> None:
-    if config.server.sendfile:
-        zerocopy.install()
+    # Always: it also fixes hypercorn's hang on early answers; the app decides whether to use
+    # the sendfile extension (server.sendfile).
+    zerocopy.install()
     store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data, sweep=True))
     run_dir = store.layout.run
     token = secrets.token_urlsafe(32)

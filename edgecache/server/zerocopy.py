@@ -19,18 +19,22 @@ path is active. `install()` is idempotent and is called by server.run before ser
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 import h11
 import hypercorn.protocol as hc_protocol
+import hypercorn.protocol.h2 as hc_h2
 import hypercorn.protocol.h11 as hc_h11
 import hypercorn.trio.run as hc_run
 import trio
 from hypercorn.events import Closed, Event
 from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -68,6 +72,23 @@ class _FileSlice:
 
 class ZeroCopyHTTPStream(HTTPStream):
     async def handle(self, event: StreamEvent) -> None:
+        if isinstance(event, StreamClosed) and not self.closed:
+            # hypercorn awaits room in the app's receive queue to deliver http.disconnect.
+            # When the app answered early (an error before reading a large upload) that queue
+            # is full of body chunks nobody will read: the connection then never closes and
+            # the client blocks writing. Deliver it only if there is room.
+            self.closed = True
+            if self.state != ASGIHTTPState.CLOSED:
+                await self.config.log.access(self.scope, None, time.time() - self.start_time)  # type: ignore[arg-type]
+            channel = getattr(self.app_put, "__self__", None)
+            with contextlib.suppress(
+                trio.WouldBlock,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                AttributeError,
+            ):
+                channel.send_nowait({"type": "http.disconnect"})  # type: ignore[union-attr]
+            return
         await super().handle(event)
         scope = getattr(self, "scope", None)
         if scope is not None and self.scheme == "http" and scope["http_version"] == "1.1":
@@ -165,6 +186,7 @@ def install() -> None:
     if _installed:
         return
     hc_h11.HTTPStream = ZeroCopyHTTPStream  # type: ignore[misc]
+    hc_h2.HTTPStream = ZeroCopyHTTPStream  # type: ignore[misc]  # the early-close fix only
     hc_protocol.H11Protocol = ZeroCopyH11Protocol  # type: ignore[misc]
     hc_run.TCPServer = ZeroCopyTCPServer  # type: ignore[misc]
     _installed = True
