@@ -141,9 +141,8 @@ async def test_referrers_without_api_is_empty_index(client: Upstream, image: Pus
     assert b'"manifests": []' in body
 
 
+@pytest.mark.parametrize("upstream", ["basic", "token"], indirect=True)  # anonymous: any creds
 async def test_wrong_password_is_auth_error(upstream: RunningUpstream, image: PushedImage) -> None:
-    if upstream.flavour == "anonymous":
-        pytest.skip("the anonymous upstream accepts any credentials")
     u = Upstream(config_for(upstream, password="wrong-password-xyz"))
     try:
         with pytest.raises(UpstreamAuthError) as caught:
@@ -154,9 +153,8 @@ async def test_wrong_password_is_auth_error(upstream: RunningUpstream, image: Pu
         await u.aclose()
 
 
+@pytest.mark.parametrize("upstream", ["basic"], indirect=True)  # the one refusing anonymous
 async def test_no_credentials_where_required(upstream: RunningUpstream, image: PushedImage) -> None:
-    if upstream.flavour != "basic":
-        pytest.skip("only the basic upstream refuses anonymous pulls")
     u = Upstream(config_for(upstream, username="", password=""))
     try:
         with pytest.raises(UpstreamAuthError, match="none configured"):
@@ -165,12 +163,12 @@ async def test_no_credentials_where_required(upstream: RunningUpstream, image: P
         await u.aclose()
 
 
+@pytest.mark.parametrize("upstream", ["token"], indirect=True)
 async def test_token_cached_per_scope_and_single_flight(
     upstream: RunningUpstream, image: PushedImage
 ) -> None:
-    if upstream.token_server is None:
-        pytest.skip("token caching needs the token upstream")
     tokens = upstream.token_server
+    assert tokens is not None
     upstream.push_test_image("team/other", tags=("v1",))
     u = Upstream(config_for(upstream))
     try:
@@ -190,10 +188,9 @@ async def test_token_cached_per_scope_and_single_flight(
         await u.aclose()
 
 
+@pytest.mark.parametrize("upstream", ["token"], indirect=True)
 async def test_anonymous_token_pull(upstream: RunningUpstream, image: PushedImage) -> None:
     """Docker Hub style: no credentials, the token server grants anonymous pull."""
-    if upstream.token_server is None:
-        pytest.skip("needs the token upstream")
     u = Upstream(config_for(upstream, username="", password=""))
     try:
         manifest = await u.get_manifest(image.repo, "v1")
