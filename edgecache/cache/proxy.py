@@ -25,7 +25,7 @@ from ..oci.manifest import parse_manifest
 from ..oci.names import Reference
 from ..store import ManifestInfo, Store
 from ..upstream import RemoteInfo, Upstream, UpstreamError, UpstreamNotFound
-from .failures import not_cached
+from .failures import upstream_failures
 from .flight import SingleFlight
 from .routing import Target
 
@@ -136,14 +136,9 @@ class ManifestProxy:
     async def _get_and_store(
         self, target: Target, upstream: Upstream, reference: str, tag: str | None
     ) -> ManifestInfo:
-        try:
+        what = f"manifest {reference}"
+        with upstream_failures(upstream.name, what, target.remote_repo, errors.ManifestUnknown):
             remote = await upstream.get_manifest(target.remote_repo, reference)
-        except UpstreamNotFound:
-            raise errors.ManifestUnknown(
-                f"manifest {reference} is not in {target.remote_repo} at {upstream.name}"
-            ) from None
-        except UpstreamError as exc:
-            raise not_cached(upstream.name, f"{target.remote_repo}:{reference}", exc) from None
         manifest = parse_manifest(remote.data, remote.media_type)
         # Children are fetched lazily, by digest, when clients ask for them.
         await self.store.put_manifest(
@@ -156,14 +151,9 @@ class ManifestProxy:
         return info
 
     async def _remote_head(self, upstream: Upstream, target: Target, ref: Reference) -> RemoteInfo:
-        try:
+        what = f"manifest {ref}"
+        with upstream_failures(upstream.name, what, target.remote_repo, errors.ManifestUnknown):
             return await upstream.head_manifest(target.remote_repo, str(ref))
-        except UpstreamNotFound:
-            raise errors.ManifestUnknown(
-                f"manifest {ref} is not in {target.remote_repo} at {upstream.name}"
-            ) from None
-        except UpstreamError as exc:
-            raise not_cached(upstream.name, f"{target.remote_repo}:{ref}", exc) from None
 
     # ---- lists ---------------------------------------------------------------------------
 

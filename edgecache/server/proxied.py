@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..cache.failures import not_cached
+from ..cache.failures import upstream_failures
 from ..cache.fetch import BlobFetch, reading
 from ..cache.routing import Target
 from ..oci import errors, mediatypes
@@ -135,14 +135,8 @@ async def _link_if_upstream_has(
 async def _remote_blob_head(
     req: Request, upstream: Upstream, target: Target, digest: Digest
 ) -> None:
-    try:
+    with upstream_failures(upstream.name, f"blob {digest}", target.remote_repo, errors.BlobUnknown):
         remote = await upstream.head_blob(target.remote_repo, digest)
-    except UpstreamNotFound:
-        raise errors.BlobUnknown(
-            f"blob {digest} is not in {target.remote_repo} at {upstream.name}"
-        ) from None
-    except UpstreamError as exc:
-        raise not_cached(upstream.name, f"blob {digest}", exc) from None
     headers = blob_headers(digest)
     if remote.size is not None:
         headers["Content-Length"] = str(remote.size)
