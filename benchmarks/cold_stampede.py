@@ -86,11 +86,13 @@ def measure(
         shutil.rmtree(base, ignore_errors=True)
 
 
-def profile(clients: int, seconds: int, upstream: c.Registry, img: c.Image, base: Path) -> str:
+def profile(
+    clients: int, seconds: int, upstream: c.Registry, img: c.Image, base: Path, suffix: str = ""
+) -> str:
     """py-spy (raw stacks, 200 Hz, --nonblocking) of edgecache during a cold `clients` pull."""
     fp = p.FaultProxy(c.LOOPBACK, upstream.port).start()
     srv = c.Edgecache(base / "ec", config=p.edgecache_config(fp.url)).start()
-    stem = Path(__file__).resolve().parent / f"profile-cold-{clients}"
+    stem = Path(__file__).resolve().parent / f"profile-cold-{clients}{suffix}"
     raw = stem.with_suffix(".collapsed")
     try:
         spy = subprocess.Popen(
@@ -132,6 +134,9 @@ def main() -> int:
         "--profile", type=int, metavar="C", help="only py-spy edgecache during a cold C-client pull"
     )
     ap.add_argument("--profile-seconds", type=int, default=15)
+    ap.add_argument(
+        "--profile-suffix", default="", help="profile files profile-cold-C<SUFFIX>.{collapsed,txt}"
+    )
     a = ap.parse_args()
     counts = [int(x) for x in a.clients.split(",")]
     targets = a.targets.split(",")
@@ -146,7 +151,16 @@ def main() -> int:
     try:
         c.push_image(upstream.port, REPO, img, TAG)
         if a.profile:
-            print(profile(a.profile, a.profile_seconds, upstream, img, run_dir / "profile"))
+            print(
+                profile(
+                    a.profile,
+                    a.profile_seconds,
+                    upstream,
+                    img,
+                    run_dir / "profile",
+                    a.profile_suffix,
+                )
+            )
             return 0
         for r in range(a.rounds):
             for n in counts:

@@ -24,7 +24,7 @@ import trio
 from ..config import Config
 from ..oci.digest import Digest
 from ..store import Store
-from ..store.collect import mark, sweep
+from ..store.collect import Plan, SweepResult, mark, sweep
 from .evict import EvictionPlan, choose_evictions
 
 log = logging.getLogger("edgecache.gc")
@@ -73,16 +73,19 @@ class Housekeeper:
         started = time.time()
         fetching = self.in_flight()
         gc = self.config.gc
-        plan = await trio.to_thread.run_sync(
-            lambda: mark(
+
+        def marked() -> tuple[Plan, dict[str, Any]]:
+            # Summaries walk every candidate: in the thread too, never on the event loop.
+            plan = mark(
                 self.store.index,
                 grace=gc.grace,
                 delete_untagged=gc.delete_untagged,
                 is_proxied=self.is_proxied,
                 in_flight=fetching,
             )
-        )
-        summary = plan.summary()
+            return plan, plan.summary()
+
+        plan, summary = await trio.to_thread.run_sync(marked)
         record: dict[str, Any] = {
             "started": started,
             "trigger": trigger,
@@ -100,23 +103,24 @@ class Housekeeper:
             def in_flight_now() -> set[str]:
                 return trio.from_thread.run_sync(self.in_flight, trio_token=token)
 
-            result = await trio.to_thread.run_sync(
-                lambda: sweep(
+            def swept() -> tuple[SweepResult, dict[str, Any]]:
+                result = sweep(
                     self.store.index,
                     self.store.layout,
                     plan,
                     grace=gc.grace,
                     in_flight=in_flight_now,
                 )
-            )
+                freed = {d: plan.candidates[d] for d in result.deleted}
+                return result, Plan(plan.started, freed, plan.links).summary()["by_repository"]
+
+            result, by_repo = await trio.to_thread.run_sync(swept)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("gc mark started at %.6f", plan.started)
                 for digest in result.deleted:
                     log.debug("gc deleted %s (linked in %s)", digest, plan.links.get(digest))
                 for digest, why in result.skipped.items():
                     log.debug("gc kept %s: %s", digest, why)
-            freed = {d: plan.candidates[d] for d in result.deleted}
-            by_repo = type(plan)(plan.started, freed, plan.links).summary()["by_repository"]
             record["freed"] = {
                 "objects": len(result.deleted),
                 "bytes": result.freed_bytes,
