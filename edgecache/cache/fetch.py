@@ -22,6 +22,7 @@ from functools import partial
 
 import trio
 
+from ..concurrency import unwrapped_errors
 from ..oci import errors
 from ..oci.digest import Digest
 from ..store import Store
@@ -157,17 +158,41 @@ class BlobFetch:
                 self.total = stream.total
             self.started.set()
             skip = offset - stream.offset  # the upstream ignored Range: drop what we have
-            async for chunk in stream.chunks(WRITE_CHUNK):
-                self.upstream_bytes += len(chunk)
-                self.on_bytes(self.upstream.name, len(chunk))
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                    if not chunk:
-                        continue
-                await trio.to_thread.run_sync(self.writer.write, chunk)
-                self.written += len(chunk)
-                self._notify()
+            # The next chunk is read from the network while the last one is written and
+            # hashed in a worker thread (one after the other, a 1-client cold pull ran ~1.2x
+            # slower than the upstream alone).
+            send, receive = trio.open_memory_channel[bytes](4)
+
+            async def write_all() -> None:
+                async with receive:
+                    async for chunk in receive:
+                        # Shielded: a write that happened must be counted, or a resume would
+                        # append after bytes `written` does not know about.
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(self.writer.write, chunk)
+                            self.written += len(chunk)
+                        self._notify()
+
+            dropped_at: UpstreamUnavailable | None = None
+            with unwrapped_errors():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(write_all)
+                    async with send:
+                        try:
+                            async for chunk in stream.chunks(WRITE_CHUNK):
+                                self.upstream_bytes += len(chunk)
+                                self.on_bytes(self.upstream.name, len(chunk))
+                                if skip:
+                                    cut = min(skip, len(chunk))
+                                    chunk, skip = chunk[cut:], skip - cut
+                                    if not chunk:
+                                        continue
+                                await send.send(chunk)
+                        except UpstreamUnavailable as exc:
+                            # Write what already arrived before resuming after it.
+                            dropped_at = exc
+            if dropped_at is not None:
+                raise dropped_at
 
     async def _publish(self) -> None:
         def work() -> None:
