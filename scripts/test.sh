@@ -13,7 +13,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-DEBIAN_PACKAGES=(docker-registry skopeo umoci containerd nginx-light wrk apache2-utils openssl)
+# One list, shared with .ci/run: the Debian packages the integration tests drive.
+mapfile -t DEBIAN_PACKAGES < scripts/debian-packages.txt
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV_DIR:-.venv}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-40m}"

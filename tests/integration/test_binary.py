@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import make_image, require_tool
+from tests.support import make_image, require_tool, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "packaging" / "build.sh"
@@ -102,13 +102,14 @@ def _image_blobs(layout: Path, manifest_digest: str) -> dict[str, bytes]:
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], log: Path, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not path.exists():
+    def ready() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"edgecache exited with {proc.returncode} before ready:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path} did not appear within {deadline_s}s:\n{log.read_text()}")
-        time.sleep(0.05)
+        return path.exists()
+
+    wait_for(
+        ready, timeout=deadline_s, what=f"{path} to appear", on_timeout=lambda: log.read_text()
+    )
 
 
 def _ppid(pid: int) -> int:
