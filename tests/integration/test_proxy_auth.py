@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import EdgecacheServer, require_tool, run, sha256_bytes
+from tests.integration.test_proxy_faults import skopeo_pull
+from tests.support import EdgecacheServer, sha256_bytes
 from tests.upstreams import OCI_MANIFEST, PushedImage, RunningUpstream, start_registry
 
 UPSTREAM = "lab"
@@ -43,24 +44,6 @@ def secrets_of(password: str, upstream: RunningUpstream) -> list[str]:
 def assert_no_secret(text: str, secrets: list[str], where: str) -> None:
     for secret in secrets:
         assert secret not in text, f"a secret ({secret[:3]}...) appears in {where}"
-
-
-def skopeo_pull(cache: EdgecacheServer, ref: str, dest: Path) -> Path:
-    run(
-        [
-            require_tool("skopeo"),
-            "--insecure-policy",
-            "copy",
-            "--src-tls-verify=false",
-            # Test layers are random bytes, not tars: keep them (and the digests) as they are.
-            "--preserve-digests",
-            "--dest-oci-accept-uncompressed-layers",
-            f"docker://{cache.host}/{UPSTREAM}/{ref}",
-            f"oci:{dest}:pulled",
-        ],
-        timeout=120,
-    )
-    return dest
 
 
 def assert_layout_has(layout: Path, image: PushedImage) -> None:
