@@ -91,6 +91,14 @@ class Index:
         kind: str = _load(raw)["kind"]
         return kind
 
+    def linked_blob(self, repo: str, digest: str) -> dict[str, Any] | None:
+        """The blob record of content linked into repo (one read transaction: a hot path)."""
+        with self.env.begin() as txn:
+            if txn.get(_k(repo, digest), db=self.db["links"]) is None:
+                return None
+            raw = txn.get(digest.encode(), db=self.db["blobs"])
+        return None if raw is None else _load(raw)
+
     def _scan(self, db: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         with self.env.begin(db=self.db[db]) as txn:
             cursor = txn.cursor()

@@ -81,10 +81,7 @@ class Store:
 
     def blob(self, repo: str, digest: Digest) -> BlobInfo | None:
         """A blob (or manifest bytes) visible in repo."""
-        key = str(digest)
-        if self.index.linked(repo, key) is None:
-            return None
-        record = self.index.blob(key)
+        record = self.index.linked_blob(repo, str(digest))
         if record is None:
             return None
         return BlobInfo(digest, int(record["size"]), self.layout.blob_path(digest))
