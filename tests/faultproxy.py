@@ -92,6 +92,7 @@ class _Connection:
         self.cut_at: int | None = None
         self.sent = 0
         self.holding = False
+        self.serial = proxy._next_serial()
 
     def abort(self, *, rst: bool) -> None:
         """Stop both directions now; the last pump out closes (with RST if `rst`)."""
@@ -158,6 +159,8 @@ class FaultProxy:
         self._cut_count: int | None = None
         self._cut_rst = True
         self._stall_until = 0.0  # monotonic deadline; math.inf = until release()
+        self._stall_below: float = math.inf  # only connections with a lower serial stall
+        self._serials = 0
         self._fail_left = 0
         self._fail_status = 503
         self._fail_retry_after: float | None = 0
@@ -244,10 +247,15 @@ class FaultProxy:
             self._cut_count = count
             self._cut_rst = rst
 
-    def stall(self, seconds: float = math.inf) -> None:
-        """Hold every response byte (connections stay open) for `seconds` or until release()."""
+    def stall(self, seconds: float = math.inf, *, open_only: bool = False) -> None:
+        """Hold every response byte (connections stay open) for `seconds` or until release().
+
+        open_only=True holds only the connections open now: ones opened later flow freely
+        (a transfer stays stalled mid-body while other requests get answers).
+        """
         with self._cond:
             self._stall_until = time.monotonic() + seconds
+            self._stall_below = self._serials if open_only else math.inf
             self._cond.notify_all()
 
     def release(self) -> None:
@@ -339,6 +347,11 @@ class FaultProxy:
             return len(self._live)
 
     # ------------------------------------------------------------------ internals
+
+    def _next_serial(self) -> int:
+        with self._lock:
+            self._serials += 1
+            return self._serials - 1
 
     def _spawn(self, target: Callable[..., None], *args: object, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -535,7 +548,7 @@ class FaultProxy:
     def _wait_unstalled(self, conn: _Connection) -> bool:
         """Block while a stall is on; False when the connection or the proxy is going away."""
         with self._cond:
-            while not (conn.aborted or self._closing):
+            while not (conn.aborted or self._closing) and conn.serial < self._stall_below:
                 remaining = self._stall_until - time.monotonic()
                 if remaining <= 0:
                     break

@@ -49,6 +49,10 @@ class BlobFetch:
         self.upstream = upstream
         self.remote_repo = remote_repo
         self.store_repo = store_repo
+        # Every repository the bytes are linked into when they are published: the one that
+        # started the fetch, and those whose clients joined it after the upstream confirmed
+        # that their repository has the blob too (see also_link).
+        self.repos = {store_repo}
         self.digest = digest
         self.writer = BlobWriter.in_tmp(store.layout)
         self._read_fd = os.open(self.writer.path, os.O_RDONLY)
@@ -61,6 +65,10 @@ class BlobFetch:
         self._progress = trio.Event()
         self.on_bytes: Callable[[str, int], None] = lambda name, n: None
         self.on_disk_full: Callable[[], None] = lambda: None
+
+    def also_link(self, repo: str) -> None:
+        """Link the blob into `repo` too when it is published (the caller checked upstream)."""
+        self.repos.add(repo)
 
     def dup_fd(self) -> int:
         """A private read descriptor on the temp file; valid even after the publish rename."""
@@ -195,6 +203,8 @@ class BlobFetch:
                 raise dropped_at
 
     async def _publish(self) -> None:
+        linked = set(self.repos)
+
         def work() -> None:
             self.writer.seal(self.digest)
             self.store.index.commit_blob(
@@ -203,8 +213,16 @@ class BlobFetch:
                 self.written,
                 partial(publish_file, self.store.layout, self.writer.path, self.digest),
             )
+            for repo in linked - {self.store_repo}:
+                self.store.index.link_blob(repo, str(self.digest))
 
         await trio.to_thread.run_sync(work)
+        # Joiners that arrived while the thread ran. No checkpoint between the last check
+        # and the fetch leaving `inflight`: a later client finds the blob in the store.
+        while extra := self.repos - linked:
+            linked |= extra
+            for repo in extra:
+                await self.store.link_blob(repo, self.digest)
 
 
 class Fetcher:

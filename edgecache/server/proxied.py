@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..cache.failures import upstream_failures
@@ -14,13 +15,14 @@ from ..oci.names import Reference
 from ..oci.pagination import link_header, paginate, parse_n
 from ..oci.ranges import parse_range
 from ..oci.routes import Route
-from ..store import BlobInfo
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound
 from .http import Request
 from .pull import blob_headers, send_manifest, send_stored
 
 if TYPE_CHECKING:
     from .app import App
+
+log = logging.getLogger("edgecache.proxy")
 
 
 async def get_manifest(app: App, req: Request, route: Route, target: Target) -> None:
@@ -58,16 +60,28 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
             )
             return
     upstream = app.upstream(target)
-    if fetch is None and app.store.has_content(digest):
-        # Another repository pulled these bytes already (a shared base layer): ask upstream
-        # only whether this repository has them too, instead of downloading them again.
-        linked = await _link_if_upstream_has(app, upstream, target, digest)
-        if linked is not None:
-            await send_stored(
-                app, req, linked.path, linked.size, blob_headers(digest), req.headers.get("range")
-            )
-            return
+    foreign = fetch is not None and target.store_repo not in fetch.repos
+    if foreign or (fetch is None and app.store.has_content(digest)):
+        # Another repository pulled (or is pulling) these bytes (a shared base layer): ask
+        # upstream only whether this repository has them too, instead of downloading them
+        # again. Bytes are never handed to a repository the upstream does not hold them in.
+        await _check_upstream_has(upstream, target, digest)
         fetch = app.fetcher.inflight.get(digest)
+        if fetch is not None:
+            fetch.also_link(target.store_repo)
+        else:
+            linked = await app.store.link_blob(target.store_repo, digest)
+            if linked is not None:
+                await send_stored(
+                    app,
+                    req,
+                    linked.path,
+                    linked.size,
+                    blob_headers(digest),
+                    req.headers.get("range"),
+                )
+                return
+            fetch = app.fetcher.inflight.get(digest)
     if req.method == "HEAD" and fetch is None:
         await _remote_blob_head(req, upstream, target, digest)
         return
@@ -116,20 +130,19 @@ async def _stream_growing(
     await req.finish()
 
 
-async def _link_if_upstream_has(
-    app: App, upstream: Upstream, target: Target, digest: Digest
-) -> BlobInfo | None:
+async def _check_upstream_has(upstream: Upstream, target: Target, digest: Digest) -> None:
+    """Raise BlobUnknown when the upstream says its repository does not hold `digest`. Any
+    other failure (unreachable, quick with the breaker; refusing credentials) passes, as the
+    issue's outage rules say: the bytes are verified by digest and a download could not work
+    either."""
     try:
         await upstream.head_blob(target.remote_repo, digest)
     except UpstreamNotFound:
         raise errors.BlobUnknown(
             f"blob {digest} is not in {target.remote_repo} at {upstream.name}"
         ) from None
-    except UpstreamError:
-        # Unreachable (the breaker makes that quick): the bytes are verified by digest and
-        # the alternative, a download, cannot work either; serve them.
-        pass
-    return await app.store.link_blob(target.store_repo, digest)
+    except UpstreamError as exc:
+        log.warning("serving cached %s to %s unchecked: %s", digest, target.store_repo, exc)
 
 
 async def _remote_blob_head(

@@ -345,6 +345,61 @@ def test_stall_mid_transfer_is_abandoned_and_resumed(
     assert "resuming" in cache.log_text(tail=1 << 20)
 
 
+def test_joining_a_fetch_from_another_repository_asks_upstream_first(
+    upstream: RunningUpstream, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A download in flight for one repository is shared with another only when the upstream
+    says that repository has the blob too; the bytes are then linked into it as well."""
+    size = 16 * MiB
+    data = random.Random(31).randbytes(size)
+    digest = upstream.push_blob("team/join-a", data)
+    assert upstream.push_blob("team/join-b", data) == digest
+    del data
+    # Its own edgecache: the module's idle timeout (1 s) would abandon the stalled download.
+    config = f'[upstreams.{UPSTREAM}]\nurl = "{proxy.url}"\nidle_timeout = 60.0\n'
+    results: dict[str, object] = {}
+
+    def pull(repo: str) -> None:
+        try:
+            with server.client(timeout=60) as client:
+                results[repo] = get_blob_digest(client, repo, digest)
+        except BaseException as exc:  # reported by the main thread
+            results[repo] = exc
+
+    with EdgecacheServer(tmp_path / "cache", config_text=config) as server:
+        admin = {"Authorization": f"Bearer {server.admin_token}"}
+
+        def misses() -> int:
+            with server.client() as client:
+                return int(client.get("/_edgecache/admin/status", headers=admin).json()["proxy_misses"])
+
+        start = proxy.bytes_to_client
+        first = threading.Thread(target=pull, args=("team/join-a",))
+        first.start()
+        wait_for(lambda: proxy.bytes_to_client - start > MiB, timeout=30, interval=0, what="1 MiB")
+        proxy.stall(open_only=True)  # the download holds mid-body; new connections flow
+        with server.client(timeout=FAST) as client:
+            other = client.get(f"/v2/{UPSTREAM}/team/join-c/blobs/{digest}")
+        assert other.status_code == 404, other.text
+        assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        joined_before = misses()
+        second = threading.Thread(target=pull, args=("team/join-b",))
+        second.start()
+        wait_for(lambda: misses() > joined_before, timeout=FAST, what="team/join-b to join")
+        assert proxy.holding == 1  # the download was still in flight all along
+        proxy.release()
+        first.join(timeout=60)
+        second.join(timeout=60)
+        assert results == {"team/join-a": (size, digest), "team/join-b": (size, digest)}
+        requests = proxy.requests
+        with server.client() as client:
+            again = client.get(f"/v2/{UPSTREAM}/team/join-b/blobs/{digest}")
+            assert again.status_code == 200 and len(again.content) == size
+            fetches = metric(client, "edgecache_upstream_blob_fetches_total", LABEL)
+        assert proxy.requests == requests  # linked when published: not even a HEAD upstream
+        assert fetches == 1
+
+
 def test_upstream_gone_cached_images_still_pull_uncached_fail_fast(
     cache: EdgecacheServer,
     upstream: RunningUpstream,
