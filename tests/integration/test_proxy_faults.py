@@ -371,7 +371,9 @@ def test_joining_a_fetch_from_another_repository_asks_upstream_first(
 
         def misses() -> int:
             with server.client() as client:
-                return int(client.get("/_edgecache/admin/status", headers=admin).json()["proxy_misses"])
+                return int(
+                    client.get("/_edgecache/admin/status", headers=admin).json()["proxy_misses"]
+                )
 
         start = proxy.bytes_to_client
         first = threading.Thread(target=pull, args=("team/join-a",))
