@@ -140,13 +140,29 @@ class _Counting:
 
 class _Direct:
     """A member of a plain tar file read with pread at its offset: one copy from the page
-    cache into the chunk, where tarfile's reader made three. tarfile then seeks past it."""
+    cache into the chunk, where tarfile's reader made three. tarfile then seeks past it.
+
+    detach() lets the member be read after the walk has moved on (by another thread, while
+    the next members are read): it gets a descriptor of its own, and its bytes are counted
+    for the progress bar as they are read rather than when the walk skips over them.
+    """
 
     def __init__(self, counting: _Counting, offset: int, size: int, label: str, name: str):
         self.fd = counting.raw.fileno()
         self.counting = counting
         self.offset, self.left = offset, size
         self.label, self.name = label, name
+        self.detached = False
+
+    def detach(self) -> None:
+        self.fd = os.dup(self.fd)
+        self.detached = True
+        self.counting.prepaid += self.left  # reported by read(), not by the skip
+
+    def close(self) -> None:
+        if self.detached and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def read(self, n: int = -1) -> bytes:
         want = self.left if n < 0 else min(n, self.left)
@@ -158,7 +174,10 @@ class _Direct:
             )
         self.offset += len(data)
         self.left -= len(data)
-        self.counting.prepay(len(data))
+        if not self.detached:
+            self.counting.prepay(len(data))
+        elif self.counting.progress is not None:
+            self.counting.progress.advance(len(data))
         return data
 
 

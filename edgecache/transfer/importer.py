@@ -95,6 +95,7 @@ def _read(
     progress = Progress(f"preload {path.name}", input_size(path), out=err, tty=tty)
     for member in iter_members(path, limits, progress):
         spool.add(inv, member)
+    spool.settle(inv)
     spool.drain()
     progress.finish()
     if "index.json" in inv.meta:

@@ -7,6 +7,7 @@ looks like a hang; so off a terminal a plain line is printed every `interval` se
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -45,6 +46,7 @@ class Progress:
         self.interval = interval if interval is not None else (0.1 if self.tty else 10.0)
         self.started = time.monotonic()
         self._last = self.started
+        self._lock = threading.Lock()  # entries are read by several threads at once
 
     @property
     def rate(self) -> float:
@@ -52,11 +54,12 @@ class Progress:
         return self.done / max(time.monotonic() - self.started, 1e-6)
 
     def advance(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            self._show(final=False)
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if now - self._last >= self.interval:
+                self._last = now
+                self._show(final=False)
 
     def _line(self) -> str:
         rate = self.rate

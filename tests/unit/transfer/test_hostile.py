@@ -13,6 +13,7 @@ import pytest
 from edgecache.transfer.archive import Limits
 from edgecache.transfer.errors import TransferError
 from edgecache.transfer.importer import preload
+from edgecache.transfer.spool import PARALLEL_MIN
 
 from .archives import Entries, digest, docker_save, layer_tar, oci_layout, write
 from .helpers import snapshot
@@ -174,3 +175,20 @@ def test_layout_directory_symlink_outside(data: Path, tmp_path: Path) -> None:
     (tmp_path / "secret").write_bytes(b"secret")
     (layout / "blobs" / "sha256" / "evil").symlink_to(tmp_path / "secret")
     refused(data, layout, "symlink 'blobs/sha256/evil' .* points outside the layout")
+
+
+def test_wrong_bytes_in_a_large_entry_read_by_a_worker(data: Path, tmp_path: Path) -> None:
+    big = [layer_tar(bytes([i]) * PARALLEL_MIN, f"f{i}") for i in range(3)]
+    entries, _ = oci_layout({"app:v1": big})
+    name = f"blobs/sha256/{digest(big[1]).split(':')[1]}"
+    forged = big[2][:-1] + b"!"
+    entries.files = [(n, forged if n == name else d) for n, d in entries.files]
+    refused(data, write(tmp_path / "a.tar", entries.tar()), f"entry '{name}' has content with")
+
+
+def test_truncated_inside_a_large_entry(data: Path, tmp_path: Path) -> None:
+    big = [layer_tar(bytes([i]) * PARALLEL_MIN, f"f{i}") for i in range(3)]
+    entries, _ = oci_layout({"app:v1": big})
+    raw = entries.tar()
+    cut = raw.index(big[1]) + len(big[1]) // 2
+    refused(data, write(tmp_path / "a.tar", raw[:cut]), "truncated")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from edgecache.oci.digest import Digest
 from edgecache.store import Store
 from edgecache.transfer.errors import TransferError
 from edgecache.transfer.importer import preload
+from edgecache.transfer.progress import human_bytes
+from edgecache.transfer.spool import PARALLEL_MIN
 
 from .archives import (
     config_for,
@@ -197,3 +200,28 @@ def test_not_an_image_archive(tmp_path: Path) -> None:
         tar.addfile(tarfile.TarInfo("hello"), io.BytesIO(b""))
     with pytest.raises(TransferError, match="neither an OCI image layout"):
         quiet(tmp_path / "data", [write(tmp_path / "x.tar", buf.getvalue())])
+
+
+def test_large_entries_of_a_plain_tar_are_spooled_side_by_side(tmp_path: Path) -> None:
+    """Entries >= PARALLEL_MIN are read by worker threads while the walk goes on: the result
+    and the progress count are those of a one-at-a-time import."""
+    big = [layer_tar(random.Random(i).randbytes(PARALLEL_MIN + i), f"f{i}") for i in range(4)]
+    entries, digests = oci_layout({"nginx:1.27": big, "other:1": [big[0], LAYERS[0]]})
+    archive = write(tmp_path / "a.tar", entries.tar())
+    err = io.StringIO()
+    summary = preload(tmp_path / "data", [archive], err=err, tty=False)
+    assert summary.new_blobs == 4 + 1 + 2  # type: ignore[attr-defined]
+    for name, repo, tag in (("nginx:1.27", "docker.io/library/nginx", "1.27"),
+                            ("other:1", "docker.io/library/other", "1")):  # fmt: skip
+        assert manifest_of(tmp_path / "data", repo, tag)[0] == digests[name]
+    store = Store.open(tmp_path / "data")
+    try:
+        for layer in big:
+            info = store.blob("docker.io/library/nginx", Digest.parse(digest(layer)))
+            assert info is not None and info.path.read_bytes() == layer
+    finally:
+        store.close()
+    assert snapshot(tmp_path / "data")["tmp"] == []
+    # Every byte of the input counted once: the last progress line reports the file's size.
+    last = [line for line in err.getvalue().splitlines() if line.startswith("preload a.tar:")][-1]
+    assert last.startswith(f"preload a.tar: {human_bytes(archive.stat().st_size)} in "), last
