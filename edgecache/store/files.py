@@ -101,7 +101,7 @@ class BlobWriter:
     def in_tmp(cls, layout: Layout) -> BlobWriter:
         return cls(layout.tmp / uuid.uuid4().hex)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)

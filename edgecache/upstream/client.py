@@ -10,17 +10,21 @@ resumed by the caller with a new `open_blob` at the offset it reached.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import httpx
 import trio
 
+from edgecache import __version__
 from edgecache.config import UpstreamConfig
 from edgecache.oci import mediatypes
 from edgecache.oci.digest import Digest
+from edgecache.upstream import rawget
 from edgecache.upstream.auth import pull_scope
 from edgecache.upstream.breaker import CircuitBreaker
 from edgecache.upstream.documents import filter_referrers, manifest_media_type, tag_page
@@ -38,7 +42,13 @@ from edgecache.upstream.headers import (
     parse_digest_header,
     parse_length,
 )
-from edgecache.upstream.session import Session, describe_transport_error, read_limited
+from edgecache.upstream.session import (
+    MAX_REDIRECTS,
+    REDIRECTS,
+    Session,
+    describe_transport_error,
+    read_limited,
+)
 
 T = TypeVar("T")
 
@@ -57,6 +67,9 @@ MANIFEST_ACCEPT = ", ".join(
 EMPTY_REFERRERS = json.dumps(
     {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": []}
 ).encode()
+log = logging.getLogger("edgecache.upstream")
+USER_AGENT = f"edgecache/{__version__}"
+
 # Closing a half-read response must not hang a cancelled caller.
 _CLOSE_GRACE = 2.0
 
@@ -107,6 +120,21 @@ class BlobStream:
                 self.upstream,
                 f"GET {self._response.url.path}: {describe_transport_error(exc)} at byte {at}",
             ) from None
+
+
+@dataclass
+class RawBlob:
+    """A blob response whose body a worker thread reads (see rawget.pump). `offset` and
+    `total` as in BlobStream; `response.length` is this response's body length."""
+
+    upstream: str
+    response: rawget.RawResponse
+    offset: int
+    total: int | None
+    what: str
+
+    def close(self) -> None:
+        self.response.close()
 
 
 class Upstream:
@@ -271,6 +299,55 @@ class Upstream:
                 f"{response.headers.get('content-range')!r}",
             )
         return BlobStream(self.name, response, offset, content_range.total)
+
+    async def raw_blob(self, repo: str, digest: Digest, offset: int = 0) -> RawBlob | None:
+        """A blob GET answered with a plain 2xx and a Content-Length, its head read, for a
+        worker thread to read the body (rawget.py). None: make the request with open_blob,
+        which handles everything else (auth refresh, retries, error answers)."""
+        if not self._session.raw_blobs or not self.breaker.available:
+            return None
+        url = self._path(repo, "blobs", str(digest))
+        authorization = await self._session.authorization(pull_scope(self.upstream_repo(repo)))
+        config = self.config
+        for _ in range(MAX_REDIRECTS + 1):
+            headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
+            if authorization is not None and self._session.is_home(url):
+                headers["Authorization"] = authorization
+            get = partial(
+                rawget.open_get,
+                url,
+                headers,
+                connect_timeout=config.connect_timeout,
+                idle_timeout=config.idle_timeout,
+                tls=self._session.tls,
+                user_agent=USER_AGENT,
+            )
+            try:
+                # Abandoned on cancel: the thread ends within the timeouts, and the socket of
+                # a response nobody takes is closed when the result is dropped.
+                response = await trio.to_thread.run_sync(get, abandon_on_cancel=True)
+            except rawget.Fallback as exc:
+                log.debug("upstream %s: GET %s through httpx: %s", self.name, url.path, exc)
+                return None
+            location = response.headers.get("location")
+            if response.status in REDIRECTS and location:
+                response.close()
+                url = response.url.join(location)
+                continue
+            if response.status not in (200, 206):
+                response.close()
+                return None
+            start, total = 0, response.length
+            total_known: int | None = total
+            if response.status == 206:
+                content_range = parse_content_range(response.headers.get("content-range"))
+                if content_range is None or content_range.start != offset:
+                    response.close()
+                    return None  # httpx's path says what is wrong with it
+                start, total_known = offset, content_range.total
+            self.breaker.success()
+            return RawBlob(self.name, response, start, total_known, f"GET {url.path}")
+        return None
 
     # ---- listings ------------------------------------------------------------------------
 

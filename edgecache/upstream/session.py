@@ -16,6 +16,7 @@ import logging
 import random
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 
 import httpx
@@ -46,7 +47,7 @@ log = logging.getLogger("edgecache.upstream")
 MAX_REDIRECTS = 5
 # Token responses are a few KiB; anything much bigger is not a token server.
 MAX_TOKEN_RESPONSE = 1 << 20
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class _Retryable(Exception):
@@ -75,12 +76,15 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port or default)
 
 
-def make_client(config: UpstreamConfig) -> httpx.AsyncClient:
-    verify: ssl.SSLContext | bool = True
+def tls_context(config: UpstreamConfig) -> ssl.SSLContext:
+    """The TLS settings of an upstream: its CA file, or nothing checked (insecure, for labs),
+    or what httpx trusts by default (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR)."""
     if config.ca_file:
-        verify = ssl.create_default_context(cafile=config.ca_file)
-    elif config.insecure:
-        verify = False
+        return ssl.create_default_context(cafile=config.ca_file)
+    return httpx.create_ssl_context(verify=not config.insecure)
+
+
+def make_client(config: UpstreamConfig) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         # read = the idle timeout: no total deadline, a 50 GiB blob only has to keep moving.
         # pool=None: waiting for a free connection is not an upstream failure; callers that
@@ -95,7 +99,7 @@ def make_client(config: UpstreamConfig) -> httpx.AsyncClient:
         # HTTP/1.1 only: h2 multiplexes every blob onto one TCP connection and measured slower.
         http1=True,
         http2=False,
-        verify=verify,
+        verify=tls_context(config),
         follow_redirects=False,
     )
 
@@ -110,7 +114,12 @@ class Session:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.name = config.name
+        self.config = config
         self.base_url = httpx.URL(config.url.rstrip("/") + "/")
+        # Blob bodies may bypass httpx (rawget.py) only when httpx would have gone straight to
+        # the upstream too: our own client, and no proxy from the environment.
+        self.raw_blobs = client is None and not urllib.request.getproxies()
+        self.tls = tls_context(config) if self.raw_blobs else None
         self._client = client if client is not None else make_client(config)
         self._policy = policy if policy is not None else RetryPolicy(retries=config.retries)
         self._rand = rand
@@ -210,7 +219,7 @@ class Session:
             except httpx.TransportError as exc:
                 raise _Retryable(describe_transport_error(exc)) from None
             location = response.headers.get("location")
-            if response.status_code in _REDIRECTS and location:
+            if response.status_code in REDIRECTS and location:
                 await response.aclose()
                 url = response.url.join(location)
                 if response.status_code == 303 and method != "HEAD":
@@ -264,6 +273,15 @@ class Session:
         extra = [s for s in challenge.scope.split() if s not in scope.split()]
         if extra and self._scopes.get(scope) is None:
             self._scopes[scope] = " ".join([scope, *extra])
+
+    async def authorization(self, scope: str) -> str | None:
+        """The Authorization value a request for `scope` carries now (a token is fetched if
+        needed), or None before the registry has asked for any."""
+        return await self._authorization(scope)
+
+    def is_home(self, url: httpx.URL) -> bool:
+        """Whether `url` is on the registry's own origin (where Authorization may go)."""
+        return _origin(url) == _origin(self.base_url)
 
     async def _authorization(self, scope: str) -> str | None:
         if self._static is not None:

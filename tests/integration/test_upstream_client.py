@@ -21,6 +21,7 @@ from edgecache.upstream import (
     UpstreamNotFound,
     UpstreamTooLarge,
     UpstreamUnavailable,
+    rawget,
 )
 from tests.support import LOOPBACK, wait_for
 from tests.upstreams import (
@@ -400,6 +401,50 @@ async def test_redirect_to_storage_drops_authorization(nursery: trio.Nursery) ->
         assert b"".join([c async for c in stream.chunks()]) == b"blob-bytes"
     assert "authorization: bearer static-secret-token" in registry.requests[0].lower()
     assert "authorization" not in storage.requests[0].lower()
+    await u.aclose()
+
+
+async def test_raw_blob_follows_redirects_and_keeps_authorization_home(
+    nursery: trio.Nursery,
+) -> None:
+    """The thread-read blob path (rawget) makes the same requests as the httpx one."""
+    storage = Scripted([http("200 OK", {}, b"blob-bytes")])
+    await nursery.start(storage.serve)
+    registry = Scripted([http("307 Temporary Redirect", {"Location": f"{storage.url}/b?sig=1"})])
+    await nursery.start(registry.serve)
+    u = Upstream(scripted_config(registry.url, token="static-secret-token"))
+    raw = await u.raw_blob("repo", MISSING)
+    assert raw is not None and (raw.offset, raw.total) == (0, 10)
+    out = bytearray()
+    await trio.to_thread.run_sync(
+        lambda: rawget.pump(
+            raw.response, raw.response.length, out.extend, lambda n: None, chunk=1 << 20
+        )
+    )
+    raw.close()
+    assert out == b"blob-bytes"
+    assert "authorization: bearer static-secret-token" in registry.requests[0].lower()
+    assert "authorization" not in storage.requests[0].lower()
+    assert storage.requests[0].startswith("GET /b?sig=1 ")
+    await u.aclose()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        http("401 Unauthorized", {"WWW-Authenticate": 'Bearer realm="http://127.0.0.1:9/t"'}),
+        http("503 Service Unavailable"),
+        http("404 Not Found"),
+    ],
+    ids=["401", "503", "404"],
+)
+async def test_raw_blob_leaves_every_other_answer_to_httpx(
+    nursery: trio.Nursery, reply: bytes
+) -> None:
+    registry = Scripted([reply])
+    await nursery.start(registry.serve)
+    u = Upstream(scripted_config(registry.url))
+    assert await u.raw_blob("repo", MISSING) is None
     await u.aclose()
 
 
