@@ -307,7 +307,11 @@ class Upstream:
         if not self._session.raw_blobs or not self.breaker.available:
             return None
         url = self._path(repo, "blobs", str(digest))
-        authorization = await self._session.authorization(pull_scope(self.upstream_repo(repo)))
+        try:
+            authorization = await self._session.authorization(pull_scope(self.upstream_repo(repo)))
+        except Exception as exc:  # a token the httpx path will fetch (and retry, and explain)
+            log.debug("upstream %s: GET %s through httpx: %s", self.name, url.path, exc)
+            return None
         config = self.config
         for _ in range(MAX_REDIRECTS + 1):
             headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}

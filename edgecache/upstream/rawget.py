@@ -85,9 +85,8 @@ def open_get(
             context = tls if tls is not None else ssl.create_default_context()
             sock = context.wrap_socket(sock, server_hostname=url.host)
         sock.settimeout(idle_timeout)
-        host = url.host if url.port is None else f"{url.host}:{url.port}"
         request = [
-            ("Host", host),
+            ("Host", url.netloc.decode("ascii")),  # brackets for IPv6, the port if given
             ("User-Agent", user_agent),
             ("Accept-Encoding", "identity"),
             ("Connection", "close"),

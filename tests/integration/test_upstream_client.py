@@ -23,7 +23,7 @@ from edgecache.upstream import (
     UpstreamUnavailable,
     rawget,
 )
-from tests.support import LOOPBACK, wait_for
+from tests.support import LOOPBACK, free_port, wait_for
 from tests.upstreams import (
     FLAVOURS,
     PushedImage,
@@ -444,6 +444,21 @@ async def test_raw_blob_leaves_every_other_answer_to_httpx(
     registry = Scripted([reply])
     await nursery.start(registry.serve)
     u = Upstream(scripted_config(registry.url))
+    assert await u.raw_blob("repo", MISSING) is None
+    await u.aclose()
+
+
+async def test_raw_blob_leaves_a_failing_token_fetch_to_httpx(nursery: trio.Nursery) -> None:
+    dead = free_port()  # the token realm: nothing listens there
+    challenge = {"WWW-Authenticate": f'Bearer realm="http://{LOOPBACK}:{dead}/t",service="s"'}
+    registry = Scripted([http("401 Unauthorized", challenge)] * 3)
+    await nursery.start(registry.serve)
+    u = Upstream(scripted_config(registry.url, retries=0))
+    assert await u.raw_blob("repo", MISSING) is None  # no challenge known yet: 401
+    with pytest.raises(UpstreamUnavailable, match="token request"):
+        async with u.open_blob("repo", MISSING):
+            pass
+    # The challenge is known now and its token cannot be had: still httpx's to explain.
     assert await u.raw_blob("repo", MISSING) is None
     await u.aclose()
 

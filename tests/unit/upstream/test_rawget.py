@@ -168,3 +168,31 @@ def test_shutdown_from_another_thread_wakes_the_reader() -> None:
         response.close()
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], rawget.BodyBroken)
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
+def test_ipv6_host_header_has_brackets() -> None:
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no ::1 here: {exc}")
+    port = listener.getsockname()[1]
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            seen.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        response = get(httpx.URL(f"http://[::1]:{port}/v2/"))
+        data, _ = read_all(response)
+        response.close()
+    finally:
+        thread.join(10)
+        listener.close()
+    assert data == b"ok"
+    assert f"host: [::1]:{port}\r\n" in seen[0].decode().lower()
