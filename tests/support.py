@@ -494,10 +494,13 @@ class DockerRegistry(_ManagedProcess):
         htpasswd: str | None = None,
         extra_config: str = "",
         startup_timeout: float = 30.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """tls: (certificate, key) to serve HTTPS with."""
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         super().__init__(self.base / "registry.log")
+        self.tls = tls
         self.root = self.base / "storage"
         self.config_path = self.base / "config.yml"
         self.htpasswd = htpasswd
@@ -511,6 +514,9 @@ class DockerRegistry(_ManagedProcess):
             htfile = self.base / "htpasswd"
             htfile.write_text(self.htpasswd)
             auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htfile}\n"
+        tls = ""
+        if self.tls is not None:
+            tls = f"  tls:\n    certificate: {self.tls[0]}\n    key: {self.tls[1]}\n"
         return (
             "version: 0.1\n"
             "log:\n  level: info\n  accesslog:\n    disabled: true\n"
@@ -519,7 +525,7 @@ class DockerRegistry(_ManagedProcess):
             "  delete:\n    enabled: true\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
             f"http:\n  addr: {LOOPBACK}:{self.port}\n"
-            f"{auth}{self.extra_config}"
+            f"{tls}{auth}{self.extra_config}"
         )
 
     def start(self) -> DockerRegistry:
@@ -539,7 +545,7 @@ class DockerRegistry(_ManagedProcess):
     def _answers(self) -> bool:
         self._check_alive()
         try:
-            r = httpx.get(f"{self.url}/v2/", timeout=2.0)
+            r = httpx.get(f"{self.url}/v2/", timeout=2.0, verify=False)
         except httpx.TransportError:
             return False
         return r.status_code in (200, 401)
@@ -556,7 +562,7 @@ class DockerRegistry(_ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
 
 # --------------------------------------------------------------------------- TLS

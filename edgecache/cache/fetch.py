@@ -68,6 +68,7 @@ class BlobFetch:
         self._progress = trio.Event()
         self.on_bytes: Callable[[str, int], None] = lambda name, n: None
         self.on_disk_full: Callable[[], None] = lambda: None
+        self.on_body: Callable[[str, str], None] = lambda name, reader: None
 
     def also_link(self, repo: str) -> None:
         """Link the blob into `repo` too when it is published (the caller checked upstream)."""
@@ -181,6 +182,7 @@ class BlobFetch:
         if self.total is None:
             self.total = raw.total
         self.started.set()
+        self.on_body(self.upstream.name, "thread")
         token = trio.lowlevel.current_trio_token()
 
         def advance(n: int) -> None:  # in the event loop, in order
@@ -224,6 +226,7 @@ class BlobFetch:
             if self.total is None:
                 self.total = stream.total
             self.started.set()
+            self.on_body(self.upstream.name, "httpx")
             skip = offset - stream.offset  # the upstream ignored Range: drop what we have
             # The next chunk is read from the network while the last one is written and
             # hashed in a worker thread (one after the other, a 1-client cold pull ran ~1.2x
@@ -307,6 +310,7 @@ class Fetcher:
         self.on_fetch: Callable[[str], None] = lambda name: None
         self.on_upstream_bytes: Callable[[str, int], None] = lambda name, n: None
         self.on_disk_full: Callable[[], None] = lambda: None
+        self.on_body: Callable[[str, str], None] = lambda name, reader: None
 
     def join(
         self, upstream: Upstream, remote_repo: str, store_repo: str, digest: Digest
@@ -321,6 +325,7 @@ class Fetcher:
             fetch = BlobFetch(self.store, upstream, remote_repo, store_repo, digest)
             fetch.on_bytes = self.on_upstream_bytes
             fetch.on_disk_full = self.on_disk_full
+            fetch.on_body = self.on_body
             self.inflight[digest] = fetch
             self.started_fetches += 1
             self.on_fetch(upstream.name)

@@ -89,6 +89,7 @@ class App:
         )
         self.fetcher.on_upstream_bytes = self.metrics.upstream_bytes_add
         self.fetcher.on_fetch = self.metrics.upstream_fetch_started
+        self.fetcher.on_body = self.metrics.upstream_body_read
         self.ready = False
 
     def _disk_full(self) -> None:

@@ -62,6 +62,14 @@ class Metrics:
             ["upstream"],
             registry=self.registry,
         )
+        self.upstream_bodies = Counter(
+            "edgecache_upstream_blob_responses",
+            "Blob response bodies read from upstream, by reader: 'thread' (a worker thread "
+            "reading the socket, the fast path) or 'httpx' (chunked bodies, proxies from the "
+            "environment, and the responses before and after auth refreshes or retries).",
+            ["upstream", "reader"],
+            registry=self.registry,
+        )
 
         self.disk_full = Counter(
             "edgecache_disk_full",
@@ -73,6 +81,9 @@ class Metrics:
 
     def upstream_fetch_started(self, upstream: str) -> None:
         self.upstream_fetches.labels(upstream).inc()
+
+    def upstream_body_read(self, upstream: str, reader: str) -> None:
+        self.upstream_bodies.labels(upstream, reader).inc()
 
     def upstream_bytes_add(self, upstream: str, count: int) -> None:
         self.upstream_bytes.labels(upstream).inc(count)

@@ -61,6 +61,9 @@ class _Retryable(Exception):
 
 def describe_transport_error(exc: httpx.TransportError) -> str:
     """A short reason for a transport failure (httpx messages carry no headers or secrets)."""
+    tls = _tls_failure(exc)
+    if tls is not None:
+        return tls
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectTimeout):
         return f"connect timed out ({detail})"
@@ -69,6 +72,21 @@ def describe_transport_error(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.ConnectError):
         return f"connection failed ({detail})"
     return f"connection lost ({type(exc).__name__}: {detail})"
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """What TLS said, when it is why the connection failed (httpx's own message is often
+    empty then, and "connection failed" sends an operator to look at the network)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({seen.verify_message or seen})"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS failed ({seen.reason or seen})"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
