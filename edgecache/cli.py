@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["_gc-mark"]:
+        from .gc import markchild  # the server's GC mark, in its own process (not for users)
+
+        return markchild.main()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":

@@ -26,6 +26,7 @@ from ..oci.digest import Digest
 from ..store import Store
 from ..store.collect import Plan, SweepResult, mark, sweep
 from .evict import EvictionPlan, choose_evictions
+from .markchild import ChildFailed, MarkJob, mark_in_child
 
 log = logging.getLogger("edgecache.gc")
 
@@ -42,6 +43,9 @@ class Housekeeper:
         self.config = config
         self.is_proxied = is_proxied
         self.in_flight = in_flight  # digests being fetched (called on the event loop)
+        # The mark runs in a child process (markchild.py) unless told otherwise (tests that
+        # call the housekeeper without an `edgecache` executable to start).
+        self.mark_in_child = True
         self.lock = trio.Lock()
         self.pending_access: dict[tuple[str, str], float] = {}
         self._wake = trio.Event()
@@ -82,10 +86,19 @@ class Housekeeper:
                 delete_untagged=gc.delete_untagged,
                 is_proxied=self.is_proxied,
                 in_flight=fetching,
+                now=started,
             )
             return plan, plan.summary()
 
-        plan, summary = await trio.to_thread.run_sync(marked)
+        if self.mark_in_child:
+            job = MarkJob(str(self.store.layout.root), self.config, frozenset(fetching), started)
+            try:
+                plan, summary = await mark_in_child(job)
+            except ChildFailed as exc:
+                log.warning("gc: the mark process failed (%s); marking in a thread", exc)
+                plan, summary = await trio.to_thread.run_sync(marked)
+        else:
+            plan, summary = await trio.to_thread.run_sync(marked)
         record: dict[str, Any] = {
             "started": started,
             "trigger": trigger,

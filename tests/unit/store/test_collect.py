@@ -129,3 +129,32 @@ async def test_dry_run_equals_real_run(store: Store) -> None:
     assert summary["bytes"] == result.freed_bytes
     by_repo = summary["by_repository"]
     assert isinstance(by_repo, dict) and set(by_repo) == {"repo0"}
+
+
+async def test_mark_in_a_child_process_equals_the_mark_in_this_one(store: Store) -> None:
+    """The server marks in `edgecache _gc-mark` (gc/markchild.py): same plan, other process."""
+    import time
+
+    from edgecache.cache.routing import resolve
+    from edgecache.config import load
+    from edgecache.gc.markchild import MarkJob, mark_in_child
+
+    await push_image(store, "r", "keep", b"shared")
+    gone = await push_image(store, "r", "old", b"shared", b"only old")
+    await store.delete_tag("r", "old")
+    await push_image(store, "docker.io/library/x", None, b"proxied")  # proxied: a root
+    config = load(None, env={}, overrides={"gc": {"grace": 0.0, "delete_untagged": True}})
+    now = time.time()
+    job = MarkJob(str(store.layout.root), config, frozenset({"sha256:" + "0" * 64}), now)
+    plan, summary = await mark_in_child(job)
+    here = mark(
+        store.index,
+        grace=0.0,
+        delete_untagged=True,
+        is_proxied=lambda repo: resolve(config, repo, None).proxied,
+        in_flight=job.in_flight,
+        now=now,
+    )
+    assert plan == here and summary == here.summary()
+    assert str(gone) in plan.candidates and str(Digest.of_bytes(b"only old")) in plan.candidates
+    assert str(Digest.of_bytes(b"proxied")) not in plan.candidates
