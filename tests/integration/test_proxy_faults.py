@@ -100,6 +100,33 @@ def get_blob_digest(client: httpx.Client, repo: str, digest: str) -> tuple[int, 
     return size, "sha256:" + h.hexdigest()
 
 
+class BackgroundPull:
+    """GET a blob through edgecache in a thread; `finish()` waits and returns (size, digest of
+    the body), or raises what the thread met."""
+
+    def __init__(self, cache: EdgecacheServer, repo: str, digest: str) -> None:
+        self.result: tuple[int, str] | None = None
+        self.error: BaseException | None = None
+
+        def pull() -> None:
+            try:
+                with cache.client(timeout=60) as client:
+                    self.result = get_blob_digest(client, repo, digest)
+            except BaseException as exc:  # reported by finish(), in the test's thread
+                self.error = exc
+
+        self.thread = threading.Thread(target=pull)
+        self.thread.start()
+
+    def finish(self) -> tuple[int, str]:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "the pull did not finish within 60 s"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
 def get_manifest(client: httpx.Client, repo: str, reference: str) -> httpx.Response:
     return client.get(
         f"/v2/{UPSTREAM}/{repo}/manifests/{reference}", headers={"Accept": OCI_MANIFEST}
@@ -270,17 +297,7 @@ def test_stall_before_the_response_is_abandoned_and_retried(
         bytes_before = metric(client, "edgecache_upstream_bytes_total", LABEL)
     requests = proxy.requests
     proxy.stall()  # every response byte held, connections stay open
-    result: dict[str, object] = {}
-
-    def pull() -> None:
-        try:
-            with cache.client(timeout=60) as client:
-                result["got"] = get_blob_digest(client, "team/stall", digest)
-        except BaseException as exc:  # reported by the main thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=pull)
-    thread.start()
+    pull = BackgroundPull(cache, "team/stall", digest)
     # edgecache gives up on the silent connection after idle_timeout and asks again.
     wait_for(
         lambda: proxy.requests >= requests + 2,
@@ -288,10 +305,7 @@ def test_stall_before_the_response_is_abandoned_and_retried(
         what="edgecache to abandon the stalled request and send another",
     )
     proxy.release()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    assert "error" not in result, result.get("error")
-    assert result["got"] == (len(data), digest)
+    assert pull.finish() == (len(data), digest)
     # What the upstream wrote into the stalled connection never reached edgecache (it sat in
     # socket buffers): edgecache received the blob once.
     with cache.client() as client:
@@ -308,18 +322,8 @@ def test_stall_mid_transfer_is_abandoned_and_resumed(
     del data
     with cache.client() as client:
         bytes_before = metric(client, "edgecache_upstream_bytes_total", LABEL)
-    result: dict[str, object] = {}
-
-    def pull() -> None:
-        try:
-            with cache.client(timeout=60) as client:
-                result["got"] = get_blob_digest(client, "team/stall-mid", digest)
-        except BaseException as exc:  # reported by the main thread
-            result["error"] = exc
-
     start = proxy.bytes_to_client
-    thread = threading.Thread(target=pull)
-    thread.start()
+    pull = BackgroundPull(cache, "team/stall-mid", digest)
     # Stall once the first MiB went through: a busy poll (no sleep), so the stall lands
     # early in the 64 MiB body rather than after it.
     wait_for(lambda: proxy.bytes_to_client - start > MiB, timeout=30, interval=0, what="1 MiB")
@@ -333,10 +337,7 @@ def test_stall_mid_transfer_is_abandoned_and_resumed(
         what="edgecache to abandon the stalled transfer and resume it",
     )
     proxy.release()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    assert "error" not in result, result.get("error")
-    assert result["got"] == (size, digest)
+    assert pull.finish() == (size, digest)
     with cache.client() as client:
         received = metric(client, "edgecache_upstream_bytes_total", LABEL) - bytes_before
     assert received == size  # resumed from where it stopped: nothing received twice
@@ -357,15 +358,6 @@ def test_joining_a_fetch_from_another_repository_asks_upstream_first(
     del data
     # Its own edgecache: the module's idle timeout (1 s) would abandon the stalled download.
     config = f'[upstreams.{UPSTREAM}]\nurl = "{proxy.url}"\nidle_timeout = 60.0\n'
-    results: dict[str, object] = {}
-
-    def pull(repo: str) -> None:
-        try:
-            with server.client(timeout=60) as client:
-                results[repo] = get_blob_digest(client, repo, digest)
-        except BaseException as exc:  # reported by the main thread
-            results[repo] = exc
-
     with EdgecacheServer(tmp_path / "cache", config_text=config) as server:
         admin = {"Authorization": f"Bearer {server.admin_token}"}
 
@@ -376,8 +368,7 @@ def test_joining_a_fetch_from_another_repository_asks_upstream_first(
                 )
 
         start = proxy.bytes_to_client
-        first = threading.Thread(target=pull, args=("team/join-a",))
-        first.start()
+        first = BackgroundPull(server, "team/join-a", digest)
         wait_for(lambda: proxy.bytes_to_client - start > MiB, timeout=30, interval=0, what="1 MiB")
         proxy.stall(open_only=True)  # the download holds mid-body; new connections flow
         with server.client(timeout=FAST) as client:
@@ -385,14 +376,12 @@ def test_joining_a_fetch_from_another_repository_asks_upstream_first(
         assert other.status_code == 404, other.text
         assert other.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
         joined_before = misses()
-        second = threading.Thread(target=pull, args=("team/join-b",))
-        second.start()
+        second = BackgroundPull(server, "team/join-b", digest)
         wait_for(lambda: misses() > joined_before, timeout=FAST, what="team/join-b to join")
         assert proxy.holding == 1  # the download was still in flight all along
         proxy.release()
-        first.join(timeout=60)
-        second.join(timeout=60)
-        assert results == {"team/join-a": (size, digest), "team/join-b": (size, digest)}
+        assert first.finish() == (size, digest)
+        assert second.finish() == (size, digest)
         requests = proxy.requests
         with server.client() as client:
             again = client.get(f"/v2/{UPSTREAM}/team/join-b/blobs/{digest}")
