@@ -46,7 +46,8 @@ class Housekeeper:
         # The mark runs in a child process (markchild.py) unless told otherwise (tests that
         # call the housekeeper without an `edgecache` executable to start).
         self.mark_in_child = True
-        self.lock = trio.Lock()
+        self.lock = trio.Lock()  # fair: a waiting eviction runs as soon as a GC run yields
+        self.eviction_urgent = False
         self.pending_access: dict[tuple[str, str], float] = {}
         self._wake = trio.Event()
         self.evicted_images = 0
@@ -64,7 +65,10 @@ class Housekeeper:
         await trio.to_thread.run_sync(self.store.index.record_access, batch)
 
     def disk_full(self) -> None:
-        """A write failed with ENOSPC: evict now instead of at the next interval."""
+        """A write failed with ENOSPC: evict now instead of at the next interval. A GC run
+        sweeping at that moment stops at its next batch and lets the eviction have the lock
+        (under load a sweep of 55k objects took minutes; the disk is full now)."""
+        self.eviction_urgent = True
         self._wake.set()
 
     # ---- garbage collection --------------------------------------------------------------
@@ -73,7 +77,9 @@ class Housekeeper:
         async with self.lock:
             return await self._collect(dry_run=dry_run, trigger=trigger)
 
-    async def _collect(self, *, dry_run: bool, trigger: str) -> dict[str, Any]:
+    async def _collect(
+        self, *, dry_run: bool, trigger: str, yield_to_eviction: bool = True
+    ) -> dict[str, Any]:
         started = time.time()
         fetching = self.in_flight()
         gc = self.config.gc
@@ -123,6 +129,7 @@ class Housekeeper:
                     plan,
                     grace=gc.grace,
                     in_flight=in_flight_now,
+                    stop=lambda: yield_to_eviction and self.eviction_urgent,
                 )
                 freed = {d: plan.candidates[d] for d in result.deleted}
                 return result, Plan(plan.started, freed, plan.links).summary()["by_repository"]
@@ -140,6 +147,8 @@ class Housekeeper:
                 "by_repository": by_repo,
             }
             record["skipped"] = dict(Counter(result.skipped.values()))
+            if result.stopped:
+                record["skipped"]["left for an urgent eviction (disk full)"] = result.stopped
         record["ended"] = time.time()
         await trio.to_thread.run_sync(self.store.index.add_gc_run, record)
         self.runs += 1
@@ -169,6 +178,7 @@ class Housekeeper:
     async def evict(self, *, trigger: str = "limits") -> dict[str, Any]:
         """Unlink least-recently-pulled proxied images until the limits hold, then collect."""
         async with self.lock:
+            self.eviction_urgent = False  # this is the eviction a GC run may have yielded to
             await self.flush_access()
             evicted: list[dict[str, Any]] = []
             freed = 0
@@ -190,7 +200,9 @@ class Housekeeper:
                 for repo, digest, reason in plan.images:
                     await self._unlink_image(repo, digest)
                     evicted.append({"repository": repo, "digest": digest, "reason": reason})
-                record = await self._collect(dry_run=False, trigger=f"eviction ({trigger})")
+                record = await self._collect(
+                    dry_run=False, trigger=f"eviction ({trigger})", yield_to_eviction=False
+                )
                 freed += record["freed"]["bytes"]
                 if not plan.more:
                     break
@@ -223,6 +235,8 @@ class Housekeeper:
                 ev = self.config.eviction
                 if ev.max_store_bytes or ev.min_free_bytes or ev.retention_days:
                     await self.evict()
+                else:
+                    self.eviction_urgent = False  # no limits: nothing to yield to
             except Exception:
                 log.exception("eviction failed; will retry")
 

@@ -66,6 +66,7 @@ class Plan:
 class SweepResult:
     deleted: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # digest -> why
+    stopped: int = 0  # candidates left untouched because `stop` said so
 
     @property
     def freed_bytes(self) -> int:
@@ -157,11 +158,17 @@ def sweep(
     in_flight: Callable[[], set[str]] = set,
     batch: int = 128,
     after_batch: Callable[[SweepResult], None] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> SweepResult:
+    """Delete the plan's candidates that are still garbage, `batch` per write transaction.
+    `stop` is asked before each batch: True leaves the rest (counted in `stopped`) as it is."""
     result = SweepResult()
     young_from = time.time() - grace
     pending = sorted(plan.candidates)
     for start in range(0, len(pending), batch):
+        if stop():
+            result.stopped = len(pending) - start
+            break
         chunk = pending[start : start + batch]
         fetching = in_flight()
         trashed: list[Path] = []

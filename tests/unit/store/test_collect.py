@@ -158,3 +158,16 @@ async def test_mark_in_a_child_process_equals_the_mark_in_this_one(store: Store)
     assert plan == here and summary == here.summary()
     assert str(gone) in plan.candidates and str(Digest.of_bytes(b"only old")) in plan.candidates
     assert str(Digest.of_bytes(b"proxied")) not in plan.candidates
+
+
+async def test_sweep_stops_between_batches_when_told(store: Store) -> None:
+    for n in range(3):
+        await push_image(store, "r", f"t{n}", f"layer {n}".encode())
+        await store.delete_tag("r", f"t{n}")
+    plan = mark(store.index, grace=0.0, delete_untagged=True, is_proxied=never_proxied)
+    answers = iter([False, False, True])
+    result = sweep(store.index, store.layout, plan, grace=0.0, batch=2, stop=lambda: next(answers))
+    assert len(result.deleted) == 4 and result.stopped == 5 and result.skipped == {}
+    for digest in set(plan.candidates) - set(result.deleted):
+        assert store.index.blob(digest) is not None  # left exactly as it was
+    assert fsck(store.layout, store.index).clean
