@@ -212,9 +212,8 @@ class BlobFetch:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(wake_when_cancelled)
                 # Not abandoned on cancel: the thread writes into our file, so it must be over
-                # before anyone discards it. Its own limiter: a long download must not hold
-                # one of the tokens the store's short thread calls need.
-                broken = await trio.to_thread.run_sync(work, limiter=_pump_limiter())
+                # before anyone discards it.
+                broken = await trio.to_thread.run_sync(work, limiter=_PUMP_LIMITER)
                 nursery.cancel_scope.cancel()
         if broken is not None:
             raise UpstreamUnavailable(
@@ -287,14 +286,9 @@ class BlobFetch:
                 await self.store.link_blob(repo, self.digest)
 
 
-_PUMP_LIMITER: trio.CapacityLimiter | None = None
-
-
-def _pump_limiter() -> trio.CapacityLimiter:
-    global _PUMP_LIMITER
-    if _PUMP_LIMITER is None:
-        _PUMP_LIMITER = trio.CapacityLimiter(10_000)  # one thread per download in flight
-    return _PUMP_LIMITER
+# The download threads' own limiter: one thread per download in flight, and a long download
+# must not hold one of the default limiter's tokens that the store's short thread calls need.
+_PUMP_LIMITER = trio.CapacityLimiter(10_000)
 
 
 class Fetcher:

@@ -55,8 +55,7 @@ async def mark_in_child(job: MarkJob) -> tuple[Plan, dict[str, Any]]:
     except OSError as exc:
         raise ChildFailed(f"could not start {child_argv()[0]}: {exc}") from None
     # Unpickling a large plan takes a moment: not on the event loop.
-    answer = await trio.to_thread.run_sync(pickle.loads, done.stdout)
-    plan, summary = answer
+    plan, summary = await trio.to_thread.run_sync(pickle.loads, done.stdout)
     return plan, summary
 
 

@@ -157,7 +157,6 @@ def sweep(
     grace: float,
     in_flight: Callable[[], set[str]] = set,
     batch: int = 128,
-    after_batch: Callable[[SweepResult], None] | None = None,
     stop: Callable[[], bool] = lambda: False,
 ) -> SweepResult:
     """Delete the plan's candidates that are still garbage, `batch` per write transaction.
@@ -188,8 +187,6 @@ def sweep(
         # undone at start-up by recover_trash, which puts back what the index still names.)
         for path in trashed:
             path.unlink(missing_ok=True)
-        if after_batch is not None:
-            after_batch(result)
     return result
 
 

@@ -341,16 +341,16 @@ class Upstream:
             if response.status not in (200, 206):
                 response.close()
                 return None
-            start, total = 0, response.length
-            total_known: int | None = total
+            start: int = 0
+            total: int | None = response.length
             if response.status == 206:
                 content_range = parse_content_range(response.headers.get("content-range"))
                 if content_range is None or content_range.start != offset:
                     response.close()
                     return None  # httpx's path says what is wrong with it
-                start, total_known = offset, content_range.total
+                start, total = offset, content_range.total
             self.breaker.success()
-            return RawBlob(self.name, response, start, total_known, f"GET {url.path}")
+            return RawBlob(self.name, response, start, total, f"GET {url.path}")
         return None
 
     # ---- listings ------------------------------------------------------------------------
