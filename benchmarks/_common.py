@@ -365,16 +365,23 @@ class Edgecache(Proc):
     name = "edgecache"
 
     def __init__(
-        self, data: Path, config: str | None = None, env: dict[str, str] | None = None
+        self,
+        data: Path,
+        config: str | None = None,
+        env: dict[str, str] | None = None,
+        src: str | None = None,
     ) -> None:
+        """src: a source tree (git archive) to run instead of the work tree; default
+        $BENCH_EDGECACHE_SRC. Two instances with different `src` compare versions in one run."""
         super().__init__()
         self.data, self.config, self.extra_env = data, config, env or {}
+        self.src = src
         self.url = ""
 
     def start(self) -> Edgecache:
         self.data.mkdir(parents=True, exist_ok=True)
         argv = [EDGECACHE, "serve", "--listen", f"{LOOPBACK}:0", "--data", str(self.data)]
-        src = os.environ.get("BENCH_EDGECACHE_SRC")
+        src = self.src or os.environ.get("BENCH_EDGECACHE_SRC")
         if src:  # a snapshot of the source tree (git archive), run with the venv's interpreter
             argv = [str(VENV_BIN / "python"), "-m", "edgecache", *argv[1:]]
         if self.config:
@@ -865,6 +872,21 @@ def cpu_seconds(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / tick
+
+
+def snapshot(rev: str, dest: Path) -> Path:
+    """A `git archive` of `rev` in `dest` (for Edgecache(src=...)); COMMIT names the commit."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", rev], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (dest / "COMMIT").write_text(commit + "\n")
+    return dest
 
 
 def loadavg() -> str:

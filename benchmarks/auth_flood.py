@@ -1,0 +1,265 @@
+"""Anonymous pull latency while a password flood runs: before issue 8 vs now, in one run.
+
+    .venv/bin/python benchmarks/auth_flood.py [--before REV] [--rounds 3] [--phase-seconds 10]
+        [--flooders 50] [--json FILE]
+
+Why: bcrypt is slow on purpose (~0.25 s a check at cost 12). Before issue 8 it ran on trio's
+default worker-thread limiter, the same one file I/O uses, so 50 connections sending wrong
+passwords pushed anonymous pulls from milliseconds to seconds.
+
+Targets: two `edgecache serve` processes with the same config (one user, cost-12 bcrypt hash,
+anonymous pull) and the same small image pushed (1 MiB layer): "before" runs a `git archive`
+of --before (default: the last commit before the issue 8 work), "now" runs the work tree.
+Phases, per round and target (target order alternating by round):
+
+    base       the probe alone
+    flood-1ip  + N flood connections from 127.0.0.1
+    flood-Nip  + N flood connections, each from its own loopback address (127.0.1.x), which a
+               per-client rate limit cannot tell apart: only the bounded bcrypt limiter helps
+
+The probe is one keep-alive raw-socket connection: GET manifest by tag, GET the 1 MiB blob
+(sha256 checked), in turn, for the whole phase; every request's latency is kept. A flood
+connection sends GET /v2/ with Basic credentials of the configured user and a new random
+password each time (so no failure cache can answer it), reads the answer, reconnects when the
+server closes. Reported: probe p50/p99/max per phase (median over rounds), the ratio of each to
+the same target's base in the same round, and what the flood got (statuses per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c
+
+BEFORE_DEFAULT = "34d6e18"  # main before the issue 8 work landed
+WORK = Path("/tmp/edgecache-bench/auth-flood")
+
+
+def _config() -> str:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"right-password", bcrypt.gensalt(12)).decode()
+    return f'[auth]\nanonymous_pull = true\n[auth.users]\nadmin = "{hashed}"\n'
+
+
+# ---------------------------------------------------------------------------- the flood
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bool]:
+    """(status, server wants to close) of one response; raises OSError on a closed socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length, close = 0, False
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        k = k.strip().lower()
+        if k == "content-length":
+            length = int(v.strip())
+        elif k == "connection" and "close" in v.lower():
+            close = True
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed in body")
+        body += chunk
+    return status, close
+
+
+def _flood_thread(port: int, source: str, stop: threading.Event, counts: dict[str, int]) -> None:
+    sock: socket.socket | None = None
+    while not stop.is_set():
+        try:
+            if sock is None:
+                sock = socket.create_connection(
+                    (c.LOOPBACK, port), timeout=30, source_address=(source, 0)
+                )
+            token = base64.b64encode(b"admin:" + os.urandom(8).hex().encode()).decode()
+            sock.sendall(
+                f"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n\r\n".encode()
+            )
+            status, close = _read_response(sock)
+            counts[str(status)] = counts.get(str(status), 0) + 1
+            if close:
+                sock.close()
+                sock = None
+        except OSError as exc:
+            counts[type(exc).__name__] = counts.get(type(exc).__name__, 0) + 1
+            if sock is not None:
+                sock.close()
+            sock = None
+    if sock is not None:
+        sock.close()
+
+
+def _flood_process(port: int, sources: list[str], stop: Any, out: Any) -> None:
+    halt = threading.Event()
+    counts: list[dict[str, int]] = [{} for _ in sources]
+    threads = [
+        threading.Thread(target=_flood_thread, args=(port, src, halt, counts[i]), daemon=True)
+        for i, src in enumerate(sources)
+    ]
+    for t in threads:
+        t.start()
+    stop.wait()
+    halt.set()
+    for t in threads:
+        t.join(60)
+    total: dict[str, int] = {}
+    for one in counts:
+        for k, v in one.items():
+            total[k] = total.get(k, 0) + v
+    out.put(total)
+
+
+# ---------------------------------------------------------------------------- the probe
+
+
+def _probe(port: int, repo: str, img: c.Image, seconds: float) -> list[float]:
+    client = c.H1Client(c.LOOPBACK, port)
+    layer = img.layers[0]
+    latencies = []
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            status, _ = client.get_small(f"/v2/{repo}/manifests/latest", {"Accept": c.OCI_MANIFEST})
+            if status != 200:
+                raise c.HTTPError(f"manifest: {status}")
+            t1 = time.monotonic()
+            client.get(f"/v2/{repo}/blobs/{layer[0]}", layer[0])
+            t2 = time.monotonic()
+            latencies += [t1 - t0, t2 - t1]
+    finally:
+        client.close()
+    return latencies
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def _phase(server: c.Edgecache, img: c.Image, sources: list[str], seconds: float) -> dict[str, Any]:
+    ctx = mp.get_context("fork")
+    stop, out = ctx.Event(), ctx.Queue()
+    flood = None
+    if sources:
+        flood = ctx.Process(target=_flood_process, args=(server.port, sources, stop, out))
+        flood.start()
+        time.sleep(1.0)  # let the flood reach its steady state before measuring (not sync)
+    t0 = time.monotonic()
+    latencies = _probe(server.port, "bench/small", img, seconds)
+    elapsed = time.monotonic() - t0
+    flood_counts: dict[str, int] = {}
+    if flood is not None:
+        stop.set()
+        flood_counts = out.get(timeout=120)
+        flood.join(30)
+    return {
+        "requests": len(latencies),
+        "p50_ms": _pct(latencies, 0.5) * 1000,
+        "p99_ms": _pct(latencies, 0.99) * 1000,
+        "max_ms": max(latencies) * 1000 if latencies else float("nan"),
+        "flood_per_s": {k: round(v / elapsed, 1) for k, v in sorted(flood_counts.items())},
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", default=BEFORE_DEFAULT)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--phase-seconds", type=float, default=10.0)
+    ap.add_argument("--flooders", type=int, default=50)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    img = c.build_image(WORK / "image", n_layers=1, layer_mib=1)
+    snap = c.snapshot(args.before, WORK / "before-src")
+    config = _config()
+    servers = {
+        "before": c.Edgecache(WORK / "before-data", config, src=str(snap)),
+        "now": c.Edgecache(WORK / "now-data", config),
+    }
+    phases = {
+        "base": [],
+        "flood-1ip": [c.LOOPBACK] * args.flooders,
+        f"flood-{args.flooders}ip": [f"127.0.1.{i + 1}" for i in range(args.flooders)],
+    }
+    results: list[dict[str, Any]] = []
+    try:
+        for name, server in servers.items():
+            import shutil
+
+            shutil.rmtree(server.data, ignore_errors=True)
+            server.start()
+            c.push_image(server.port, "bench/small", img)
+            c.log(f"{name}: {server.url}")
+        for rnd in range(args.rounds):
+            order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
+            for name in order:
+                for phase, sources in phases.items():
+                    c.log(f"round {rnd + 1} {name} {phase} (load {c.loadavg()})")
+                    r = _phase(servers[name], img, sources, args.phase_seconds)
+                    results.append({"round": rnd + 1, "target": name, "phase": phase, **r})
+                    c.log(f"  {r}")
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    rows = []
+    for name in servers:
+        for phase in phases:
+            mine = [r for r in results if r["target"] == name and r["phase"] == phase]
+            bases = {r["round"]: r for r in results if r["target"] == name and r["phase"] == "base"}
+            p50 = c.median(r["p50_ms"] for r in mine)
+            p99 = c.median(r["p99_ms"] for r in mine)
+            r50 = c.median(r["p50_ms"] / bases[r["round"]]["p50_ms"] for r in mine)
+            r99 = c.median(r["p99_ms"] / bases[r["round"]]["p99_ms"] for r in mine)
+            flood = mine[-1]["flood_per_s"]
+            rows.append(
+                [
+                    name,
+                    phase,
+                    f"{p50:.1f}",
+                    f"{p99:.1f}",
+                    f"{c.median(r['max_ms'] for r in mine):.0f}",
+                    f"{r50:.2f}x",
+                    f"{r99:.2f}x",
+                    c.median(r["requests"] for r in mine),
+                    ", ".join(f"{k}: {v}/s" for k, v in flood.items()) or "-",
+                ]
+            )
+    print(f"# auth_flood: {c.machine()}; load {c.loadavg()}")
+    print(f"# before = {args.before} ({snap}), now = {c.edgecache_source()}")
+    print(
+        f"# {args.rounds} rounds x {args.phase_seconds:.0f} s per phase, {args.flooders} "
+        "flood connections; medians over rounds; ratios to the same target's base, same round"
+    )
+    headers = ["target", "phase", "p50 ms", "p99 ms", "max ms", "p50/base", "p99/base"]
+    print(c.table([*headers, "probe reqs", "flood answers (last round)"], rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
