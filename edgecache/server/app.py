@@ -17,7 +17,7 @@ from ..cache.routing import Target, resolve
 from ..config import Config
 from ..gc import Housekeeper
 from ..oci import errors
-from ..oci.names import validate_repository
+from ..oci.names import validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..store import Store
 from ..upstream import Upstream
@@ -170,7 +170,7 @@ class App:
             )
             ns = req.query.get("ns")
             if ns is not None:
-                req.headers_out["OCI-Namespace"] = ns
+                req.headers_out["OCI-Namespace"] = validate_namespace(ns)
             if route.name is None:
                 await handler(self, req, route)
                 return
