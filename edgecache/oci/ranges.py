@@ -111,3 +111,17 @@ def parse_content_range(header: str) -> tuple[int, int]:
         )
     return start, end
 
+
+def if_range_allows(if_range: str | None, etag: str) -> bool:
+    """Whether a Range may be honoured given the request's If-Range (RFC 9110 §13.1.5).
+
+    If-Range asks for the range only while the representation is unchanged, else for all of
+    it. An entity-tag matches only by strong comparison (a weak tag never does); a date
+    matches only a Last-Modified the server sent, and content-addressed responses send none;
+    anything else validates nothing. In every case but a match the answer is the full 200,
+    because a 206 of a different representation would corrupt the client's resumed copy.
+    """
+    if if_range is None:
+        return True
+    value = if_range.strip()
+    return not value.startswith("W/") and value == etag
