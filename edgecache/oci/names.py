@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from edgecache.oci.digest import Digest
-from edgecache.oci.errors import NameInvalid, TagInvalid
+from edgecache.oci.errors import DigestInvalid, ManifestUnknown, NameInvalid, TagInvalid
 from edgecache.oci.integers import shorten
 
 MAX_NAME_LENGTH = 255
@@ -120,3 +120,18 @@ class Reference:
     def __str__(self) -> str:
         return str(self.digest) if self.digest is not None else str(self.tag)
 
+
+def lookup_reference(s: str) -> Reference:
+    """The reference of a manifest GET, HEAD or DELETE.
+
+    A reference that cannot be valid cannot name a stored manifest either, so looking it up
+    answers MANIFEST_UNKNOWN (404) as the distribution spec's conformance suite expects; only
+    a PUT, which would create it, is told TAG_INVALID or DIGEST_INVALID.
+    """
+    try:
+        return Reference.parse(s)
+    except (TagInvalid, DigestInvalid) as exc:
+        raise ManifestUnknown(
+            f"manifest {shorten(s)!r} is unknown: no manifest can have that reference "
+            f"({exc.message})"
+        ) from None

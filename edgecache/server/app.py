@@ -17,7 +17,7 @@ from ..cache.routing import Target, resolve
 from ..config import Config
 from ..gc import Housekeeper
 from ..oci import errors
-from ..oci.names import validate_namespace, validate_repository
+from ..oci.names import lookup_reference, validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..store import Store
 from ..upstream import Upstream
@@ -175,6 +175,9 @@ class App:
                 await handler(self, req, route)
                 return
             validate_repository(route.name)
+            if route.kind == "manifest" and method in ("GET", "DELETE"):
+                # Local and proxied alike: a reference that cannot exist is unknown (404).
+                lookup_reference(route.ref or "")
             target = resolve(self.config, route.name, ns)
             if not target.proxied:
                 await handler(self, req, route)

@@ -11,7 +11,7 @@ import trio
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
 from ..oci.manifest import referrers_index
-from ..oci.names import Reference
+from ..oci.names import lookup_reference
 from ..oci.pagination import link_header, paginate, parse_n
 from ..oci.ranges import if_range_allows, parse_range
 from ..oci.routes import Route
@@ -29,7 +29,7 @@ async def base(app: App, req: Request, route: Route) -> None:
 
 
 async def get_manifest(app: App, req: Request, route: Route) -> None:
-    repo, ref = _repo(route), Reference.parse(route.ref or "")
+    repo, ref = _repo(route), lookup_reference(route.ref or "")
     info = app.store.manifest(repo, str(ref))
     if info is None:
         raise errors.ManifestUnknown(f"manifest {ref} is not in {repo}")
