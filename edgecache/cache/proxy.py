@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from ..oci.manifest import parse_manifest
 from ..oci.names import Reference
 from ..store import ManifestInfo, Store
 from ..upstream import RemoteInfo, Upstream, UpstreamError, UpstreamNotFound
+from ..upstream.documents import referrers_document
 from .failures import upstream_failures
 from .flight import SingleFlight
 from .routing import Target
@@ -181,8 +181,9 @@ class ManifestProxy:
     ) -> list[dict[str, object]]:
         async def fetch() -> object:
             raw = await upstream.referrers(target.remote_repo, subject, None)
-            manifests = json.loads(raw).get("manifests", [])
-            return manifests if isinstance(manifests, list) else []
+            # Untrusted: any JSON failure (too deep, not an object) is a protocol error.
+            _, manifests = referrers_document(upstream.name, f"referrers of {subject}", raw)
+            return [m for m in manifests if isinstance(m, dict)]
 
         try:
             value = await self._cached_list(("referrers", target.store_repo, str(subject)), fetch)

@@ -16,6 +16,8 @@ from types import MappingProxyType
 from edgecache.oci import mediatypes as mt
 from edgecache.oci.digest import Digest
 from edgecache.oci.errors import DigestInvalid, ManifestInvalid, ManifestTooLarge
+from edgecache.oci.integers import INT64_MAX
+from edgecache.oci.jsontext import JSONInvalid, loads
 
 # distribution and the big public registries refuse manifests above 4 MiB; matching them keeps
 # whatever we accept pushable upstream and bounds the memory a single PUT can pin.
@@ -124,6 +126,12 @@ class Descriptor:
             raise _invalid(_join(where, "size"), f"required integer, got {_json_type(size)}")
         if size < 0:
             raise _invalid(_join(where, "size"), f"must not be negative, got {size}")
+        if size > INT64_MAX:
+            # Every registry and client holds sizes in an int64 (distribution refuses this
+            # manifest too); a larger one could only ever be a lie.
+            raise _invalid(
+                _join(where, "size"), f"larger than any blob can be (at most {INT64_MAX})"
+            )
         urls = obj.get("urls")
         if urls is not None and (
             not isinstance(urls, list) or not all(isinstance(u, str) for u in urls)
@@ -196,15 +204,9 @@ class Manifest:
 
 def _decode(data: bytes) -> dict[str, object]:
     try:
-        obj = json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise ManifestInvalid(
-            f"manifest is not valid UTF-8: {exc.reason} at byte {exc.start}"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise ManifestInvalid(
-            f"manifest is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        obj = loads(data)
+    except JSONInvalid as exc:
+        raise ManifestInvalid(f"manifest is {exc}") from None
     if not isinstance(obj, dict):
         raise ManifestInvalid(f"manifest must be a JSON object, got {_json_type(obj)}")
     return obj

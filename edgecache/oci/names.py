@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 from edgecache.oci.digest import Digest
-from edgecache.oci.errors import NameInvalid, TagInvalid
+from edgecache.oci.errors import DigestInvalid, ManifestUnknown, NameInvalid, TagInvalid
+from edgecache.oci.integers import shorten
 
 MAX_NAME_LENGTH = 255
 MAX_TAG_LENGTH = 128
@@ -15,6 +16,13 @@ MAX_TAG_LENGTH = 128
 _COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 _TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+# An upstream registry's host[:port] as containerd sends it in ?ns=: a DNS-ish name (as lenient
+# as the config's upstream names, which it must match) or a bracketed IPv6 literal.
+_NS_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
+)
+# RFC 1035's 253 characters of name, plus ":65535".
+MAX_NAMESPACE_LENGTH = 253 + 6
 
 
 def _component_problem(component: str) -> str:
@@ -65,6 +73,28 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def validate_namespace(ns: str) -> str:
+    """Return ``ns`` (the ``?ns=`` query parameter) if it is a registry ``host[:port]``.
+
+    The value is echoed in the OCI-Namespace response header, so it must be checked before
+    anything else sees it: a CR, LF or NUL there would split or break the response.
+    """
+    if len(ns) > MAX_NAMESPACE_LENGTH:
+        raise NameInvalid(
+            f"ns is {len(ns)} characters long, a registry host[:port] has at most "
+            f"{MAX_NAMESPACE_LENGTH}",
+            detail={"ns": shorten(ns)},
+        )
+    match = _NS_RE.fullmatch(ns)
+    if match is None or (match.group(1) is not None and not 0 < int(match.group(1)) <= 65535):
+        raise NameInvalid(
+            f"ns={shorten(ns)!r} is not a registry host[:port] (such as docker.io or "
+            "registry.example:5000)",
+            detail={"ns": shorten(ns)},
+        )
+    return ns
+
+
 @dataclass(frozen=True, slots=True)
 class Reference:
     """The ``<reference>`` of a manifest URL: exactly one of a tag or a digest."""
@@ -89,3 +119,19 @@ class Reference:
 
     def __str__(self) -> str:
         return str(self.digest) if self.digest is not None else str(self.tag)
+
+
+def lookup_reference(s: str) -> Reference:
+    """The reference of a manifest GET, HEAD or DELETE.
+
+    A reference that cannot be valid cannot name a stored manifest either, so looking it up
+    answers MANIFEST_UNKNOWN (404) as the distribution spec's conformance suite expects; only
+    a PUT, which would create it, is told TAG_INVALID or DIGEST_INVALID.
+    """
+    try:
+        return Reference.parse(s)
+    except (TagInvalid, DigestInvalid) as exc:
+        raise ManifestUnknown(
+            f"manifest {shorten(s)!r} is unknown: no manifest can have that reference "
+            f"({exc.message})"
+        ) from None

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Sequence
 from urllib.parse import quote
 
 from edgecache.oci.errors import PaginationInvalid
+from edgecache.oci.integers import parse_decimal, shorten
 
 DEFAULT_MAXIMUM = 10000
-
-# int() would also take "+5", " 5" and "1_0"; a query parameter should be plain digits.
-_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_n(value: str | None, maximum: int = DEFAULT_MAXIMUM) -> int | None:
@@ -23,9 +20,12 @@ def parse_n(value: str | None, maximum: int = DEFAULT_MAXIMUM) -> int | None:
     """
     if value is None or value == "":
         return None
-    if not _DIGITS.fullmatch(value):
-        raise PaginationInvalid(f"n={value!r}: expected a non-negative integer")
-    return min(int(value), maximum)
+    # Plain ASCII digits only (int() would take "+5", " 5", "1_0" and "٣"); a number of any
+    # length is just large, and clamped like any other.
+    number = parse_decimal(value)
+    if number is None:
+        raise PaginationInvalid(f"n={shorten(value)!r}: expected a non-negative integer")
+    return min(number, maximum)
 
 
 def paginate(

@@ -17,6 +17,7 @@ import trio
 
 from .. import __version__
 from ..oci import errors
+from ..oci.integers import parse_decimal
 from .http import Request
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ async def dispatch(app: App, req: Request) -> None:
         )
         await req.respond_json(200, record)
     elif name == "gc/history" and method in ("GET", "HEAD"):
-        limit = req.query.get("limit", "50")
-        await req.respond_json(200, app.housekeeper.history(int(limit) if limit.isdigit() else 50))
+        # parse_decimal, not isdigit() + int(): "²" and 5000-digit limits were 500s.
+        limit = parse_decimal(req.query.get("limit", ""))
+        await req.respond_json(200, app.housekeeper.history(50 if limit is None else limit))
     elif name == "evict" and method == "POST":
         await req.respond_json(200, await app.housekeeper.evict(trigger="admin API"))
     else:

@@ -17,7 +17,7 @@ from ..cache.routing import Target, resolve
 from ..config import Config
 from ..gc import Housekeeper
 from ..oci import errors
-from ..oci.names import validate_repository
+from ..oci.names import lookup_reference, validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..store import Store
 from ..upstream import Upstream
@@ -170,11 +170,14 @@ class App:
             )
             ns = req.query.get("ns")
             if ns is not None:
-                req.headers_out["OCI-Namespace"] = ns
+                req.headers_out["OCI-Namespace"] = validate_namespace(ns)
             if route.name is None:
                 await handler(self, req, route)
                 return
             validate_repository(route.name)
+            if route.kind == "manifest" and method in ("GET", "DELETE"):
+                # Local and proxied alike: a reference that cannot exist is unknown (404).
+                lookup_reference(route.ref or "")
             target = resolve(self.config, route.name, ns)
             if not target.proxied:
                 await handler(self, req, route)

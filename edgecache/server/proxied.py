@@ -17,7 +17,7 @@ from ..oci.ranges import parse_range
 from ..oci.routes import Route
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound
 from .http import Request
-from .pull import blob_headers, send_manifest, send_stored
+from .pull import blob_headers, requested_range, send_manifest, send_stored
 
 if TYPE_CHECKING:
     from .app import App
@@ -93,7 +93,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
             raise fetch.error
         headers = blob_headers(digest)
         start, end, status = 0, fetch.total, 200
-        range_header = req.headers.get("range")
+        range_header = requested_range(req, headers)
         if range_header and fetch.total is not None:
             byte_range = parse_range(range_header, fetch.total)
             if byte_range is not None:

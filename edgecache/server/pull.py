@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import trio
@@ -10,9 +11,9 @@ import trio
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
 from ..oci.manifest import referrers_index
-from ..oci.names import Reference
+from ..oci.names import lookup_reference
 from ..oci.pagination import link_header, paginate, parse_n
-from ..oci.ranges import parse_range
+from ..oci.ranges import if_range_allows, parse_range
 from ..oci.routes import Route
 from ..store import ManifestInfo
 from .http import Request
@@ -28,7 +29,7 @@ async def base(app: App, req: Request, route: Route) -> None:
 
 
 async def get_manifest(app: App, req: Request, route: Route) -> None:
-    repo, ref = _repo(route), Reference.parse(route.ref or "")
+    repo, ref = _repo(route), lookup_reference(route.ref or "")
     info = app.store.manifest(repo, str(ref))
     if info is None:
         raise errors.ManifestUnknown(f"manifest {ref} is not in {repo}")
@@ -56,6 +57,17 @@ async def get_blob(app: App, req: Request, route: Route) -> None:
     )
 
 
+def requested_range(req: Request, headers: Mapping[str, str]) -> str | None:
+    """The request's Range, unless its If-Range names another version than the ETag in
+    ``headers`` (the response's): then the whole blob is the answer (RFC 9110 §13.1.5)."""
+    range_header = req.headers.get("range")
+    if range_header is None or if_range_allows(
+        req.headers.get("if-range"), headers.get("ETag", "")
+    ):
+        return range_header
+    return None
+
+
 def blob_headers(digest: Digest) -> dict[str, str]:
     return {
         "Content-Type": mediatypes.OCTET_STREAM,
@@ -75,6 +87,8 @@ async def send_stored(
     headers: dict[str, str],
     range_header: str | None,
 ) -> None:
+    if not if_range_allows(req.headers.get("if-range"), headers.get("ETag", "")):
+        range_header = None  # here, so that every caller honours If-Range
     byte_range = parse_range(range_header, size) if range_header else None
     try:
         fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)

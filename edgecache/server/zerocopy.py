@@ -157,6 +157,16 @@ class ZeroCopyTCPServer(TCPServer):
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.protocol.handle(Closed())
             return
+        if isinstance(event, Closed):
+            # hypercorn closes (send_eof) without its send lock. When a response that ends
+            # with Connection: close meets a request body h11 rejects (a bad chunk header),
+            # the reading task's 400 then hit trio's BusyResourceError, which nothing catches:
+            # one such request ended the whole server. Under the lock the 400 waits, finds
+            # the stream closed, and is dropped like any send to a gone client.
+            async with self.send_lock:
+                await self._close()
+            await self.protocol.handle(Closed())
+            return
         await super().protocol_send(event)
 
     async def _sendfile(self, event: SendFile) -> None:

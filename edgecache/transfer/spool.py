@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -30,6 +29,7 @@ from typing import Any
 
 from ..oci.digest import Digest
 from ..oci.errors import DigestInvalid
+from ..oci.jsontext import JSONInvalid, loads
 from ..store import Store
 from .archive import Member
 from .errors import TransferError
@@ -322,6 +322,6 @@ def read_small(spooled: Spooled, limit: int, what: str) -> bytes:
 
 def load_json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TransferError(f"{what} is not valid JSON: {exc}") from None
+        return loads(data)
+    except JSONInvalid as exc:  # also nested too deeply, or a number of 5000 digits
+        raise TransferError(f"{what} is {exc}") from None

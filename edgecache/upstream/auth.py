@@ -13,11 +13,12 @@ a log or an exception message cannot leak them.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from edgecache.oci.jsontext import loads
 
 # RFC 7230 tchar: what a scheme or a parameter name may be made of.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -27,6 +28,8 @@ _WS = " \t"
 
 # The spec's default when a token response has no expires_in.
 DEFAULT_TOKEN_LIFETIME = 60
+# Reuse a token for at most a day whatever the server claims: it can be revoked.
+MAX_TOKEN_LIFETIME = 86400
 
 
 class ChallengeError(ValueError):
@@ -242,8 +245,8 @@ class IssuedToken:
 def parse_token_response(body: bytes) -> IssuedToken:
     """The token server's JSON: ``token`` (Docker) or ``access_token`` (OAuth2), ``expires_in``."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = loads(body)
+    except ValueError as exc:  # JSONInvalid: also too deep, or a 5000-digit number
         raise TokenResponseError(f"token response is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise TokenResponseError("token response is not a JSON object")
@@ -253,4 +256,5 @@ def parse_token_response(body: bytes) -> IssuedToken:
     expires = doc.get("expires_in")
     if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
         expires = DEFAULT_TOKEN_LIFETIME
-    return IssuedToken(token, float(expires))
+    # A 400-digit integer would overflow float() and infinity would keep a token for ever.
+    return IssuedToken(token, float(min(expires, MAX_TOKEN_LIFETIME)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from edgecache.oci import mediatypes
+from edgecache.oci.jsontext import loads
 from edgecache.upstream.errors import UpstreamProtocolError
 
 
@@ -19,8 +20,8 @@ def manifest_media_type(content_type: str | None, data: bytes) -> str:
     if mediatypes.is_manifest_type(header):
         return header
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        doc = loads(data)
+    except ValueError:
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str):
         return str(doc["mediaType"])
@@ -29,9 +30,9 @@ def manifest_media_type(content_type: str | None, data: bytes) -> str:
 
 def tag_page(upstream: str, what: str, body: bytes) -> list[str]:
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise UpstreamProtocolError(upstream, f"{what}: tag list is not JSON") from None
+        doc = loads(body)
+    except ValueError as exc:
+        raise UpstreamProtocolError(upstream, f"{what}: tag list is not JSON ({exc})") from None
     tags = doc.get("tags") if isinstance(doc, dict) else None
     if tags is None:
         return []  # distribution answers "tags": null for a repository with no tags
@@ -41,14 +42,32 @@ def tag_page(upstream: str, what: str, body: bytes) -> list[str]:
 
 
 def filter_referrers(upstream: str, what: str, body: bytes, artifact_type: str) -> bytes:
-    try:
-        doc = json.loads(body)
-        manifests = doc["manifests"]
-        if not isinstance(manifests, list):
-            raise TypeError
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-        raise UpstreamProtocolError(upstream, f"{what}: referrers index is malformed") from None
+    doc, manifests = referrers_document(upstream, what, body)
     doc["manifests"] = [
         m for m in manifests if isinstance(m, dict) and m.get("artifactType") == artifact_type
     ]
-    return json.dumps(doc, separators=(",", ":")).encode()
+    try:
+        return json.dumps(doc, separators=(",", ":")).encode()
+    except RecursionError:
+        # Parsed just under the nesting limit, serialised from a deeper stack: still hostile.
+        raise UpstreamProtocolError(
+            upstream, f"{what}: referrers index is nested too deeply"
+        ) from None
+
+
+def referrers_document(
+    upstream: str, what: str, body: bytes
+) -> tuple[dict[str, object], list[object]]:
+    """A referrers index and its ``manifests`` array (entries unchecked: callers filter)."""
+    try:
+        doc = loads(body)
+    except ValueError as exc:
+        raise UpstreamProtocolError(
+            upstream, f"{what}: referrers index is malformed ({exc})"
+        ) from None
+    manifests = doc.get("manifests") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(manifests, list):
+        raise UpstreamProtocolError(
+            upstream, f"{what}: referrers index is malformed: no 'manifests' array"
+        )
+    return doc, manifests

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from edgecache.oci.digest import Digest
 from edgecache.oci.errors import DigestInvalid
+from edgecache.oci.integers import INT64_MAX, parse_decimal
 
 # One link-value of an RFC 8288 Link header: <uri> followed by ;-separated parameters.
 _LINK = re.compile(r"\s*<([^>]*)>((?:\s*;\s*[^;,]+)*)\s*(?:,|$)")
 _REL = re.compile(r"""rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+# [0-9], not \d: \d also matches digits of other scripts, which int() may then refuse.
+_CONTENT_RANGE = re.compile(r"bytes\s+([0-9]+)-([0-9]+)/([0-9]+|\*)", re.IGNORECASE)
 
 
 def link_next(header: str | None) -> str | None:
@@ -49,11 +51,19 @@ def parse_content_range(header: str | None) -> ContentRange | None:
     m = _CONTENT_RANGE.fullmatch(header.strip())
     if m is None:
         return None
-    start, end = int(m.group(1)), int(m.group(2))
-    total = None if m.group(3) == "*" else int(m.group(3))
+    start, end = _size(m.group(1)), _size(m.group(2))
+    total = None if m.group(3) == "*" else _size(m.group(3))
+    if start is None or end is None or (m.group(3) != "*" and total is None):
+        return None
     if end < start or (total is not None and end >= total):
         return None
     return ContentRange(start, end, total)
+
+
+def _size(digits: str) -> int | None:
+    # An upstream number beyond any real size (or of 5000 digits) is as malformed as "abc".
+    value = parse_decimal(digits)
+    return value if value is not None and value <= INT64_MAX else None
 
 
 def parse_digest_header(value: str | None) -> Digest | None:
@@ -67,6 +77,4 @@ def parse_digest_header(value: str | None) -> Digest | None:
 
 
 def parse_length(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value.strip())
+    return None if value is None else _size(value.strip())

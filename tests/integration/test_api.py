@@ -876,6 +876,26 @@ def test_invalid_tag(client: httpx.Client) -> None:
         assert_error(r, 400, "TAG_INVALID", "MANIFEST_INVALID", "NAME_INVALID")
 
 
+@pytest.mark.parametrize(
+    "reference",
+    [".INVALID_MANIFEST_NAME", "-dash", "x" * 129, "sha512:" + "0" * 64, "md5:" + "0" * 32],
+)
+def test_manifest_reference_that_cannot_exist_is_unknown(
+    client: httpx.Client, reference: str
+) -> None:
+    """The conformance suite's rule: looking up a reference no manifest can have is 404
+    MANIFEST_UNKNOWN (not 400), in a repository that exists and in one that does not; only a
+    PUT, which would create it, is told the reference is invalid."""
+    manifest, _ = push_image(client, "api/lookup", "v1")
+    for repo in ("api/lookup", "api/no-such-repo"):
+        url = f"/v2/{repo}/manifests/{reference}"
+        for method in ("GET", "HEAD", "DELETE"):
+            assert_error(client.request(method, url), 404, "MANIFEST_UNKNOWN")
+    r = put_manifest(client, "api/lookup", reference, manifest)
+    assert_error(r, 400, "TAG_INVALID", "DIGEST_INVALID")
+    assert client.get("/v2/api/lookup/tags/list").json()["tags"] == ["v1"]
+
+
 def test_unknown_route_is_404(client: httpx.Client) -> None:
     r = client.get("/v2/api/x/unknown-endpoint")
     assert r.status_code == 404

@@ -40,6 +40,12 @@ def test_link_next(header: str | None, expected: str | None) -> None:
         ("bytes */1000", None),
         ("100-999", None),
         (None, None),
+        # An upstream's number past int()'s 4300-digit limit, or past any real size, is as
+        # malformed as any other (it was a ValueError).
+        ("bytes 0-" + "9" * 5000 + "/*", None),
+        ("bytes 0-5/" + "9" * 5000, None),
+        (f"bytes 0-5/{2**63}", None),
+        ("bytes \u0660-\u0665/\u0661\u0660", None),  # Arabic-Indic digits
     ],
 )
 def test_content_range(header: str | None, expected: ContentRange | None) -> None:
@@ -58,3 +64,7 @@ def test_length() -> None:
     assert parse_length("-1") is None
     assert parse_length("4x") is None
     assert parse_length(None) is None
+    assert parse_length(" 7 ") == 7
+    assert parse_length("9" * 5000) is None
+    assert parse_length(str(2**63)) is None
+    assert parse_length("²") is None  # isdigit() is true for it, int() refuses it
