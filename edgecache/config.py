@@ -38,6 +38,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "anonymous_push": ("bool", False),
         "realm": ("str", "edgecache"),
         "users": ("users", {}),
+        # An htpasswd file of more users (bcrypt lines only, as `htpasswd -B` writes).
+        "htpasswd_file": ("str", ""),
     },
     "limits": {
         "max_manifest_size": ("int", 4 * 1024 * 1024),
@@ -130,6 +132,7 @@ class AuthConfig:
     anonymous_push: bool
     realm: str
     users: Mapping[str, str] = field(default_factory=dict)
+    htpasswd_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -401,6 +404,11 @@ def load(
     for key in ("tls_cert", "tls_key"):
         if server[key] and not Path(server[key]).is_file():
             raise ConfigError(f"server.{key} = {server[key]!r}: expected a readable PEM file")
+    if values["auth"]["htpasswd_file"]:
+        from .htpasswd import merge_users
+
+        auth = values["auth"]
+        auth["users"] = merge_users(auth["htpasswd_file"], auth["users"])
     if values["auth"]["users"] and not values["auth"]["realm"]:
         raise ConfigError("auth.realm = '': expected a non-empty realm")
     proxy = values["proxy"]

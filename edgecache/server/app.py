@@ -88,6 +88,7 @@ class App:
             lambda: float(zerocopy.ZeroCopyTCPServer.sent_bytes),
         )
         self.fetcher.on_upstream_bytes = self.metrics.upstream_bytes_add
+        self.auth.on_event = self.metrics.auth_event
         self.fetcher.on_fetch = self.metrics.upstream_fetch_started
         self.fetcher.on_body = self.metrics.upstream_body_read
         self.ready = False
@@ -166,7 +167,10 @@ class App:
                 raise error
             req.extra["route"] = route.kind
             await self.auth.check(
-                req.method, req.headers.get("authorization"), base=route.kind == "base"
+                req.method,
+                req.headers.get("authorization"),
+                base=route.kind == "base",
+                client=req.scope.get("client"),
             )
             ns = req.query.get("ns")
             if ns is not None:

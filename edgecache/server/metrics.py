@@ -7,6 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -76,6 +77,14 @@ class Metrics:
             "Writes that failed because the disk was full (each starts an eviction check).",
             registry=self.registry,
         )
+        self.auth = Counter(
+            "edgecache_auth_events",
+            "Credential checks: 'checked' (a bcrypt run), 'cached' (answered from memory), "
+            "'limited' (429: the address failed too often), 'busy' (429: too many checks "
+            "waiting).",
+            ["event"],
+            registry=self.registry,
+        )
         self.cache_hits = 0  # proxied blob and manifest requests answered from the store
         self.cache_misses = 0  # ... that needed the upstream
 
@@ -88,7 +97,14 @@ class Metrics:
     def upstream_bytes_add(self, upstream: str, count: int) -> None:
         self.upstream_bytes.labels(upstream).inc(count)
 
+    def auth_event(self, kind: str) -> None:
+        self.auth.labels(kind).inc()
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        # The method is whatever token the client sent: a label per distinct one would let
+        # clients grow the metrics without bound.
+        if method not in _METHODS:
+            method = "other"
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
