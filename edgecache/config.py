@@ -56,6 +56,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "revalidate_timeout": ("float", 3.0),
         # Tag lists and referrers of proxied repositories are cached this long.
         "list_ttl": ("float", 300.0),
+        # ... and at most this many of them (repository names come from clients).
+        "list_cache_entries": ("int", 2048),
         # An upstream 404 for a cached tag removes it (true) or keeps serving it (false).
         "follow_deletions": ("bool", False),
     },
@@ -148,6 +150,7 @@ class ProxyConfig:
     revalidate_timeout: float
     list_ttl: float
     follow_deletions: bool
+    list_cache_entries: int = 2048
 
 
 @dataclass(frozen=True)

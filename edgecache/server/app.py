@@ -89,6 +89,9 @@ class App:
         )
         self.fetcher.on_upstream_bytes = self.metrics.upstream_bytes_add
         self.auth.on_event = self.metrics.auth_event
+        self.metrics.watch_caches(
+            lambda: {"proxy_lists": len(self.proxy.lists), **self.auth.cache_sizes()}
+        )
         self.fetcher.on_fetch = self.metrics.upstream_fetch_started
         self.fetcher.on_body = self.metrics.upstream_body_read
         self.ready = False

@@ -139,6 +139,13 @@ class Authenticator:
         # (429: this address failed too often), "busy" (429: too many checks waiting).
         self.on_event: Callable[[str], None] = lambda kind: None
 
+    def cache_sizes(self) -> dict[str, int]:
+        return {
+            "auth_verified": len(self._verified),
+            "auth_refused": len(self._refused),
+            "auth_clients": len(self.failures),
+        }
+
     def _challenge(self, message: str) -> errors.Unauthorized:
         error = errors.Unauthorized(message)
         error.headers["WWW-Authenticate"] = f'Basic realm="{self.config.realm}"'

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -96,6 +97,20 @@ class Metrics:
 
     def upstream_bytes_add(self, upstream: str, count: int) -> None:
         self.upstream_bytes.labels(upstream).inc(count)
+
+    def watch_caches(self, sizes: Callable[[], dict[str, int]]) -> None:
+        """Entries held by each in-memory cache whose keys come from clients (all bounded)."""
+        family = "edgecache_cache_entries"
+        helptext = "Entries in each bounded in-memory cache, by cache."
+
+        class Collector:
+            def collect(self) -> Iterator[GaugeMetricFamily]:
+                gauge = GaugeMetricFamily(family, helptext, labels=["cache"])
+                for name, size in sizes().items():
+                    gauge.add_metric([name], size)
+                yield gauge
+
+        self.registry.register(Collector())
 
     def auth_event(self, kind: str) -> None:
         self.auth.labels(kind).inc()
