@@ -83,6 +83,14 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # How often the limits are checked (a full disk also triggers a check at once).
         "check_interval": ("float", 60.0),
     },
+    "scrub": {
+        # Verify stored blobs and manifests in the background; a bad one is quarantined.
+        "enabled": ("bool", True),
+        # Bytes a second the scrub reads (low: serving comes first).
+        "rate": ("int", 16 * 1024 * 1024),
+        # Seconds from the end of one full pass to the start of the next.
+        "interval": ("float", 7 * 86400.0),
+    },
 }
 
 # [upstreams.<name>] tables: <name> is the project path (/v2/<name>/<repo>) and the ?ns= host.
@@ -171,6 +179,13 @@ class EvictionConfig:
 
 
 @dataclass(frozen=True)
+class ScrubConfig:
+    enabled: bool = True
+    rate: int = 16 * 1024 * 1024
+    interval: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -203,6 +218,7 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     gc: GCConfig = field(default_factory=GCConfig)
     eviction: EvictionConfig = field(default_factory=EvictionConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
 
     def upstream_for(self, name: str) -> UpstreamConfig | None:
         """The upstream whose name or alias is `name` (a project path or an ns host)."""
@@ -424,6 +440,7 @@ def load(
         upstreams=upstreams,
         gc=GCConfig(**values["gc"]),
         eviction=EvictionConfig(**values["eviction"]),
+        scrub=ScrubConfig(**values["scrub"]),
     )
     eviction = config.eviction
     if eviction.low_watermark >= eviction.high_watermark:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ..oci.names import Reference
 from ..store import ManifestInfo, Store
 from ..upstream import RemoteInfo, Upstream, UpstreamError, UpstreamNotFound
 from .failures import upstream_failures
+from .fetch import Fetcher
 from .flight import SingleFlight
 from .routing import Target
 
@@ -174,6 +176,18 @@ class ManifestProxy:
         what = f"manifest {ref}"
         with upstream_failures(upstream.name, what, target.remote_repo, errors.ManifestUnknown):
             return await upstream.head_manifest(target.remote_repo, str(ref))
+
+    async def refetch(
+        self, target: Target, upstream: Upstream, fetcher: Fetcher, digest: Digest, kind: str
+    ) -> bool:
+        """Fetch content again that the scrub quarantined: a manifest now (the caller may be
+        a client waiting for it), a blob in the background (joiners stream it as usual)."""
+        if kind == "manifest":
+            await self._fetch(target, upstream, str(digest), None)
+            return True
+        _, fd = fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
+        os.close(fd)
+        return True
 
     # ---- lists ---------------------------------------------------------------------------
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -109,6 +110,29 @@ class Metrics:
                 for name, size in sizes().items():
                     gauge.add_metric([name], size)
                 yield gauge
+
+        self.registry.register(Collector())
+
+    def watch_scrub(self, progress: Callable[[], dict[str, Any]]) -> None:
+        """The background scrub's counters (gc/scrub.py), read when /metrics is scraped."""
+
+        class Collector:
+            def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+                now = progress()
+                for key, what in (
+                    ("objects_verified", "Stored objects whose file the scrub verified."),
+                    ("bytes_verified", "Bytes the scrub read and hashed."),
+                    ("corrupt_found", "Corrupt objects the scrub or a manifest read found."),
+                ):
+                    yield CounterMetricFamily(f"edgecache_scrub_{key}", what, value=now[key])
+                yield GaugeMetricFamily(
+                    "edgecache_scrub_last_full_pass_timestamp_seconds",
+                    "When the last full scrub pass ended (0: none yet).",
+                    value=now["last_full_pass"] or 0.0,
+                )
+                yield GaugeMetricFamily(
+                    "edgecache_scrub_running", "1 while a scrub pass runs.", value=now["running"]
+                )
 
         self.registry.register(Collector())
 
