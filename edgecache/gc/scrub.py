@@ -112,11 +112,14 @@ class Scrubber:
                 await self._wake.wait()
             self._wake = trio.Event()
 
-    async def request_pass(self) -> dict[str, Any]:
-        """Ask for a full pass that starts after now, and wait until it has ended."""
+    async def request_pass(self, *, wait: bool = True) -> dict[str, Any]:
+        """Ask for a full pass that starts after now, and (`wait`) return its record once it
+        has ended; without waiting, the progress so far (a large store takes hours)."""
         wanted = self.passes_started + 1
         self._wanted = max(self._wanted, wanted)
         self._wake.set()
+        if not wait:
+            return self.progress()
         while self.passes_completed < wanted:
             await self._pass_done.wait()
         assert self.last_pass is not None
@@ -131,9 +134,7 @@ class Scrubber:
         saved_at = time.monotonic()
         index = self.store.index
         try:
-            while batch := await trio.to_thread.run_sync(
-                batch_after, index, cursor, BATCH, limiter=self._limiter
-            ):
+            while batch := await trio.to_thread.run_sync(batch_after, index, cursor, BATCH):
                 for digest, size in batch:
                     check = partial(verify_object, self.store.layout, digest, size, self._pacer)
                     verdict = await trio.to_thread.run_sync(
@@ -174,8 +175,10 @@ class Scrubber:
     # ---- quarantine and healing ----------------------------------------------------------
 
     async def _quarantine(self, verdict: Verdict) -> QuarantineRecord | None:
+        # Not on the scrub's own thread: a reader healing a manifest must not wait behind a
+        # large file the pass is reading at its slow rate.
         work = partial(quarantine, self.store.index, self.store.layout, verdict, self.is_proxied)
-        record = await trio.to_thread.run_sync(work, limiter=self._limiter)
+        record = await trio.to_thread.run_sync(work)
         if record is None:
             return None
         self.corrupt_found += 1

@@ -4,7 +4,8 @@ GET  status            store statistics: sizes by repository, hit ratio, oldest 
 POST gc[?dry_run=true] run garbage collection now (or report what it would free)
 GET  gc/history        records of past runs, newest first
 POST evict             apply the size / free-disk / age limits now
-POST scrub             run a full scrub pass now (verify every stored file) and report it
+POST scrub[?wait=false] run a full scrub pass now (verify every stored file) and report it
+                       (or only start it)
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ async def dispatch(app: App, req: Request) -> None:
     elif name == "evict" and method == "POST":
         await req.respond_json(200, await app.housekeeper.evict(trigger="admin API"))
     elif name == "scrub" and method == "POST":
-        await req.respond_json(200, await app.housekeeper.scrub.request_pass())
+        wait = req.query.get("wait", "true").lower() not in ("0", "false", "no")
+        await req.respond_json(200, await app.housekeeper.scrub.request_pass(wait=wait))
     else:
         raise errors.NotFound(f"no admin endpoint {method} {req.path}")
 
