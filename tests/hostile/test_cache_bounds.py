@@ -63,11 +63,18 @@ def test_unknown_repositories_are_negative_cached(
 def test_concurrent_lookups_of_one_list_cost_one_upstream_request(
     cache: EdgecacheServer, upstream: RunningUpstream, image: PushedImage
 ) -> None:
+    """Waves of concurrent lookups, of a repository that exists and of one that does not:
+    one upstream request each (single-flight within a wave, the cache across waves)."""
+    missing = f"nope/{secrets.token_hex(6)}"
     with cache.client() as client, ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda _: client.get("/v2/lab/team/app/tags/list"), range(48)))
-    assert {r.status_code for r in answers} == {200}
-    assert all(r.json()["tags"] == ["v1"] for r in answers)
+        for _ in range(3):
+            found = list(pool.map(lambda _: client.get("/v2/lab/team/app/tags/list"), range(16)))
+            assert {r.status_code for r in found} == {200}
+            assert all(r.json()["tags"] == ["v1"] for r in found)
+            gone = list(pool.map(lambda _: client.get(f"/v2/lab/{missing}/tags/list"), range(16)))
+            assert {r.status_code for r in gone} == {404}
     assert upstream.request_count("/v2/team/app/tags/list") == 1
+    assert upstream.request_count(f"/v2/{missing}/tags/list") == 1
 
 
 def test_the_list_cache_stops_at_its_bound(cache: EdgecacheServer, image: PushedImage) -> None:
