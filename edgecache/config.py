@@ -38,6 +38,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "anonymous_push": ("bool", False),
         "realm": ("str", "edgecache"),
         "users": ("users", {}),
+        # An htpasswd file of more users (bcrypt lines only, as `htpasswd -B` writes).
+        "htpasswd_file": ("str", ""),
     },
     "limits": {
         "max_manifest_size": ("int", 4 * 1024 * 1024),
@@ -54,6 +56,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "revalidate_timeout": ("float", 3.0),
         # Tag lists and referrers of proxied repositories are cached this long.
         "list_ttl": ("float", 300.0),
+        # ... and at most this many of them (repository names come from clients).
+        "list_cache_entries": ("int", 2048),
         # An upstream 404 for a cached tag removes it (true) or keeps serving it (false).
         "follow_deletions": ("bool", False),
     },
@@ -78,6 +82,14 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "retention_days": ("float", 0.0),
         # How often the limits are checked (a full disk also triggers a check at once).
         "check_interval": ("float", 60.0),
+    },
+    "scrub": {
+        # Verify stored blobs and manifests in the background; a bad one is quarantined.
+        "enabled": ("bool", True),
+        # Bytes a second the scrub reads (low: serving comes first).
+        "rate": ("int", 16 * 1024 * 1024),
+        # Seconds from the end of one full pass to the start of the next.
+        "interval": ("float", 7 * 86400.0),
     },
 }
 
@@ -130,6 +142,7 @@ class AuthConfig:
     anonymous_push: bool
     realm: str
     users: Mapping[str, str] = field(default_factory=dict)
+    htpasswd_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,7 @@ class ProxyConfig:
     revalidate_timeout: float
     list_ttl: float
     follow_deletions: bool
+    list_cache_entries: int = 2048
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,13 @@ class EvictionConfig:
     low_watermark: float = 0.8
     retention_days: float = 0.0
     check_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class ScrubConfig:
+    enabled: bool = True
+    rate: int = 16 * 1024 * 1024
+    interval: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +218,7 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
     gc: GCConfig = field(default_factory=GCConfig)
     eviction: EvictionConfig = field(default_factory=EvictionConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
 
     def upstream_for(self, name: str) -> UpstreamConfig | None:
         """The upstream whose name or alias is `name` (a project path or an ns host)."""
@@ -401,6 +423,11 @@ def load(
     for key in ("tls_cert", "tls_key"):
         if server[key] and not Path(server[key]).is_file():
             raise ConfigError(f"server.{key} = {server[key]!r}: expected a readable PEM file")
+    if values["auth"]["htpasswd_file"]:
+        from .htpasswd import merge_users
+
+        auth = values["auth"]
+        auth["users"] = merge_users(auth["htpasswd_file"], auth["users"])
     if values["auth"]["users"] and not values["auth"]["realm"]:
         raise ConfigError("auth.realm = '': expected a non-empty realm")
     proxy = values["proxy"]
@@ -413,6 +440,7 @@ def load(
         upstreams=upstreams,
         gc=GCConfig(**values["gc"]),
         eviction=EvictionConfig(**values["eviction"]),
+        scrub=ScrubConfig(**values["scrub"]),
     )
     eviction = config.eviction
     if eviction.low_watermark >= eviction.high_watermark:

@@ -6,17 +6,25 @@
   Concurrent pulls of one tag share one revalidation.
 - Upstream trouble (unreachable, timeout, 5xx, 429, auth) never fails a pull of what is
   cached: the cached manifest is served, marked stale. Only never-cached content fails.
+- Tag lists and referrers are kept in memory for `list_ttl`, at most `list_cache_entries` of
+  them (least recently used dropped first): the keys are whatever repository names clients send,
+  and 20,000 random names once grew this cache by 13 MiB. An upstream 404 is remembered for
+  NOT_FOUND_TTL, so a client repeating a name that does not exist costs one upstream request,
+  and concurrent lookups of one list share one request (single-flight).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
+from ..bounded import BoundedCache
 from ..config import ProxyConfig
 from ..oci import errors
 from ..oci.digest import Digest
@@ -26,12 +34,25 @@ from ..store import ManifestInfo, Store
 from ..upstream import RemoteInfo, Upstream, UpstreamError, UpstreamNotFound
 from ..upstream.documents import referrers_document
 from .failures import upstream_failures
+from .fetch import Fetcher
 from .flight import SingleFlight
 from .routing import Target
 
 log = logging.getLogger("edgecache.proxy")
 
 STALE_WARNING = '110 edgecache "Response is Stale: upstream {name} unavailable ({reason})"'
+
+NOT_FOUND_TTL = 30.0  # short: a repository created upstream shows up soon
+# Tags confirmed upstream: a forgotten entry only costs one more revalidation HEAD.
+CHECKED_ENTRIES = 50_000
+RESOLVED_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class _NotFound:
+    """A remembered upstream 404 for a list (raised again, as a copy, while it is fresh)."""
+
+    error: UpstreamNotFound
 
 
 @dataclass(frozen=True)
@@ -48,11 +69,13 @@ class ManifestProxy:
         self.flights: SingleFlight[object] = SingleFlight(nursery)
         # When each (store repo, tag) was last confirmed upstream: in memory, so a pull does
         # not cost an LMDB write. After a restart every tag is revalidated once.
-        self._checked: dict[tuple[str, str], float] = {}
-        self._lists: dict[tuple[str, ...], tuple[float, object]] = {}
+        self._checked: BoundedCache[tuple[str, str], float] = BoundedCache(CHECKED_ENTRIES)
+        self.lists: BoundedCache[tuple[str, ...], object] = BoundedCache(
+            config.list_cache_entries
+        )
         self.stale_served = 0
         # (store repo, digest) -> tag, from HEADs of uncached tags awaiting the GET by digest.
-        self._resolved: dict[tuple[str, str], str] = {}
+        self._resolved: BoundedCache[tuple[str, str], str] = BoundedCache(RESOLVED_ENTRIES)
 
     async def manifest(
         self, target: Target, upstream: Upstream, ref: Reference, head: bool
@@ -65,7 +88,7 @@ class ManifestProxy:
                 return ManifestResult(None, await self._remote_head(upstream, target, ref))
             # containerd resolves a tag with HEAD, then GETs by digest: the tag it resolved
             # is recorded with the manifest, so the image still pulls by tag when offline.
-            tag = self._resolved.pop((target.store_repo, str(ref.digest)), None)
+            tag = self._resolved.pop((target.store_repo, str(ref.digest)))
             info = await self._fetch(target, upstream, str(ref.digest), tag)
             return ManifestResult(info)
         assert ref.tag is not None
@@ -83,7 +106,8 @@ class ManifestProxy:
                     self._remember_resolution(target.store_repo, str(remote.digest), tag)
                 return ManifestResult(None, remote)
             return ManifestResult(await self._fetch(target, upstream, tag, tag))
-        if time.monotonic() - self._checked.get(key, -1e18) < self.config.tag_ttl:
+        checked = self._checked.get(key)
+        if checked is not None and time.monotonic() - checked < self.config.tag_ttl:
             return ManifestResult(cached)
         try:
             result = await self.flights.run(
@@ -102,9 +126,7 @@ class ManifestProxy:
         return ManifestResult(result)
 
     def _remember_resolution(self, store_repo: str, digest: str, tag: str) -> None:
-        if len(self._resolved) >= 10_000:  # bounded: drop the oldest resolution
-            del self._resolved[next(iter(self._resolved))]
-        self._resolved[(store_repo, digest)] = tag
+        self._resolved.put((store_repo, digest), tag)
 
     def _stale(self, cached: ManifestInfo, upstream: Upstream, reason: str) -> ManifestResult:
         self.stale_served += 1
@@ -119,7 +141,7 @@ class ManifestProxy:
         )
         cached = self.store.manifest(target.store_repo, tag)
         if cached is not None and remote.digest == cached.digest:
-            self._checked[(target.store_repo, tag)] = time.monotonic()
+            self._checked.put((target.store_repo, tag), time.monotonic())
             return cached
         return await self._fetch(target, upstream, tag, tag)
 
@@ -145,7 +167,7 @@ class ManifestProxy:
             target.store_repo, remote.data, manifest, remote.digest, tag, require_children=False
         )
         if tag is not None:
-            self._checked[(target.store_repo, tag)] = time.monotonic()
+            self._checked.put((target.store_repo, tag), time.monotonic())
         info = self.store.manifest(target.store_repo, str(remote.digest))
         assert info is not None
         return info
@@ -154,6 +176,18 @@ class ManifestProxy:
         what = f"manifest {ref}"
         with upstream_failures(upstream.name, what, target.remote_repo, errors.ManifestUnknown):
             return await upstream.head_manifest(target.remote_repo, str(ref))
+
+    async def refetch(
+        self, target: Target, upstream: Upstream, fetcher: Fetcher, digest: Digest, kind: str
+    ) -> bool:
+        """Fetch content again that the scrub quarantined: a manifest now (the caller may be
+        a client waiting for it), a blob in the background (joiners stream it as usual)."""
+        if kind == "manifest":
+            await self._fetch(target, upstream, str(digest), None)
+            return True
+        _, fd = fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
+        os.close(fd)
+        return True
 
     # ---- lists ---------------------------------------------------------------------------
 
@@ -197,19 +231,28 @@ class ManifestProxy:
     async def _cached_list(
         self, key: tuple[str, ...], fetch: Callable[[], Awaitable[object]]
     ) -> object:
-        now = time.monotonic()
-        hit = self._lists.get(key)
-        if hit is not None and now - hit[0] < self.config.list_ttl:
-            return hit[1]
+        entry = self.lists.get(key)
+        age = self.lists.age(key)
+        if isinstance(entry, _NotFound):
+            if age is not None and age < NOT_FOUND_TTL:
+                raise copy.copy(entry.error)
+            entry = None
+        elif entry is not None and age is not None and age < self.config.list_ttl:
+            return entry
 
         async def work() -> object:
-            value = await fetch()
-            self._lists[key] = (time.monotonic(), value)
+            try:
+                value = await fetch()
+            except UpstreamNotFound as exc:
+                if entry is None:  # a list we had stays served stale, as before
+                    self.lists.put(key, _NotFound(exc))
+                raise
+            self.lists.put(key, value)
             return value
 
         try:
             return await self.flights.run(("list", *key), work)
         except (UpstreamError, errors.Unavailable):
-            if hit is not None:
-                return hit[1]
+            if entry is not None:
+                return entry
             raise

@@ -1,4 +1,5 @@
-"""The housekeeper: GC runs (manual, scheduled), eviction by size, free disk and age.
+"""The housekeeper: GC runs (manual, scheduled), eviction by size, free disk and age, and
+the background scrub that finds corrupt files (gc/scrub.py).
 
 Everything heavy runs in worker threads, in small LMDB transactions; the event loop only
 schedules. One run at a time (GC and eviction share a lock: eviction is "unlink the least
@@ -27,6 +28,7 @@ from ..store import Store
 from ..store.collect import Plan, SweepResult, mark, sweep
 from .evict import EvictionPlan, choose_evictions
 from .markchild import ChildFailed, MarkJob, mark_in_child
+from .scrub import Scrubber
 
 log = logging.getLogger("edgecache.gc")
 
@@ -52,6 +54,7 @@ class Housekeeper:
         self._wake = trio.Event()
         self.evicted_images = 0
         self.runs = 0
+        self.scrub = Scrubber(store, config.scrub, is_proxied)
 
     # ---- last-pulled times ---------------------------------------------------------------
 
@@ -219,8 +222,9 @@ class Housekeeper:
     # ---- the background loop -------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.scrub.run)
+            task_status.started()
             nursery.start_soon(self._limits_loop)
             if self.config.gc.schedule:
                 nursery.start_soon(self._schedule_loop)

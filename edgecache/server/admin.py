@@ -4,6 +4,8 @@ GET  status            store statistics: sizes by repository, hit ratio, oldest 
 POST gc[?dry_run=true] run garbage collection now (or report what it would free)
 GET  gc/history        records of past runs, newest first
 POST evict             apply the size / free-disk / age limits now
+POST scrub[?wait=false] run a full scrub pass now (verify every stored file) and report it
+                       (or only start it)
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ async def dispatch(app: App, req: Request) -> None:
         await req.respond_json(200, app.housekeeper.history(50 if limit is None else limit))
     elif name == "evict" and method == "POST":
         await req.respond_json(200, await app.housekeeper.evict(trigger="admin API"))
+    elif name == "scrub" and method == "POST":
+        wait = req.query.get("wait", "true").lower() not in ("0", "false", "no")
+        await req.respond_json(200, await app.housekeeper.scrub.request_pass(wait=wait))
     else:
         raise errors.NotFound(f"no admin endpoint {method} {req.path}")
 
@@ -62,6 +67,7 @@ async def status(app: App) -> dict[str, Any]:
     stats.update(await trio.to_thread.run_sync(_content_stats, app))
     stats["gc_runs"] = app.housekeeper.runs
     stats["evicted_images"] = app.housekeeper.evicted_images
+    stats["scrub"] = await app.housekeeper.scrub.status()
     return stats
 
 

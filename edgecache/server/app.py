@@ -17,6 +17,7 @@ from ..cache.routing import Target, resolve
 from ..config import Config
 from ..gc import Housekeeper
 from ..oci import errors
+from ..oci.digest import Digest
 from ..oci.names import lookup_reference, validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..store import Store
@@ -88,9 +89,23 @@ class App:
             lambda: float(zerocopy.ZeroCopyTCPServer.sent_bytes),
         )
         self.fetcher.on_upstream_bytes = self.metrics.upstream_bytes_add
+        self.auth.on_event = self.metrics.auth_event
+        self.metrics.watch_caches(
+            lambda: {"proxy_lists": len(self.proxy.lists), **self.auth.cache_sizes()}
+        )
+        self.metrics.watch_scrub(self.housekeeper.scrub.progress)
+        self.housekeeper.scrub.refetch = self._refetch
+        self.manifest_cache.on_corrupt = self.housekeeper.scrub.heal
         self.fetcher.on_fetch = self.metrics.upstream_fetch_started
         self.fetcher.on_body = self.metrics.upstream_body_read
         self.ready = False
+
+    async def _refetch(self, repo: str, digest: Digest, kind: str) -> bool:
+        """Fetch quarantined content of a proxied repository again (the scrub's healing)."""
+        target = resolve(self.config, repo, None)
+        if not target.proxied:
+            return False
+        return await self.proxy.refetch(target, self.upstream(target), self.fetcher, digest, kind)
 
     def _disk_full(self) -> None:
         self.metrics.disk_full.inc()
@@ -166,7 +181,10 @@ class App:
                 raise error
             req.extra["route"] = route.kind
             await self.auth.check(
-                req.method, req.headers.get("authorization"), base=route.kind == "base"
+                req.method,
+                req.headers.get("authorization"),
+                base=route.kind == "base",
+                client=req.scope.get("client"),
             )
             ns = req.query.get("ns")
             if ns is not None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -76,6 +79,14 @@ class Metrics:
             "Writes that failed because the disk was full (each starts an eviction check).",
             registry=self.registry,
         )
+        self.auth = Counter(
+            "edgecache_auth_events",
+            "Credential checks: 'checked' (a bcrypt run), 'cached' (answered from memory), "
+            "'limited' (429: the address failed too often), 'busy' (429: too many checks "
+            "waiting).",
+            ["event"],
+            registry=self.registry,
+        )
         self.cache_hits = 0  # proxied blob and manifest requests answered from the store
         self.cache_misses = 0  # ... that needed the upstream
 
@@ -88,7 +99,51 @@ class Metrics:
     def upstream_bytes_add(self, upstream: str, count: int) -> None:
         self.upstream_bytes.labels(upstream).inc(count)
 
+    def watch_caches(self, sizes: Callable[[], dict[str, int]]) -> None:
+        """Entries held by each in-memory cache whose keys come from clients (all bounded)."""
+        family = "edgecache_cache_entries"
+        helptext = "Entries in each bounded in-memory cache, by cache."
+
+        class Collector:
+            def collect(self) -> Iterator[GaugeMetricFamily]:
+                gauge = GaugeMetricFamily(family, helptext, labels=["cache"])
+                for name, size in sizes().items():
+                    gauge.add_metric([name], size)
+                yield gauge
+
+        self.registry.register(Collector())
+
+    def watch_scrub(self, progress: Callable[[], dict[str, Any]]) -> None:
+        """The background scrub's counters (gc/scrub.py), read when /metrics is scraped."""
+
+        class Collector:
+            def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+                now = progress()
+                for key, what in (
+                    ("objects_verified", "Stored objects whose file the scrub verified."),
+                    ("bytes_verified", "Bytes the scrub read and hashed."),
+                    ("corrupt_found", "Corrupt objects the scrub or a manifest read found."),
+                ):
+                    yield CounterMetricFamily(f"edgecache_scrub_{key}", what, value=now[key])
+                yield GaugeMetricFamily(
+                    "edgecache_scrub_last_full_pass_timestamp_seconds",
+                    "When the last full scrub pass ended (0: none yet).",
+                    value=now["last_full_pass"] or 0.0,
+                )
+                yield GaugeMetricFamily(
+                    "edgecache_scrub_running", "1 while a scrub pass runs.", value=now["running"]
+                )
+
+        self.registry.register(Collector())
+
+    def auth_event(self, kind: str) -> None:
+        self.auth.labels(kind).inc()
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        # The method is whatever token the client sent: a label per distinct one would let
+        # clients grow the metrics without bound.
+        if method not in _METHODS:
+            method = "other"
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 

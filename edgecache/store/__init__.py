@@ -10,6 +10,9 @@ Layout of a data directory (this docstring is the one place it is written down):
     <data>/trash/                 files of a garbage-collection batch whose transaction has not
                                   committed yet; at start-up put back if the index still
                                   names them, else deleted
+    <data>/quarantine/sha256/abcd…  a file the scrub found corrupt (store/scrub.py), moved out
+                                  of blobs/ and never read again; abcd….json beside it says
+                                  what was wrong and which repositories linked it. Delete at will
     <data>/run/server.json        address and pid of the running server (removed at clean stop)
     <data>/run/admin-token        admin API bearer token, mode 0600, new at every start
 
@@ -27,6 +30,9 @@ LMDB named databases (keys are UTF-8; values are compact JSON)::
                "gen"                       counter bumped by every transaction that links or
                                            references content ("gen" on blob records): GC
                                            spares what was referenced after its snapshot
+               "scrub_cursor"              last digest the scrub pass in progress verified
+               "scrub_last_pass"           when the last full scrub pass ended
+               "scrub_since"               when the scrub first ran here (first pass due from)
     access     <repo>\0<digest>            last time the manifest was pulled (batched writes)
     gcruns     <start time>                record of a GC run (what was freed or skipped)
 

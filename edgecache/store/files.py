@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,11 +168,19 @@ def seal_bytes(layout: Layout, data: bytes, digest: Digest) -> BlobWriter:
     return writer
 
 
-def hash_file(path: Path, algorithm: str, chunk: int = 4 * 1024 * 1024) -> Digest:
+def hash_file(
+    path: Path,
+    algorithm: str,
+    chunk: int = 4 * 1024 * 1024,
+    pace: Callable[[int], None] | None = None,
+) -> Digest:
+    """`pace` is told each block's size as it is read (the scrub's rate limit sleeps there)."""
     hasher = hashlib.new(algorithm)
     with open(path, "rb", buffering=0) as f:
         while block := f.read(chunk):
             hasher.update(block)
+            if pace is not None:
+                pace(len(block))
     return Digest.from_hasher(hasher)
 
 

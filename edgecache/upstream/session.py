@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 import httpx
 import trio
 
+from edgecache.bounded import BoundedCache
 from edgecache.config import UpstreamConfig
 from edgecache.upstream.auth import (
     BasicCredentials,
@@ -40,7 +41,7 @@ from edgecache.upstream.errors import (
     UpstreamUnavailable,
 )
 from edgecache.upstream.retry import RetryPolicy, parse_retry_after, retryable_status
-from edgecache.upstream.tokens import TokenCache, TokenKey
+from edgecache.upstream.tokens import MAX_TOKENS, TokenCache, TokenKey
 
 log = logging.getLogger("edgecache.upstream")
 
@@ -148,8 +149,9 @@ class Session:
         # The last challenge the registry sent: realm and service are registry-wide.
         self._challenge: Challenge | None = None
         self.tokens = TokenCache()
-        # Our pull scope -> the scopes actually requested for it (see _widen_scope).
-        self._scopes: dict[str, str] = {}
+        # Our pull scope -> the scopes actually requested for it (see _widen_scope); bounded,
+        # since scopes name client-chosen repositories (a forgotten one is learnt again).
+        self._scopes: BoundedCache[str, str] = BoundedCache(MAX_TOKENS)
 
     def url(self, path: str) -> httpx.URL:
         return self.base_url.join(path.lstrip("/"))
@@ -275,7 +277,7 @@ class Session:
         return challenge
 
     def _token_key(self, challenge: Challenge, scope: str) -> TokenKey:
-        return (challenge.token_realm(), challenge.service or "", self._scopes.get(scope, scope))
+        return (challenge.token_realm(), challenge.service or "", self._scopes.get(scope) or scope)
 
     def _forget_token(self, challenge: Challenge, scope: str, used: object) -> None:
         # Only a token we actually sent was refused; a 401 to an anonymous request says nothing
@@ -290,7 +292,7 @@ class Session:
             return
         extra = [s for s in challenge.scope.split() if s not in scope.split()]
         if extra and self._scopes.get(scope) is None:
-            self._scopes[scope] = " ".join([scope, *extra])
+            self._scopes.put(scope, " ".join([scope, *extra]))
 
     async def authorization(self, scope: str) -> str | None:
         """The Authorization value a request for `scope` carries now (a token is fetched if
@@ -316,7 +318,8 @@ class Session:
     async def _fetch_token(self, challenge: Challenge, scope: str) -> IssuedToken:
         realm = httpx.URL(challenge.token_realm())
         # Several scopes are sent as repeated scope parameters (Docker token spec).
-        params = httpx.QueryParams([("scope", s) for s in self._scopes.get(scope, scope).split()])
+        scopes = self._scopes.get(scope) or scope
+        params = httpx.QueryParams([("scope", s) for s in scopes.split()])
         if challenge.service:
             params = params.add("service", challenge.service)
         headers = {"Authorization": self._basic.header()} if self._basic is not None else {}

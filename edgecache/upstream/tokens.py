@@ -4,6 +4,9 @@ Single-flight: when many requests for the same scope need a token at once (a col
 out to dozens of blob requests), exactly one fetch goes to the token server and the others
 wait for its result. If the fetching task is cancelled, a waiter takes over the fetch rather
 than failing. The fetch itself is passed in, so this module needs no sockets to test.
+
+The scope names a repository, which comes from the client: at most MAX_TOKENS tokens are
+kept (least recently used dropped first), so random names cannot grow the cache for ever.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from edgecache.bounded import BoundedCache
 from edgecache.upstream.auth import IssuedToken
 
 TokenKey = tuple[str, str, str]  # realm, service, scope
+MAX_TOKENS = 1024
 
 
 @dataclass
@@ -34,18 +39,23 @@ class _Flight:
 
 
 class TokenCache:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, max_tokens: int = MAX_TOKENS
+    ) -> None:
         self._clock = clock
-        self._tokens: dict[TokenKey, _Cached] = {}
+        self._tokens: BoundedCache[TokenKey, _Cached] = BoundedCache(max_tokens, clock=clock)
         self._flights: dict[TokenKey, _Flight] = {}
         self.fetches = 0  # how many fetches were started (observability and tests)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
 
     def cached(self, key: TokenKey) -> str | None:
         entry = self._tokens.get(key)
         if entry is None:
             return None
         if entry.valid_until <= self._clock():
-            del self._tokens[key]
+            self._tokens.pop(key)
             return None
         return entry.token
 
@@ -55,7 +65,7 @@ class TokenCache:
         fresh token it fetched instead of each fetching another."""
         entry = self._tokens.get(key)
         if entry is not None and (token is None or entry.token == token):
-            del self._tokens[key]
+            self._tokens.pop(key)
 
     async def get(self, key: TokenKey, fetch: Callable[[], Awaitable[IssuedToken]]) -> str:
         while True:
@@ -78,7 +88,7 @@ class TokenCache:
         self.fetches += 1
         try:
             issued = await fetch()
-            self._tokens[key] = _Cached(issued.token, self._clock() + issued.reuse_for())
+            self._tokens.put(key, _Cached(issued.token, self._clock() + issued.reuse_for()))
             flight.token = issued.token
             return issued.token
         except Exception as exc:

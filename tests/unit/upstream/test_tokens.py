@@ -123,3 +123,16 @@ async def test_invalidate_only_the_refused_token() -> None:
     assert await cache.get(KEY, fetch) == "new"
     cache.invalidate(KEY, "old")  # a late 401 for the old token keeps the fresh one
     assert cache.cached(KEY) == "new"
+
+
+async def test_tokens_for_many_scopes_stay_within_the_bound() -> None:
+    # Scopes name repositories, which clients choose: random names must not grow the cache.
+    cache = TokenCache(max_tokens=8)
+
+    async def fetch() -> IssuedToken:
+        return IssuedToken("t", 300)
+
+    for n in range(100):
+        await cache.get(("https://auth/token", "svc", f"repository:r{n}:pull"), fetch)
+    assert len(cache) == 8
+    assert cache.cached(("https://auth/token", "svc", "repository:r99:pull")) == "t"
