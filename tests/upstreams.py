@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from tests.support import LOOPBACK, DockerRegistry, require_tool, run, sha256_bytes
+from tests.support import LOOPBACK, DockerRegistry, require_tool, run, sha256_bytes, wait_for
 
 Flavour = Literal["anonymous", "basic", "token"]
 FLAVOURS: tuple[Flavour, ...] = ("anonymous", "basic", "token")
@@ -297,6 +297,29 @@ class RunningUpstream:
             if e.get("http.request.method") == "GET"
             and f"/blobs/{digest}" in str(e.get("http.request.uri", ""))
         )
+
+    # docker-registry writes a request's log line after the response is on its way: a client
+    # can hold the whole body before the line exists. Counts that a test compares right after
+    # a request therefore wait for the line first (then the exact comparison still catches a
+    # count that went too far).
+
+    def settled_served_bytes(self, digest: str, at_least: int, timeout: float = 10.0) -> int:
+        wait_for(
+            lambda: self.served_bytes(digest) >= at_least,
+            timeout=timeout,
+            what=f"the registry log to show {at_least} bytes of {digest} served",
+        )
+        return self.served_bytes(digest)
+
+    def settled_request_count(
+        self, path_fragment: str, method: str | None, at_least: int, timeout: float = 10.0
+    ) -> int:
+        wait_for(
+            lambda: self.request_count(path_fragment, method) >= at_least,
+            timeout=timeout,
+            what=f"the registry log to show {at_least} requests for {path_fragment}",
+        )
+        return self.request_count(path_fragment, method)
 
     # -- pushing content straight into the upstream (not through edgecache)
 

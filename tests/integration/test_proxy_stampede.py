@@ -134,7 +134,7 @@ def assert_cached_without_new_fetch(
     """The blob got stored by its one fetch; a later GET is served without the upstream."""
     blob_path = cache.data / "blobs" / "sha256" / digest[7:9] / digest[7:]
     wait_for(blob_path.exists, timeout=60, what=f"{digest} to be stored")
-    served = upstream.served_bytes(digest)
+    served = upstream.settled_served_bytes(digest, LAYER_SIZE)
     with cache.client() as client:
         assert stream_digest(client, url) == digest
         fetches = metric(client, "edgecache_upstream_blob_fetches_total", LABEL) - fetches_before
