@@ -138,21 +138,25 @@ class BlobWriter:
             self.path.unlink()
 
 
-def publish_file(layout: Layout, source: Path, digest: Digest) -> Path:
-    """Rename a sealed file into place; a file already there wins (same bytes).
+def publish_file(layout: Layout, source: Path, digest: Digest) -> Path | None:
+    """Rename a sealed (verified, fsynced) file into place, replacing whatever is there.
+
+    An existing file is never trusted: rot or a mistaken edit may have changed it, and the
+    source was verified a moment ago. Readers with the old file open keep its inode. Returns
+    the target when this call created it (nothing was there), None when it replaced a file:
+    a transaction that fails after a creating rename must remove the file again (see
+    Index._publishing), while a replaced file is still named by its old entry.
 
     Called inside the LMDB write transaction that records the content, so that publishing
     and any concurrent removal (garbage collection) are serialised by LMDB's writer lock.
     """
     target = layout.blob_path(digest)
-    if target.exists():
-        source.unlink()
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(source, _FILE_MODE)
+    created = not os.path.lexists(target)
     os.rename(source, target)
     _fsync_dir(target.parent)
-    return target
+    return target if created else None
 
 
 def seal_bytes(layout: Layout, data: bytes, digest: Digest) -> BlobWriter:

@@ -24,7 +24,8 @@ from ..oci import errors
 from ..oci.digest import Digest
 from ..oci.manifest import Manifest, referrer_descriptor
 from .files import BlobWriter, DigestMismatch, Layout, publish_file, seal_bytes
-from .index import Index, MissingChildren
+from .index import Index, MissingChildren, NotManifests
+from .keys import check_keys
 
 _log = logging.getLogger("edgecache.store")
 
@@ -90,6 +91,7 @@ class Store:
         self, repo: str, expected: Digest, chunks: Any, *, pin: bool = False
     ) -> BlobInfo:
         """Monolithic upload: stream `chunks` (async iterator of bytes) into the store."""
+        check_keys(repo, digest=str(expected))
         writer = await trio.to_thread.run_sync(BlobWriter.in_tmp, self.layout)
         try:
             await _drain(chunks, writer)
@@ -139,6 +141,7 @@ class Store:
     # ---- upload sessions -----------------------------------------------------------------
 
     async def start_upload(self, repo: str) -> str:
+        check_keys(repo)  # its blob's link, whatever digest the client names at the end
         upload_id = str(uuid.uuid4())
 
         def work() -> None:
@@ -251,6 +254,12 @@ class Store:
             "subject": str(manifest.subject.digest) if manifest.subject else None,
             "artifact_type": manifest.effective_artifact_type,
         }
+        check_keys(
+            repo,
+            digest=str(digest),
+            tag=tag,
+            subject=str(manifest.subject.digest) if manifest.subject else None,
+        )
         referrer = None
         if manifest.subject is not None:
             referrer = (
@@ -279,6 +288,16 @@ class Store:
                     f"manifest references content not in {repo}: {', '.join(exc.digests)}",
                     detail={"missing": list(exc.digests)},
                 ) from None
+            except NotManifests as exc:
+                writer.discard()
+                raise errors.ManifestInvalid(
+                    f"index lists content of {repo} that is a blob, not a manifest: "
+                    f"{', '.join(exc.digests)}",
+                    detail={"not_manifests": list(exc.digests)},
+                ) from None
+            except BaseException:
+                writer.discard()
+                raise
 
         await trio.to_thread.run_sync(work)
         _log.debug("manifest %s committed in %s (tag %s)", digest, repo, tag)

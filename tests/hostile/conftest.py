@@ -1,0 +1,20 @@
+"""Hostile-input tests: real edgecache processes fed what an attacker or a careless client
+sends. Fixtures shared by the files here live in this module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import EdgecacheServer, anonymous_push_config
+
+
+@pytest.fixture(scope="module")
+def edgecache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgecacheServer]:
+    """A running edgecache that accepts anonymous pushes, shared by the tests of a module."""
+    server = EdgecacheServer(
+        tmp_path_factory.mktemp("edgecache"), config_text=anonymous_push_config()
+    )
+    with server:
+        yield server
