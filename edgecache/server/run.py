@@ -70,6 +70,7 @@ async def serve(config: Config) -> None:
             # The app's background work (fetches that outlive their client) lives here.
             app = App(config, store, token, nursery, upstreams)
             await nursery.start(app.housekeeper.run)
+            nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
             binds = await nursery.start(
                 _serve_until_signal, app, _hypercorn_config(config), nursery.cancel_scope
             )

@@ -374,13 +374,18 @@ class Index:
                 return False
             return bool(txn.delete(_k(repo, digest), db=self.db["links"]))
 
-    def start_upload(self, upload_id: str, repo: str) -> None:
+    def start_upload(self, upload_id: str, record: dict[str, Any]) -> None:
         with self.env.begin(write=True) as txn:
-            txn.put(
-                upload_id.encode(),
-                _dump({"repo": repo, "started": time.time()}),
-                db=self.db["uploads"],
-            )
+            txn.put(upload_id.encode(), _dump(record), db=self.db["uploads"])
+
+    def touch_upload(self, upload_id: str, active: float) -> None:
+        """Record an upload session's last activity (what its idle expiry goes by)."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(upload_id.encode(), db=self.db["uploads"])
+            if raw is not None:
+                record = _load(raw)
+                record["active"] = active
+                txn.put(upload_id.encode(), _dump(record), db=self.db["uploads"])
 
     def end_upload(self, upload_id: str) -> bool:
         with self.env.begin(write=True) as txn:

@@ -3,6 +3,7 @@ already there, and a failed index write leaves no file without an entry."""
 
 import hashlib
 import os
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import lmdb
 import pytest
 
 from edgecache.oci.digest import Digest
-from edgecache.store.files import BlobWriter, Layout, publish_file, seal_bytes
+from edgecache.store.files import BlobWriter, Layout, hash_file, publish_file, seal_bytes
 from edgecache.store.index import Index
 
 
@@ -19,6 +20,39 @@ def layout(tmp_path: Path) -> Layout:
     layout = Layout(tmp_path / "data")
     layout.create()
     return layout
+
+
+def test_threads_writing_at_once_cannot_split_file_and_hash(layout: Layout) -> None:
+    writer = BlobWriter.in_tmp(layout)
+    # Large distinct pieces: hashing them releases the GIL, so unlocked writers interleave.
+    pieces = [bytes([i]) * (256 << 10) for i in range(64)]
+    barrier = threading.Barrier(4)
+
+    def write(mine: list[bytes]) -> None:
+        barrier.wait()
+        for piece in mine:
+            writer.write(piece)
+
+    threads = [threading.Thread(target=write, args=(pieces[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.size == sum(map(len, pieces)) == writer.path.stat().st_size
+    assert writer.digest("sha256") == hash_file(writer.path, "sha256")
+    writer.discard()
+
+
+def test_rollback_puts_file_and_hash_back(layout: Layout) -> None:
+    writer = BlobWriter.in_tmp(layout)
+    writer.write(b"kept")
+    mark = writer.checkpoint()
+    writer.write(b"dropped" * 1000)
+    writer.rollback(mark)
+    writer.write(b" and more")
+    assert writer.path.read_bytes() == b"kept and more"
+    assert writer.digest("sha256") == Digest.of_bytes(b"kept and more")
+    writer.discard()
 
 
 def test_a_verified_copy_replaces_a_corrupt_or_truncated_file(layout: Layout) -> None:
