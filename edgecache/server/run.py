@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import Config, parse_hostport
 from ..store import Store
+from ..store.lock import DataDirInUse, DataDirLock
 from ..upstream import Upstream
 from . import zerocopy
 from .app import App
@@ -58,6 +59,14 @@ async def serve(config: Config) -> None:
     # Always: it also fixes hypercorn's hang on early answers; the app decides whether to use
     # the sendfile extension (server.sendfile).
     zerocopy.install()
+    # Before anything touches the directory: the start-up sweep would delete a running
+    # server's temp files, and the finally below its run/server.json.
+    try:
+        data_lock = DataDirLock.acquire(Path(config.server.data), "edgecache serve")
+    except DataDirInUse as exc:
+        raise SystemExit(
+            f"edgecache: {exc}; stop it first, or give this server another data directory"
+        ) from None
     store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data, sweep=True))
     run_dir = store.layout.run
     token = secrets.token_urlsafe(32)
@@ -88,6 +97,7 @@ async def serve(config: Config) -> None:
                 await app.housekeeper.flush_access()
         server_file.unlink(missing_ok=True)
         store.close()
+        data_lock.release()
 
 
 async def _serve_until_signal(
