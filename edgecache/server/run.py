@@ -67,6 +67,11 @@ async def serve(config: Config) -> None:
         raise SystemExit(
             f"edgecache: {exc}; stop it first, or give this server another data directory"
         ) from None
+    except OSError as exc:  # a file, or not writable: the first place this shows
+        raise SystemExit(
+            f"edgecache: cannot use data directory {config.server.data}: "
+            f"{exc.strerror or exc} ({exc.filename})"
+        ) from None
     store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data, sweep=True))
     run_dir = store.layout.run
     token = secrets.token_urlsafe(32)
