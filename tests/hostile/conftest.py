@@ -7,7 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.test_disk_full import small_disk  # a small tmpfs to fill
 from tests.support import EdgecacheServer, anonymous_push_config
+
+__all__ = ["small_disk"]
 
 
 @pytest.fixture(scope="module")
