@@ -155,7 +155,8 @@ def test_racing_writers_never_publish_bytes_unlike_their_digest(
                 assert_published(edgecache, client, repo, digest_of(first + last))
             assert client.get(location).status_code == 404
     assert list((edgecache.data / "uploads").iterdir()) == []
-    print(seen)
+    # Not vacuous: some writers really met (one was refused as the session was busy).
+    assert any(REFUSED in outcome for outcomes in seen.values() for outcome in outcomes), seen
 
 
 def held_body(first: bytes, rest: bytes, go_on: threading.Event) -> Iterator[bytes]:
