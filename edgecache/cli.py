@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the store (index against files, both ways)",
         description="Check that every index entry has a file with the right size and digest and "
         "every file has an entry. Exit status 0 when clean, 1 when problems were found. Safe "
-        "while the server runs (writes in flight may show as leftovers).",
+        "while the server runs (writes in flight are listed as in progress); --repair "
+        "refuses to run then.",
     )
     _add_data(fsck)
     fsck.add_argument(
@@ -245,22 +246,50 @@ def _data_dir(args: argparse.Namespace) -> Path:
 def _fsck(args: argparse.Namespace) -> int:
     from .store import Store
     from .store.fsck import fsck
+    from .store.lock import DataDirInUse, DataDirLock, holder, preload_running
 
     data = _data_dir(args)
     if not (data / "index").is_dir():
         print(f"edgecache: {data} is not an edgecache data directory", file=sys.stderr)
         return 2
-    store = Store.open(data)
+    hold = None
+    if args.repair:
+        # Held for the repair: a server or preload starting meanwhile is refused (or waits).
+        try:
+            hold = DataDirLock.acquire(data, "edgecache fsck --repair", with_preloads=True)
+        except DataDirInUse as exc:
+            print(
+                f"edgecache: fsck --repair refused: {exc}; stop it first (plain fsck is "
+                "safe while it runs)",
+                file=sys.stderr,
+            )
+            return 2
+        live = False
+    else:
+        user = holder(data)
+        live = user is not None or preload_running(data)
+        if live:
+            print(f"data directory in use by {user or 'edgecache preload'}: checking it live")
     try:
-        report = fsck(store.layout, store.index, repair=args.repair, verify=not args.quick)
+        store = Store.open(data)
+        try:
+            report = fsck(
+                store.layout, store.index, repair=args.repair, verify=not args.quick, live=live
+            )
+        finally:
+            store.close()
     finally:
-        store.close()
+        if hold is not None:
+            hold.release()
+    for line in report.in_progress:
+        print("in progress: " + line)
     for line in report.problems:
         print(("repaired: " if line in report.repaired else "problem: ") + line)
     print(
         f"checked {report.checked_blobs} index entries and {report.checked_files} files: "
         f"{len(report.problems)} problems"
         + (f", {len(report.repaired)} repaired" if args.repair else "")
+        + (f", {len(report.in_progress)} writes in progress" if report.in_progress else "")
     )
     return (
         0 if report.clean or (args.repair and len(report.repaired) == len(report.problems)) else 1

@@ -43,6 +43,11 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "limits": {
         "max_manifest_size": ("int", 4 * 1024 * 1024),
+        # Open upload sessions (chunked pushes), per client address and in all, and the
+        # seconds after which an idle one is removed.
+        "max_uploads_per_client": ("int", 64),
+        "max_uploads": ("int", 1024),
+        "upload_idle_timeout": ("int", 3600),
     },
     "proxy": {
         # Upstream for /v2/<repo>/... requests that carry no ?ns= and name no project (Docker's
@@ -148,6 +153,9 @@ class AuthConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_manifest_size: int
+    max_uploads_per_client: int
+    max_uploads: int
+    upload_idle_timeout: int
 
 
 @dataclass(frozen=True)

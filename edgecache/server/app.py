@@ -21,6 +21,7 @@ from ..oci.digest import Digest
 from ..oci.names import lookup_reference, validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..store import Store
+from ..store.keys import check_keys
 from ..upstream import Upstream
 from . import admin, proxied, pull, push, zerocopy
 from .auth import Authenticator
@@ -201,6 +202,8 @@ class App:
                 await handler(self, req, route)
                 return
             assert target.upstream is not None
+            # "<upstream>/<repo>" can outgrow the index's key limit: refuse before fetching.
+            check_keys(target.store_repo)
             req.headers_out["OCI-Namespace"] = target.upstream.name
             proxy_handler = PROXY_ROUTES.get((route.kind, method))
             if proxy_handler is None:

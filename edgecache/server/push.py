@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 from ..oci import errors
@@ -53,8 +55,20 @@ async def start_upload(app: App, req: Request, route: Route) -> None:
         await app.store.put_blob_stream(repo, digest, req.chunks())
         await req.respond(201, _blob_created(repo, digest))
         return
-    upload_id = await app.store.start_upload(repo)
+    limits = app.config.limits
+    upload_id = await app.store.start_upload(
+        repo,
+        _client(req),
+        max_per_client=limits.max_uploads_per_client,
+        max_total=limits.max_uploads,
+    )
     await req.respond(202, _upload_headers(repo, upload_id, 0))
+
+
+def _client(req: Request) -> str:
+    """The client's address, what upload sessions are counted by."""
+    client = req.scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def _upload_id(route: Route) -> str:
@@ -73,26 +87,41 @@ async def upload_status(app: App, req: Request, route: Route) -> None:
 
 async def patch_upload(app: App, req: Request, route: Route) -> None:
     repo, upload_id = _repo(route), _upload_id(route)
-    start = None
+    start = length = None
     content_range = req.headers.get("content-range")
     if content_range:
         start, end = parse_content_range(content_range)
-        length = req.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) != end - start + 1:
+        length = end - start + 1
+        declared = req.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) != length:
             raise errors.RangeNotSatisfiable(
-                f"Content-Range {content_range} covers {end - start + 1} bytes "
-                f"but Content-Length is {length}"
+                f"Content-Range {content_range} covers {length} bytes "
+                f"but Content-Length is {declared}"
             )
-    offset = await app.store.append_upload(repo, upload_id, start, req.chunks())
+    with _with_offset(app, repo, upload_id):
+        offset = await app.store.append_upload(repo, upload_id, start, req.chunks(), length)
     await req.respond(202, _upload_headers(repo, upload_id, offset))
 
 
 async def finish_upload(app: App, req: Request, route: Route) -> None:
     repo, upload_id = _repo(route), _upload_id(route)
     digest = _query_digest(req)
-    app.store.upload_offset(repo, upload_id)  # unknown session -> 404 before reading the body
-    await app.store.finish_upload(repo, upload_id, digest, req.chunks())
+    with _with_offset(app, repo, upload_id):
+        await app.store.finish_upload(repo, upload_id, digest, req.chunks())
     await req.respond(201, _blob_created(repo, digest))
+
+
+@contextmanager
+def _with_offset(app: App, repo: str, upload_id: str) -> Iterator[None]:
+    """A 416 (chunk out of order, session busy, body unlike its Content-Range) tells the
+    client where the session stands, as the answer to a status GET would."""
+    try:
+        yield
+    except errors.RangeNotSatisfiable as exc:
+        with suppress(errors.BlobUploadUnknown):
+            offset = app.store.upload_offset(repo, upload_id)
+            exc.headers.update(_upload_headers(repo, upload_id, offset))
+        raise
 
 
 async def cancel_upload(app: App, req: Request, route: Route) -> None:

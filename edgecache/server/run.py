@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import Config, parse_hostport
 from ..store import Store
+from ..store.lock import DataDirInUse, DataDirLock
 from ..upstream import Upstream
 from . import zerocopy
 from .app import App
@@ -58,6 +59,19 @@ async def serve(config: Config) -> None:
     # Always: it also fixes hypercorn's hang on early answers; the app decides whether to use
     # the sendfile extension (server.sendfile).
     zerocopy.install()
+    # Before anything touches the directory: the start-up sweep would delete a running
+    # server's temp files, and the finally below its run/server.json.
+    try:
+        data_lock = DataDirLock.acquire(Path(config.server.data), "edgecache serve")
+    except DataDirInUse as exc:
+        raise SystemExit(
+            f"edgecache: {exc}; stop it first, or give this server another data directory"
+        ) from None
+    except OSError as exc:  # a file, or not writable: the first place this shows
+        raise SystemExit(
+            f"edgecache: cannot use data directory {config.server.data}: "
+            f"{exc.strerror or exc} ({exc.filename})"
+        ) from None
     store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data, sweep=True))
     run_dir = store.layout.run
     token = secrets.token_urlsafe(32)
@@ -70,6 +84,7 @@ async def serve(config: Config) -> None:
             # The app's background work (fetches that outlive their client) lives here.
             app = App(config, store, token, nursery, upstreams)
             await nursery.start(app.housekeeper.run)
+            nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
             binds = await nursery.start(
                 _serve_until_signal, app, _hypercorn_config(config), nursery.cancel_scope
             )
@@ -87,6 +102,7 @@ async def serve(config: Config) -> None:
                 await app.housekeeper.flush_access()
         server_file.unlink(missing_ok=True)
         store.close()
+        data_lock.release()
 
 
 async def _serve_until_signal(

@@ -5,7 +5,8 @@ Layout of a data directory (this docstring is the one place it is written down):
     <data>/index/                 LMDB environment (data.mdb, lock.mdb): the graph, see below
     <data>/blobs/sha256/ab/abcd…  one read-only file per blob *or manifest*, named by its digest
     <data>/uploads/<uuid>         bytes of a client upload session (chunked pushes); the session
-                                  record lives in LMDB, so an upload survives a restart
+                                  record lives in LMDB, so an upload survives a restart; idle
+                                  sessions expire (store/uploads.py)
     <data>/tmp/                   downloads and monolithic uploads in progress; emptied at start
     <data>/trash/                 files of a garbage-collection batch whose transaction has not
                                   committed yet; at start-up put back if the index still
@@ -15,6 +16,8 @@ Layout of a data directory (this docstring is the one place it is written down):
                                   what was wrong and which repositories linked it. Delete at will
     <data>/run/server.json        address and pid of the running server (removed at clean stop)
     <data>/run/admin-token        admin API bearer token, mode 0600, new at every start
+    <data>/run/lock               flock held by the running server (or fsck --repair) for its
+                                  lifetime; holds the holder's pid (store/lock.py)
 
 LMDB named databases (keys are UTF-8; values are compact JSON)::
 
@@ -23,9 +26,11 @@ LMDB named databases (keys are UTF-8; values are compact JSON)::
                                             "manifests": [...], "subject", "artifact_type"}
     tags       <repo>\\0<tag>               {"digest", "updated"}
     links      <repo>\\0<digest>            {"kind": "blob" | "manifest"}
-    referrers  <repo>\\0<subject>\\0<digest>  referrer descriptor (mediaType, size, artifactType…)
+    referrers  <repo>\\0<subject>\\0<h>      referrer descriptor (mediaType, size, artifactType…,
+                                            digest); <h> = sha256 hex of the referrer's digest
+                                            (older data: the digest itself; store/keys.py)
     repos      <repo>                      {"created"}
-    uploads    <uuid>                      {"repo", "started"}
+    uploads    <uuid>                      {"repo", "client", "started", "active"}
     meta       "store_bytes"               total bytes of all files under blobs/
                "gen"                       counter bumped by every transaction that links or
                                            references content ("gen" on blob records): GC
@@ -37,10 +42,12 @@ LMDB named databases (keys are UTF-8; values are compact JSON)::
     gcruns     <start time>                record of a GC run (what was freed or skipped)
 
 Visibility rule: bytes go to tmp/ (or uploads/), the digest is verified, the file is fsynced
-and renamed into blobs/, and only then does the LMDB transaction record it. A crash at any
-point leaves the old state or the new one; a file in blobs/ without an index entry is
-invisible (fsck reports it, `fsck --repair` removes it). A repository sees only content that
-is linked to it.
+and renamed into blobs/ (over any file already there: a verified copy replaces a damaged
+one), and only then does the LMDB transaction record it; if that transaction fails, a file
+the rename created is removed again (keys are checked against LMDB's limit before anything is
+written). A crash at any point leaves the old state or the new one; a file in blobs/ without
+an index entry is invisible (fsck reports it, `fsck --repair` removes it). A repository
+sees only content that is linked to it.
 """
 
 from .store import BlobInfo, ManifestInfo, Store, TagInfo

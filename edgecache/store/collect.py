@@ -32,6 +32,7 @@ from typing import Any
 from ..oci.digest import Digest
 from .files import Layout
 from .index import SEP, Index
+from .keys import referrer_keys
 
 
 @dataclass
@@ -112,9 +113,11 @@ def mark(
             if not delete_untagged or is_proxied(repo) or (repo, digest) in tagged:
                 roots.add(digest)
         referrers: dict[str, list[str]] = defaultdict(list)
-        for key, _ in txn.cursor(db=index.db["referrers"]):
-            _, subject, digest = _split(key)
-            referrers[subject].append(digest)
+        for key, value in txn.cursor(db=index.db["referrers"]):
+            # The key's last part is a hash of the referrer's digest (store/keys.py); the
+            # value, its descriptor, has the digest itself.
+            _, subject, _ = _split(key)
+            referrers[subject].append(json.loads(value)["digest"])
 
     def graced(digest: str) -> bool:
         return any(not is_proxied(repo) for repo in linked_in.get(digest, ()))
@@ -221,7 +224,8 @@ def _delete_in(
         txn.delete(key, db=index.db["links"])
         txn.delete(key, db=index.db["access"])
         if subject:
-            txn.delete(f"{repo}{SEP}{subject}{SEP}{digest}".encode(), db=index.db["referrers"])
+            for key in referrer_keys(repo, subject, digest):
+                txn.delete(key, db=index.db["referrers"])
     if manifest_raw is not None:
         txn.delete(digest.encode(), db=index.db["manifests"])
     txn.delete(digest.encode(), db=index.db["blobs"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,37 +84,90 @@ class DigestMismatch(Exception):
 
 
 class BlobWriter:
-    """Append-only temp file that hashes as it goes and is published by `publish`.
+    """A file that hashes what is appended to it, and can be put back to an earlier state.
 
-    Used for monolithic uploads (in tmp/) and chunked upload sessions (in uploads/). The hash
-    state lives in memory only; a session resumed after a restart is re-hashed at `publish`.
+    Used for monolithic uploads and downloads (a new file in tmp/) and for one request of a
+    chunked upload session (the session's file in uploads/, reopened per request so that an
+    idle session holds no descriptor). The file and the hash are always the same bytes by
+    construction: each write goes to both under one lock, so neither two threads nor a failed
+    write can put bytes in one and not the other (a write that fails part-way truncates the
+    file back and leaves the hash untouched). `rollback()` puts both back to how they were at
+    `checkpoint()`: a PATCH that fails leaves its session as it found it.
     """
 
-    def __init__(self, path: Path, algorithm: str = "sha256", *, resume: bool = False) -> None:
+    def __init__(self, path: Path, fd: int, size: int, hasher: Any) -> None:
         self.path = path
-        self.algorithm = algorithm
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_EXCL)
-        self._fd = os.open(path, flags, 0o600)
-        self.size = os.fstat(self._fd).st_size
-        # A resumed session's earlier bytes were hashed by another process: rehash at publish.
-        self._hasher: Any = hashlib.new(algorithm) if self.size == 0 else None
+        self._fd = fd
+        self.size = size
+        self._hasher = hasher
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, path: Path, algorithm: str = "sha256") -> BlobWriter:
+        # O_APPEND: after a rollback's ftruncate the next write lands at the new end, where
+        # a plain descriptor would leave a hole at its old offset.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        return cls(path, fd, 0, hashlib.new(algorithm))
 
     @classmethod
     def in_tmp(cls, layout: Layout) -> BlobWriter:
-        return cls(layout.tmp / uuid.uuid4().hex)
+        return cls.create(layout.tmp / uuid.uuid4().hex)
+
+    @classmethod
+    def reopen(cls, path: Path, size: int, hasher: Any) -> BlobWriter:
+        """Append to an upload session's file whose first `size` bytes `hasher` has seen.
+
+        Raises FileNotFoundError when the file is gone and ValueError when it is shorter than
+        `size`; bytes past `size` (a write whose rollback could not run: a crash) are cut off.
+        """
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            actual = os.fstat(fd).st_size
+            if actual < size:
+                raise ValueError(f"{path} has {actual} bytes, its session says {size}")
+            if actual > size:
+                os.ftruncate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, size, hasher)
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        if self._hasher is not None:
+        with self._lock:
+            start = self.size
+            try:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+            except BaseException:
+                # If even this fails, reopen() of a session cuts the file back to `size`, and
+                # a temp file is discarded by whoever sees the error.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                raise
             self._hasher.update(data)
-        self.size += len(data)
+            self.size = start + len(data)
+
+    def checkpoint(self) -> tuple[int, Any]:
+        with self._lock:
+            return self.size, self._hasher.copy()
+
+    def rollback(self, checkpoint: tuple[int, Any]) -> None:
+        size, hasher = checkpoint
+        with self._lock:
+            os.ftruncate(self._fd, size)
+            self.size, self._hasher = size, hasher.copy()
+
+    def hash_state(self) -> Any:
+        """A copy of the hash of the bytes written so far (to resume a session with)."""
+        with self._lock:
+            return self._hasher.copy()
 
     def digest(self, algorithm: str) -> Digest:
-        if self._hasher is not None and self._hasher.name == algorithm:
-            return Digest.from_hasher(self._hasher)
+        with self._lock:
+            if self._hasher.name == algorithm:
+                return Digest.from_hasher(self._hasher)
         return hash_file(self.path, algorithm)
 
     def seal(self, expected: Digest) -> None:
@@ -129,9 +183,10 @@ class BlobWriter:
         self.close()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def discard(self) -> None:
         self.close()
@@ -139,21 +194,25 @@ class BlobWriter:
             self.path.unlink()
 
 
-def publish_file(layout: Layout, source: Path, digest: Digest) -> Path:
-    """Rename a sealed file into place; a file already there wins (same bytes).
+def publish_file(layout: Layout, source: Path, digest: Digest) -> Path | None:
+    """Rename a sealed (verified, fsynced) file into place, replacing whatever is there.
+
+    An existing file is never trusted: rot or a mistaken edit may have changed it, and the
+    source was verified a moment ago. Readers with the old file open keep its inode. Returns
+    the target when this call created it (nothing was there), None when it replaced a file:
+    a transaction that fails after a creating rename must remove the file again (see
+    Index._publishing), while a replaced file is still named by its old entry.
 
     Called inside the LMDB write transaction that records the content, so that publishing
     and any concurrent removal (garbage collection) are serialised by LMDB's writer lock.
     """
     target = layout.blob_path(digest)
-    if target.exists():
-        source.unlink()
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(source, _FILE_MODE)
+    created = not os.path.lexists(target)
     os.rename(source, target)
     _fsync_dir(target.parent)
-    return target
+    return target if created else None
 
 
 def seal_bytes(layout: Layout, data: bytes, digest: Digest) -> BlobWriter:

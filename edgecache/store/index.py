@@ -8,14 +8,18 @@ the write transaction that depends on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
+
+from .keys import MAX_KEY, SEP, referrer_key, referrer_keys
+from .keys import key as _k
+from .keys import write_key as _wk
 
 _DBS = (
     "blobs",
@@ -29,11 +33,6 @@ _DBS = (
     "access",
     "gcruns",
 )
-SEP = "\0"
-
-
-def _k(*parts: str) -> bytes:
-    return SEP.join(parts).encode()
 
 
 def _dump(value: dict[str, Any]) -> bytes:
@@ -45,11 +44,20 @@ def _load(raw: bytes) -> dict[str, Any]:
     return result
 
 
-@dataclass(frozen=True)
 class MissingChildren(Exception):
     """Raised inside a manifest commit when referenced content is not in the repository."""
 
-    digests: tuple[str, ...]
+    def __init__(self, digests: tuple[str, ...]) -> None:
+        super().__init__(*digests)
+        self.digests = digests
+
+
+class NotManifests(Exception):
+    """Raised inside a manifest commit when an index names content that is not a manifest."""
+
+    def __init__(self, digests: tuple[str, ...]) -> None:
+        super().__init__(*digests)
+        self.digests = digests
 
 
 class Index:
@@ -59,6 +67,8 @@ class Index:
             str(path), map_size=map_size, max_dbs=len(_DBS), max_readers=512, metasync=True
         )
         self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
+        if self.env.max_key_size() < MAX_KEY:
+            raise RuntimeError(f"this LMDB build takes keys of {self.env.max_key_size()} bytes")
 
     def close(self) -> None:
         self.env.close()
@@ -189,6 +199,46 @@ class Index:
         record["gen"] = self._next_gen(txn)
         txn.put(key, _dump(record), db=self.db["blobs"])
 
+    def _link_blob(self, txn: lmdb.Transaction, key: bytes) -> None:
+        # Never turns a manifest's link into a blob's: manifest bytes uploaded as a blob would
+        # otherwise make the manifest unresolvable in the repository.
+        raw = txn.get(key, db=self.db["links"])
+        if raw is None or _load(bytes(raw))["kind"] != "manifest":
+            txn.put(key, _dump({"kind": "blob"}), db=self.db["links"])
+
+    @contextlib.contextmanager
+    def _publishing(
+        self, digest: str, publish: Callable[[], object] | None
+    ) -> Iterator[tuple[lmdb.Transaction, Callable[[], None]]]:
+        """A write transaction in which `publish()` puts content's file in place.
+
+        If the transaction fails after a rename that created the file, the file is removed
+        again: nothing in blobs/ without an index entry. A file that the rename replaced
+        stays, its old entry still names it (and its bytes are verified ones).
+        """
+        created: list[Path] = []
+
+        def publish_now() -> None:
+            if publish is not None:
+                path = publish()
+                if isinstance(path, Path):
+                    created.append(path)
+
+        try:
+            with self.env.begin(write=True) as txn:
+                yield txn, publish_now
+        except BaseException:
+            if created:
+                self._unpublish(digest, created[0])
+            raise
+
+    def _unpublish(self, digest: str, path: Path) -> None:
+        # In a write transaction of its own: another writer (this process or another one) may
+        # have published and recorded the same digest since; then the file is theirs.
+        with contextlib.suppress(lmdb.Error, OSError), self.env.begin(write=True) as txn:
+            if txn.get(digest.encode(), db=self.db["blobs"]) is None:
+                path.unlink(missing_ok=True)
+
     def _touch(self, txn: lmdb.Transaction, digest: str) -> None:
         raw = txn.get(digest.encode(), db=self.db["blobs"])
         if raw is not None:
@@ -206,26 +256,28 @@ class Index:
         """Record a blob and link it into repo; `publish` puts its file in place first.
 
         `pin` protects the content from eviction (preloaded images)."""
-        with self.env.begin(write=True) as txn:
-            if publish is not None:
-                publish()
+        link = _wk(repo, digest)
+        with self._publishing(digest, publish) as (txn, publish_now):
+            publish_now()
             self._add_blob(txn, digest, size, pin)
-            txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
+            self._link_blob(txn, link)
             self._ensure_repo(txn, repo)
 
     def link_blob(self, repo: str, digest: str, *, pin: bool = False) -> bool:
         """Link stored content into repo; False when the store does not have it (any more)."""
+        link = _wk(repo, digest)
         with self.env.begin(write=True) as txn:
             raw = txn.get(digest.encode(), db=self.db["blobs"])
             if raw is None:
                 return False
             self._add_blob(txn, digest, int(_load(raw)["size"]), pin)
-            txn.put(_k(repo, digest), _dump({"kind": "blob"}), db=self.db["links"])
+            self._link_blob(txn, link)
             self._ensure_repo(txn, repo)
             return True
 
     def mount_blob(self, repo: str, source: str, digest: str) -> bool:
         """Link a blob from another repository; False when the source does not have it."""
+        link = _wk(repo, digest)
         with self.env.begin(write=True) as txn:
             raw = txn.get(_k(source, digest), db=self.db["links"])
             if raw is None or txn.get(digest.encode(), db=self.db["blobs"]) is None:
@@ -233,7 +285,7 @@ class Index:
             if _load(raw)["kind"] != "blob":
                 return False
             self._touch(txn, digest)
-            txn.put(_k(repo, digest), raw, db=self.db["links"])
+            self._link_blob(txn, link)
             self._ensure_repo(txn, repo)
             return True
 
@@ -250,31 +302,37 @@ class Index:
         require_children: bool = True,
         pin: bool = False,
     ) -> None:
-        """Record a manifest; its children must be linked into repo, else nothing changes."""
-        with self.env.begin(write=True) as txn:
-            missing = []
+        """Record a manifest; its children must be linked into repo (and an index's children
+        must be manifests there), else nothing changes."""
+        link_key = _wk(repo, digest)
+        tag_key = _wk(repo, tag) if tag is not None else None
+        referrer_at = referrer_key(repo, referrer[0], digest) if referrer is not None else None
+        with self._publishing(digest, publish) as (txn, publish_now):
+            missing, not_manifests = [], []
+            indexed = set(record["manifests"])
             children = (*record["blobs"], *record["manifests"]) if require_children else ()
             for child in children:
                 link = txn.get(_k(repo, child), db=self.db["links"])
                 if link is None or txn.get(child.encode(), db=self.db["blobs"]) is None:
                     missing.append(child)
+                elif child in indexed and _load(bytes(link))["kind"] != "manifest":
+                    not_manifests.append(child)
             if missing:
                 raise MissingChildren(tuple(missing))
-            publish()
+            if not_manifests:
+                raise NotManifests(tuple(not_manifests))
+            publish_now()
             for child in (*record["blobs"], *record["manifests"]):
                 self._touch(txn, child)
             self._add_blob(txn, digest, size, pin)
             txn.put(digest.encode(), _dump(record), db=self.db["manifests"])
-            txn.put(_k(repo, digest), _dump({"kind": "manifest"}), db=self.db["links"])
-            if tag is not None:
+            txn.put(link_key, _dump({"kind": "manifest"}), db=self.db["links"])
+            if tag_key is not None:
                 txn.put(
-                    _k(repo, tag),
-                    _dump({"digest": digest, "updated": time.time()}),
-                    db=self.db["tags"],
+                    tag_key, _dump({"digest": digest, "updated": time.time()}), db=self.db["tags"]
                 )
-            if referrer is not None:
-                subject, descriptor = referrer
-                txn.put(_k(repo, subject, digest), _dump(descriptor), db=self.db["referrers"])
+            if referrer is not None and referrer_at is not None:
+                txn.put(referrer_at, _dump(referrer[1]), db=self.db["referrers"])
             self._ensure_repo(txn, repo)
 
     def delete_tag(self, repo: str, tag: str) -> bool:
@@ -288,7 +346,7 @@ class Index:
         """
         with self.env.begin(write=True) as txn:
             raw = txn.get(_k(repo, digest), db=self.db["links"])
-            if raw is None or _load(raw)["kind"] != "manifest":
+            if raw is None or _load(bytes(raw))["kind"] != "manifest":
                 return False
             txn.delete(_k(repo, digest), db=self.db["links"])
             cursor = txn.cursor(db=self.db["tags"])
@@ -305,7 +363,8 @@ class Index:
             record = txn.get(digest.encode(), db=self.db["manifests"])
             subject = _load(record).get("subject") if record else None
             if subject:
-                txn.delete(_k(repo, subject, digest), db=self.db["referrers"])
+                for key in referrer_keys(repo, subject, digest):
+                    txn.delete(key, db=self.db["referrers"])
             return True
 
     def delete_blob_link(self, repo: str, digest: str) -> bool:
@@ -315,13 +374,18 @@ class Index:
                 return False
             return bool(txn.delete(_k(repo, digest), db=self.db["links"]))
 
-    def start_upload(self, upload_id: str, repo: str) -> None:
+    def start_upload(self, upload_id: str, record: dict[str, Any]) -> None:
         with self.env.begin(write=True) as txn:
-            txn.put(
-                upload_id.encode(),
-                _dump({"repo": repo, "started": time.time()}),
-                db=self.db["uploads"],
-            )
+            txn.put(upload_id.encode(), _dump(record), db=self.db["uploads"])
+
+    def touch_upload(self, upload_id: str, active: float) -> None:
+        """Record an upload session's last activity (what its idle expiry goes by)."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(upload_id.encode(), db=self.db["uploads"])
+            if raw is not None:
+                record = _load(raw)
+                record["active"] = active
+                txn.put(upload_id.encode(), _dump(record), db=self.db["uploads"])
 
     def end_upload(self, upload_id: str) -> bool:
         with self.env.begin(write=True) as txn:

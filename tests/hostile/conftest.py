@@ -1,4 +1,5 @@
-"""Fixtures for the hostile-input suite: real edgecache processes fed what no client should send.
+"""Fixtures for the hostile-input suite: real edgecache processes fed what an attacker or a
+careless client sends.
 
 Each module gets its own server (scope="module"); a test that needs an upstream starts it.
 """
@@ -9,7 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.test_disk_full import small_disk  # a small tmpfs to fill
 from tests.support import EdgecacheServer, anonymous_push_config
+
+__all__ = ["small_disk"]
 
 
 @pytest.fixture(scope="module")
