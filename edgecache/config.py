@@ -32,6 +32,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "alpn": ("list[str]", ["http/1.1", "h2"]),
         "log_level": ("str", "info"),
         "sendfile": ("bool", True),
+        # A client that takes no response bytes for this long (a full socket, or an HTTP/2
+        # stream whose flow-control window stays shut) is disconnected; a download that only
+        # makes progress is never cut.
+        "send_timeout": ("float", 60.0),
+        # A request body that stops arriving for this long gets 408 and the connection closed.
+        "body_timeout": ("float", 60.0),
     },
     "auth": {
         "anonymous_pull": ("bool", True),
@@ -41,6 +47,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "limits": {
         "max_manifest_size": ("int", 4 * 1024 * 1024),
+        # A proxied blob whose size neither a manifest nor the upstream's Content-Length
+        # states (a chunked body) is refused past this many bytes.
+        "max_unsized_blob": ("int", 64 << 30),
     },
     "proxy": {
         # Upstream for /v2/<repo>/... requests that carry no ?ns= and name no project (Docker's
@@ -52,6 +61,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "tag_ttl": ("float", 0.0),
         # Deadline for that revalidation: a slow upstream never holds a cached pull longer.
         "revalidate_timeout": ("float", 3.0),
+        # Deadline for a whole manifest fetch from upstream (token, retries, body included):
+        # a manifest that trickles in never holds its pullers longer.
+        "manifest_timeout": ("float", 30.0),
         # Tag lists and referrers of proxied repositories are cached this long.
         "list_ttl": ("float", 300.0),
         # An upstream 404 for a cached tag removes it (true) or keeps serving it (false).
@@ -118,6 +130,8 @@ class ServerConfig:
     alpn: tuple[str, ...]
     log_level: str
     sendfile: bool
+    send_timeout: float = 60.0
+    body_timeout: float = 60.0
 
     @property
     def tls(self) -> bool:
@@ -135,6 +149,7 @@ class AuthConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_manifest_size: int
+    max_unsized_blob: int = 64 << 30
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,7 @@ class ProxyConfig:
     revalidate_timeout: float
     list_ttl: float
     follow_deletions: bool
+    manifest_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
