@@ -20,9 +20,8 @@ itself, and what changes:
   reset, or the stream is reset with CANCEL and its app hears http.disconnect.
 - HTTP/2 after keep_alive_max_requests: hypercorn calls h2's close_connection, whose state
   machine then refuses every frame, so the streams in flight never finish (their clients hang
-  until the idle timeout). Here the connection announces GOAWAY with a raw frame (h2's state
-  stays open), refuses newer streams with REFUSED_STREAM (safe to retry), finishes the
-  streams in flight, and only then closes.
+  until the idle timeout). Here newer streams are refused with REFUSED_STREAM (safe to
+  retry), the streams in flight finish, and only then GOAWAY closes the connection.
 - A request with both Content-Length and Transfer-Encoding: h11 lets the chunked framing
   win, as RFC 9112 section 6.3 says, and keeps the connection alive. Such a request is how
   request smuggling starts, so its response carries Connection: close and the connection
@@ -39,6 +38,7 @@ from typing import Any
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import h11
 import hypercorn.protocol as hc_protocol
 import hypercorn.protocol.h2 as hc_h2
@@ -47,11 +47,10 @@ import hypercorn.trio.run as hc_run
 import priority
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.http_stream import ASGIHTTPState
-from hyperframe.frame import GoAwayFrame
 
 from . import zerocopy
 
@@ -115,7 +114,7 @@ class GuardedH2Protocol(hc_h2.H2Protocol):
         # stream id -> the deadline of the app's send that waits for the client's window
         self._deadlines: dict[int, trio.CancelScope] = {}
         self._last_accepted = 0
-        self._draining = False  # GOAWAY sent at the request limit
+        self._draining = False  # the request limit is reached
         self._finished = False
 
     # ---- unfinished responses and the per-stream send deadline ---------------------------
@@ -174,6 +173,7 @@ class GuardedH2Protocol(hc_h2.H2Protocol):
         for event in events:
             if isinstance(event, h2.events.RequestReceived) and not shutting_down:
                 if accepted >= limit:
+                    # Never processed, so safe to retry: Go's client does so at once.
                     refused.add(event.stream_id)
                     with contextlib.suppress(h2.exceptions.ProtocolError):
                         self.connection.reset_stream(
@@ -188,15 +188,19 @@ class GuardedH2Protocol(hc_h2.H2Protocol):
         await super()._handle_events(kept)
         if accepted >= limit and not self._draining:
             self._draining = True
-            # Not h2's close_connection: its state machine would refuse to finish the streams
-            # in flight. GOAWAY only tells the client to open a new connection for more.
+            # Clients that honour it open no more streams here.
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.connection.update_settings(
+                    {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0}
+                )
             await self._flush()
-            goaway = GoAwayFrame(0)
-            goaway.last_stream_id = self._last_accepted
-            await self.send(RawData(data=goaway.serialize()))
         await self._finish_draining()
 
     async def _finish_draining(self) -> None:
+        # GOAWAY only once the streams in flight are done: after a GOAWAY, clients built on
+        # the h2 package (httpx) refuse every further frame, so an early one would break the
+        # very streams it should let finish. Its last stream id tells every client that the
+        # streams after it were not processed (httpx and Go then retry them elsewhere).
         if not self._draining or self._finished or self.closed:
             return
         if self.streams or self.stream_buffers:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import h11
 
@@ -155,7 +156,12 @@ class H2Client:
         if not data:
             self._close("connection closed")
             return False
-        for event in self.conn.receive_data(data):
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:  # e.g. frames after the server's GOAWAY
+            self._close(f"protocol error: {exc}")
+            return False
+        for event in events:
             self._handle(event)
         self._flush()
         return True
