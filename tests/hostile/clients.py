@@ -46,9 +46,10 @@ def http1_get(
     *,
     tls: ssl.SSLContext | None = None,
     timeout: float = 30.0,
+    max_body: int = 1 << 30,
 ) -> Outcome:
     """GET over one fresh HTTP/1.1 connection, parsed by h11 (which knows when a body is
-    complete), read to the end of the response or of the connection."""
+    complete), read to the end of the response or of the connection (or past `max_body`)."""
     outcome = Outcome()
     raw = socket.create_connection((host, port), timeout=timeout)
     sock: socket.socket = raw
@@ -77,6 +78,9 @@ def http1_get(
                 outcome.headers = {k.decode(): v.decode() for k, v in event.headers}
             elif isinstance(event, h11.Data):
                 body += event.data
+                if len(body) > max_body:
+                    outcome.error = f"body longer than {max_body} bytes"
+                    break
             elif isinstance(event, h11.EndOfMessage):
                 outcome.complete = True
                 break
