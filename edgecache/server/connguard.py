@@ -167,23 +167,31 @@ class GuardedH2Protocol(hc_h2.H2Protocol):
     async def _handle_events(self, events: list[h2.events.Event]) -> None:
         limit = self.config.keep_alive_max_requests
         accepted = self.keep_alive_requests
-        refused: set[int] = set()
+        known = set(self.streams)
         kept = []
         shutting_down = self.context.terminated.is_set()  # hypercorn refuses them itself
         for event in events:
             if isinstance(event, h2.events.RequestReceived) and not shutting_down:
                 if accepted >= limit:
                     # Never processed, so safe to retry: Go's client does so at once.
-                    refused.add(event.stream_id)
                     with contextlib.suppress(h2.exceptions.ProtocolError):
                         self.connection.reset_stream(
                             event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM
                         )
                     continue
                 accepted += 1
+                known.add(event.stream_id)
                 self._last_accepted = event.stream_id
-            elif getattr(event, "stream_id", None) in refused:
-                continue  # the body or end of a stream refused above
+            elif isinstance(event, h2.events.DataReceived) and event.stream_id not in known:
+                # A body for a stream refused above or already answered (a 408, a 401 before
+                # the upload): hypercorn would fail on it. Dropped, its window given back.
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self.connection.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                continue
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id not in known:
+                continue
             kept.append(event)
         await super()._handle_events(kept)
         if accepted >= limit and not self._draining:

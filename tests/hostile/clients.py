@@ -127,7 +127,11 @@ class H2Client:
         if data:
             self.sock.sendall(data)
 
-    def request(self, path: str, method: str = "GET", body: bytes | None = None) -> int:
+    def request(
+        self, path: str, method: str = "GET", body: bytes | None = None, length: int | None = None
+    ) -> int:
+        """Open a stream; with a body it stays open (more may follow), announcing `length`
+        (default: the body's) as Content-Length."""
         stream_id = self.conn.get_next_available_stream_id()
         headers = [
             (":method", method),
@@ -136,7 +140,7 @@ class H2Client:
             (":authority", self.host),
         ]
         if body is not None:
-            headers.append(("content-length", str(len(body))))
+            headers.append(("content-length", str(len(body) if length is None else length)))
         self.conn.send_headers(stream_id, headers, end_stream=body is None)
         if body:
             self.conn.send_data(stream_id, body, end_stream=False)

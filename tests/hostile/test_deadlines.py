@@ -156,13 +156,19 @@ def test_h2_body_that_stops_gets_408(plain: EdgecacheServer) -> None:
     location = upload_location(plain)
     client = H2Client(LOOPBACK, plain.port, timeout=PROMPT)
     try:
-        stream = client.request(f"{location}digest={digest}", "PUT", body[:1000])
+        stream = client.request(f"{location}digest={digest}", "PUT", body[:1000], len(body))
         # The request says 1 MiB, but its stream stays open with 1000 bytes sent.
         while not client.done(stream) and client.pump():
             pass
         outcome = client.outcomes[stream]
         assert outcome.status == 408, outcome
         assert b"REQUEST_TIMEOUT" in outcome.body
+        # The rest of the body, late: dropped, and the connection still serves requests.
+        client.conn.send_data(stream, body[1000:11_000])
+        after = client.request("/v2/")
+        while not client.done(after) and client.pump():
+            pass
+        assert client.outcomes[after].status == 200 and client.outcomes[after].complete
     finally:
         client.close()
     assert_unchanged(plain, digest)
