@@ -38,7 +38,6 @@ from typing import Any
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.settings
 import h11
 import hypercorn.protocol as hc_protocol
 import hypercorn.protocol.h2 as hc_h2
@@ -47,12 +46,15 @@ import hypercorn.trio.run as hc_run
 import priority
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.http_stream import ASGIHTTPState
 
 from . import zerocopy
+
+# Seconds an HTTP/2 connection stays open after its final GOAWAY (see _close_soon).
+GOAWAY_GRACE = 2.0
 
 
 class GuardedConfig(HypercornConfig):
@@ -194,14 +196,10 @@ class GuardedH2Protocol(hc_h2.H2Protocol):
                 continue
             kept.append(event)
         await super()._handle_events(kept)
-        if accepted >= limit and not self._draining:
+        if accepted >= limit:
+            # Not SETTINGS_MAX_CONCURRENT_STREAMS = 0 as well: the h2 package (httpx) then
+            # fails a request locally instead of waiting for the GOAWAY that retries it.
             self._draining = True
-            # Clients that honour it open no more streams here.
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.connection.update_settings(
-                    {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0}
-                )
-            await self._flush()
         await self._finish_draining()
 
     async def _finish_draining(self) -> None:
@@ -216,7 +214,19 @@ class GuardedH2Protocol(hc_h2.H2Protocol):
         self._finished = True
         self.connection.close_connection(last_stream_id=self._last_accepted)
         await self._flush()
-        await self.send(Closed())
+        self.task_group.spawn(self._close_soon)
+
+    async def _close_soon(self) -> None:
+        # Not at once: a request the client sent before it read the GOAWAY would meet a TCP
+        # reset, which can destroy the GOAWAY unread. Meanwhile it is ignored (see handle).
+        await trio.sleep(GOAWAY_GRACE)
+        if not self.closed:
+            await self.send(Closed())
+
+    async def handle(self, event: Event) -> None:
+        if self._finished and isinstance(event, RawData):
+            return  # after the final GOAWAY nothing is processed; the client retries elsewhere
+        await super().handle(event)
 
 
 class DeadlineSocketStream(trio.abc.HalfCloseableStream):

@@ -14,8 +14,9 @@ HTTP/1.1 connections without TLS, by subclassing three hypercorn classes:
 
 Everything else (TLS, h2, h2c) never sees the extension and the app falls back to pread
 chunks. A sendfile that fails, or moves no byte for server.send_timeout, resets the connection
-(server/connguard.py, which extends these classes, says why a reset). hypercorn is pinned in pyproject.toml; tests/integration/test_zerocopy.py proves the
-path is active. `install()` is idempotent and is called by server.run before serving.
+(server/connguard.py, which extends these classes, says why a reset). hypercorn is pinned in
+pyproject.toml; tests/integration/test_zerocopy.py proves the path is active. `install()` is
+idempotent; connguard.install() calls it before serving.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile.clients import Outcome, h2_get, http1_get
-from tests.support import LOOPBACK, EdgecacheServer, make_tls_cert, sha256_bytes
+from tests.support import LOOPBACK, EdgecacheServer, make_tls_cert, sha256_bytes, wait_for
 from tests.upstreams import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, RunningUpstream, start_registry
 
 UPSTREAM = "lab"
@@ -105,11 +105,18 @@ def assert_nothing_stored(
     cache: EdgecacheServer, repo: str, digest: str, ca: ssl.SSLContext | None = None
 ) -> None:
     hexd = digest.split(":", 1)[1]
-    assert not (cache.data / "blobs" / "sha256" / hexd[:2] / hexd).exists()
     with cache.client(verify=ca or True) as client:
-        # Not served from the cache either: a HEAD is answered from the upstream, unverified.
-        r = client.head(f"/v2/{UPSTREAM}/{repo}/blobs/{digest}")
-        assert r.status_code == 200 and "immutable" not in r.headers.get("cache-control", "")
+        # Once the fetch has given up (it tries twice; a HEAD meanwhile joins it and fails
+        # with it), a HEAD is answered by the upstream: unverified, so not immutable.
+        r = wait_for(
+            lambda: (
+                (r := client.head(f"/v2/{UPSTREAM}/{repo}/blobs/{digest}")).status_code == 200 and r
+            ),
+            timeout=30,
+            what="the failed fetch to end",
+        )
+        assert "immutable" not in r.headers.get("cache-control", "")
+    assert not (cache.data / "blobs" / "sha256" / hexd[:2] / hexd).exists()
 
 
 def test_http1_plain_never_completes_a_bad_body(
