@@ -32,6 +32,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "alpn": ("list[str]", ["http/1.1", "h2"]),
         "log_level": ("str", "info"),
         "sendfile": ("bool", True),
+        # A client that takes no response bytes for this long (a full socket, or an HTTP/2
+        # stream whose flow-control window stays shut) is disconnected; a download that only
+        # makes progress is never cut.
+        "send_timeout": ("float", 60.0),
+        # A request body that stops arriving for this long gets 408 and the connection closed.
+        "body_timeout": ("float", 60.0),
     },
     "auth": {
         "anonymous_pull": ("bool", True),
@@ -48,6 +54,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "max_uploads_per_client": ("int", 64),
         "max_uploads": ("int", 1024),
         "upload_idle_timeout": ("int", 3600),
+        # A proxied blob whose size neither a manifest nor the upstream's Content-Length
+        # states (a chunked body) is refused past this many bytes.
+        "max_unsized_blob": ("int", 64 << 30),
     },
     "proxy": {
         # Upstream for /v2/<repo>/... requests that carry no ?ns= and name no project (Docker's
@@ -59,6 +68,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "tag_ttl": ("float", 0.0),
         # Deadline for that revalidation: a slow upstream never holds a cached pull longer.
         "revalidate_timeout": ("float", 3.0),
+        # Deadline for a whole manifest fetch from upstream (token, retries, body included):
+        # a manifest that trickles in never holds its pullers longer.
+        "manifest_timeout": ("float", 30.0),
         # Tag lists and referrers of proxied repositories are cached this long.
         "list_ttl": ("float", 300.0),
         # ... and at most this many of them (repository names come from clients).
@@ -135,6 +147,8 @@ class ServerConfig:
     alpn: tuple[str, ...]
     log_level: str
     sendfile: bool
+    send_timeout: float = 60.0
+    body_timeout: float = 60.0
 
     @property
     def tls(self) -> bool:
@@ -156,6 +170,7 @@ class LimitsConfig:
     max_uploads_per_client: int
     max_uploads: int
     upload_idle_timeout: int
+    max_unsized_blob: int = 64 << 30
 
 
 @dataclass(frozen=True)
@@ -167,6 +182,7 @@ class ProxyConfig:
     list_ttl: float
     follow_deletions: bool
     list_cache_entries: int = 2048
+    manifest_timeout: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,14 @@ temp file (dup'ed from the fetch's, so the publish rename cannot pull it away) a
 has arrived, then waits for more. A late joiner reads the downloaded prefix at disk speed.
 
 A dropped upstream connection resumes with `Range` from the byte where it stopped; a digest
-mismatch discards the bytes and starts over once. The fetch runs in the server's nursery, so a
-client that disconnects does not cancel it: the cache still warms.
+mismatch discards the bytes and starts over once (a new `generation`: whoever streamed the old
+bytes must fail, never carry on with the new ones). The fetch runs in the server's nursery, so
+a client that disconnects does not cancel it: the cache still warms. Clients are not told the
+bytes are good until `verified` (server/proxied.py holds back the end of their bodies).
+
+A download never grows past the size it may have: the size the manifest declared for the
+digest (store.index.declared_size; an upstream stating another size is corrupt and is not
+read), else the upstream's Content-Length, else the configured maximum for unsized bodies.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from ..oci.digest import Digest
 from ..store import Store
 from ..store.files import BlobWriter, DigestMismatch, publish_file
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound, UpstreamUnavailable, rawget
-from ..upstream.client import RawBlob
+from ..upstream.client import BlobStream, RawBlob
+from ..upstream.errors import UpstreamCorrupt
 from .failures import not_cached
 
 log = logging.getLogger("edgecache.fetch")
@@ -39,14 +46,22 @@ READ_CHUNK = 1 << 20
 # Upstream bytes are written (and waiters woken) in pieces of this size: per ~64 KiB network
 # read, the worker-thread hop and the wake-ups of every waiter cost more than the copy
 # (py-spy on a 50-client cold pull), and a 1 MiB sendfile costs waiters no more than 256 KiB.
-# A piece is written as soon as it is full or the network pauses (rawget.pump), so on a slow
-# link a waiter is not held back by the size.
+# A piece is written as soon as it is full or the network pauses (rawget.pump; on the httpx
+# path the writer takes whatever is queued), so on a slow link a waiter is not held back by it.
 WRITE_CHUNK = 1 << 20
+# The httpx path queues at most this much ahead of the disk writer (back-pressure upstream).
+QUEUE_LIMIT = 4 * WRITE_CHUNK
 
 
 class BlobFetch:
     def __init__(
-        self, store: Store, upstream: Upstream, remote_repo: str, store_repo: str, digest: Digest
+        self,
+        store: Store,
+        upstream: Upstream,
+        remote_repo: str,
+        store_repo: str,
+        digest: Digest,
+        declared: int | None = None,
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -57,6 +72,8 @@ class BlobFetch:
         # that their repository has the blob too (see also_link).
         self.repos = {store_repo}
         self.digest = digest
+        self.declared = declared  # the size a stored manifest gave this digest
+        self.generation = 0  # bumped when the bytes so far are thrown away (a mismatch)
         self.writer = BlobWriter.in_tmp(store.layout)
         self._read_fd = os.open(self.writer.path, os.O_RDONLY)
         self.total: int | None = None
@@ -82,10 +99,38 @@ class BlobFetch:
         event, self._progress = self._progress, trio.Event()
         event.set()
 
-    async def wait_beyond(self, offset: int) -> None:
-        """Return once more than `offset` bytes are on disk, or the fetch ended."""
-        while self.written <= offset and not self.finished:
-            await self._progress.wait()
+    @property
+    def verified(self) -> bool:
+        """The download ended, its digest checked out and it is published."""
+        return self.finished and self.error is None
+
+    async def changed(self) -> None:
+        """Return at the next change: bytes written, a restart, the end (good or bad)."""
+        await self._progress.wait()
+
+    @property
+    def cap(self) -> int:
+        """The most bytes this download may hold."""
+        if self.declared is not None:
+            return self.declared
+        if self.total is not None:
+            return self.total
+        return self.upstream.max_unsized_blob
+
+    def _check_size(self, what: str, total: int | None, offset: int, length: int | None) -> None:
+        """Refuse, before reading it, a body that cannot be the blob."""
+        if self.declared is not None and total is not None and total != self.declared:
+            raise UpstreamCorrupt(
+                self.upstream.name,
+                f"{what}: the upstream says {total} bytes, the manifest declared "
+                f"{self.declared}; nothing was downloaded",
+            )
+        limit = self.declared if self.declared is not None else total
+        if length is not None and limit is not None and offset + length > limit:
+            raise UpstreamCorrupt(
+                self.upstream.name,
+                f"{what}: a {length}-byte body from byte {offset} exceeds the blob's {limit}",
+            )
 
     # ---- the download --------------------------------------------------------------------
 
@@ -140,6 +185,7 @@ class BlobFetch:
             self._read_fd = os.open(self.writer.path, os.O_RDONLY)
 
         # Waiters streaming the bad bytes are failed rather than fed a different stream.
+        self.generation += 1
         self.error = errors.Unavailable(f"upstream sent corrupt bytes for {self.digest}")
         self._notify()
         await trio.to_thread.run_sync(reset)
@@ -179,6 +225,7 @@ class BlobFetch:
     async def _pump(self, raw: RawBlob) -> None:
         """The body read, written and hashed by a worker thread (upstream/rawget.py); the
         event loop only counts what reached the disk and wakes the waiters."""
+        self._check_size(raw.what, raw.total, raw.offset, raw.response.length)
         if self.total is None:
             self.total = raw.total
         self.started.set()
@@ -222,46 +269,57 @@ class BlobFetch:
 
     async def _stream_httpx(self, offset: int) -> None:
         async with self.upstream.open_blob(self.remote_repo, self.digest, offset) as stream:
+            self._check_size(stream.what, stream.total, stream.offset, stream.length)
             if self.total is None:
-                self.total = stream.total
+                # A chunked body of a declared blob still gets its clients a Content-Length.
+                self.total = stream.total if stream.total is not None else self.declared
             self.started.set()
             self.on_body(self.upstream.name, "httpx")
-            skip = offset - stream.offset  # the upstream ignored Range: drop what we have
-            # The next chunk is read from the network while the last one is written and
+            # The next bytes are read from the network while the last ones are written and
             # hashed in a worker thread (one after the other, a 1-client cold pull ran ~1.2x
             # slower than the upstream alone).
-            send, receive = trio.open_memory_channel[bytes](4)
-
-            async def write_all() -> None:
-                async with receive:
-                    async for chunk in receive:
-                        # Shielded: a write that happened must be counted, or a resume would
-                        # append after bytes `written` does not know about.
-                        with trio.CancelScope(shield=True):
-                            await trio.to_thread.run_sync(self.writer.write, chunk)
-                            self.written += len(chunk)
-                        self._notify()
-
+            queue = _Queue(QUEUE_LIMIT)
             dropped_at: UpstreamUnavailable | None = None
             with unwrapped_errors():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(write_all)
-                    async with send:
-                        try:
-                            async for chunk in stream.chunks(WRITE_CHUNK):
-                                self.upstream_bytes += len(chunk)
-                                self.on_bytes(self.upstream.name, len(chunk))
-                                if skip:
-                                    cut = min(skip, len(chunk))
-                                    chunk, skip = chunk[cut:], skip - cut
-                                    if not chunk:
-                                        continue
-                                await send.send(chunk)
-                        except UpstreamUnavailable as exc:
-                            # Write what already arrived before resuming after it.
-                            dropped_at = exc
+                    nursery.start_soon(self._write_queued, queue)
+                    try:
+                        await self._read_httpx(stream, offset, queue)
+                    except UpstreamUnavailable as exc:
+                        # Write what already arrived before resuming after it.
+                        dropped_at = exc
+                    finally:
+                        queue.close()
             if dropped_at is not None:
                 raise dropped_at
+
+    async def _read_httpx(self, stream: BlobStream, offset: int, queue: _Queue) -> None:
+        skip = offset - stream.offset  # the upstream ignored Range: drop what we have
+        cap = self.cap
+        async for chunk in stream.chunks():
+            self.upstream_bytes += len(chunk)
+            self.on_bytes(self.upstream.name, len(chunk))
+            if stream.offset + stream.received > cap:
+                # Endless or oversized: stop here rather than fill the disk.
+                raise UpstreamCorrupt(
+                    self.upstream.name, f"{stream.what}: the body runs past the blob's {cap} "
+                    "bytes; nothing was stored",
+                )  # fmt: skip
+            if skip:
+                cut = min(skip, len(chunk))
+                chunk, skip = chunk[cut:], skip - cut
+                if not chunk:
+                    continue
+            await queue.put(chunk)
+
+    async def _write_queued(self, queue: _Queue) -> None:
+        while (data := await queue.take()) is not None:
+            # Shielded: a write that happened must be counted, or a resume would append
+            # after bytes `written` does not know about.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.writer.write, memoryview(data))
+                self.written += len(data)
+            self._notify()
 
     async def _publish(self) -> None:
         linked = set(self.repos)
@@ -291,6 +349,45 @@ class BlobFetch:
 _PUMP_LIMITER = trio.CapacityLimiter(10_000)
 
 
+class _Queue:
+    """Network reads queue here; the disk writer takes everything queued at once.
+
+    On a fast link the writer finds a large batch (its last write took a while), so each
+    worker-thread hop moves much; on a slow link it writes each read as it arrives, and the
+    waiting clients see those bytes at once instead of after a batch has filled.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+        self.closed = False
+        self._changed = trio.Event()
+
+    def _wake(self) -> None:
+        event, self._changed = self._changed, trio.Event()
+        event.set()
+
+    async def put(self, data: bytes) -> None:
+        while len(self.buffer) >= self.limit:
+            await self._changed.wait()
+        self.buffer += data
+        self._wake()
+
+    async def take(self) -> bytearray | None:
+        """Everything queued (None once closed and empty)."""
+        while not self.buffer:
+            if self.closed:
+                return None
+            await self._changed.wait()
+        data, self.buffer = self.buffer, bytearray()
+        self._wake()
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+
 class Fetcher:
     """The in-flight blob downloads of this node, one per digest."""
 
@@ -316,7 +413,8 @@ class Fetcher:
         """
         fetch = self.inflight.get(digest)
         if fetch is None:
-            fetch = BlobFetch(self.store, upstream, remote_repo, store_repo, digest)
+            declared = self.store.index.declared_size(str(digest))
+            fetch = BlobFetch(self.store, upstream, remote_repo, store_repo, digest, declared)
             fetch.on_bytes = self.on_upstream_bytes
             fetch.on_disk_full = self.on_disk_full
             fetch.on_body = self.on_body

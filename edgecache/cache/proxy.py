@@ -166,6 +166,10 @@ class ManifestProxy:
         await self.store.put_manifest(
             target.store_repo, remote.data, manifest, remote.digest, tag, require_children=False
         )
+        # A later download of a child stops at the size declared here (cache/fetch.py).
+        sizes = {str(d.digest): d.size for d in manifest.blob_children}
+        if sizes:
+            await trio.to_thread.run_sync(self.store.index.declare_sizes, sizes)
         if tag is not None:
             self._checked.put((target.store_repo, tag), time.monotonic())
         info = self.store.manifest(target.store_repo, str(remote.digest))

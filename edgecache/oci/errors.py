@@ -185,3 +185,11 @@ class InsufficientStorage(OCIError):
     code = "INSUFFICIENT_STORAGE"
     status = 507
     default_message = "insufficient storage"
+
+
+class RequestTimeout(OCIError):
+    # A request body that stopped arriving (server.body_timeout): the client is too slow or
+    # gone, not wrong, so none of the spec's 4xx codes fits.
+    code = "REQUEST_TIMEOUT"
+    status = 408
+    default_message = "the request body stopped arriving"

@@ -123,6 +123,7 @@ class App:
         if scope["type"] != "http":
             return
         req = Request.from_scope(scope, receive, send)
+        req.body_timeout = self.config.server.body_timeout
         started = time.monotonic()
         try:
             await self._dispatch(req)

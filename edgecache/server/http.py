@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,9 @@ class Request:
     # Added to whatever response is sent (OCI-Namespace, Warning), errors included.
     headers_out: dict[str, str] = field(default_factory=dict)
     body_done: bool = False
+    # Seconds the request body may stop arriving before the request fails with 408
+    # (server.body_timeout; 0 = never).
+    body_timeout: float = 60.0
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> Request:
@@ -62,7 +66,7 @@ class Request:
         """The request body, coalesced into pieces of about `batch` bytes."""
         buffer = bytearray()
         while True:
-            message = await self.receive()
+            message = await self._receive_body()
             if message["type"] == "http.disconnect":
                 raise trio.BrokenResourceError("client disconnected during the request body")
             buffer += message.get("body", b"")
@@ -73,6 +77,16 @@ class Request:
             if not more:
                 self.body_done = True
                 return
+
+    async def _receive_body(self) -> dict[str, Any]:
+        # Without a deadline a client that stops sending holds the request, its upload
+        # session and its connection for ever.
+        with trio.move_on_after(self.body_timeout or math.inf):
+            message: dict[str, Any] = await self.receive()
+            return message
+        raise errors.RequestTimeout(
+            f"no request body bytes for {self.body_timeout:g}s; the request was abandoned"
+        )
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body (manifests), refused past `limit` bytes without reading it all."""

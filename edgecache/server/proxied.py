@@ -89,9 +89,9 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     fetch, fd = app.fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
     async with reading(fd):
         await fetch.started.wait()
-        if fetch.error is not None and fetch.written == 0:
-            raise fetch.error
-        headers = blob_headers(digest)
+        if fetch.error is not None and (fetch.finished or fetch.written == 0):
+            raise fetch.error  # failed for good: an error answer, not a broken 200
+        headers = _unverified(blob_headers(digest))
         start, end, status = 0, fetch.total, 200
         range_header = requested_range(req, headers)
         if range_header and fetch.total is not None:
@@ -114,20 +114,39 @@ async def _stream_growing(
     app: App, req: Request, fetch: BlobFetch, fd: int, start: int, end: int | None
 ) -> None:
     """Bytes [start, end) of a blob being downloaded, sent as they reach the disk (with
-    sendfile where the connection allows it)."""
+    sendfile where the connection allows it).
+
+    The end of the body waits for the digest: the last byte of a sized body (the
+    terminating chunk of an unsized one) goes only once the download is verified and
+    published. A failure before that raises, and the server breaks the connection instead
+    of finishing the response (server/connguard.py): a client never holds a complete 200
+    of bytes that did not verify, even if it does not check the digest itself.
+    """
+    generation = fetch.generation
     offset = start
-    while end is None or offset < end:
-        await fetch.wait_beyond(offset)
+    while True:
+        if fetch.generation != generation:
+            raise errors.Unavailable(f"upstream sent corrupt bytes for {fetch.digest}")
         if fetch.error is not None:
             raise fetch.error
-        available = fetch.written if end is None else min(fetch.written, end)
-        if offset >= available:
-            if fetch.finished:
-                break
-            continue
-        await req.send_part(fd, offset, available - offset, app.config.server.sendfile)
-        offset = available
+        verified = fetch.verified
+        ready = fetch.written if end is None else min(fetch.written, end)
+        if not verified and end is not None:
+            ready = min(ready, end - 1)
+        if offset < ready:
+            await req.send_part(fd, offset, ready - offset, app.config.server.sendfile)
+            offset = ready
+        elif verified:
+            break
+        else:
+            await fetch.changed()
     await req.finish()
+
+
+def _unverified(headers: dict[str, str]) -> dict[str, str]:
+    """Headers for bytes that have not verified yet: nothing may cache them as immutable."""
+    headers.pop("Cache-Control", None)
+    return headers
 
 
 async def _check_upstream_has(upstream: Upstream, target: Target, digest: Digest) -> None:
@@ -150,7 +169,7 @@ async def _remote_blob_head(
 ) -> None:
     with upstream_failures(upstream.name, f"blob {digest}", target.remote_repo, errors.BlobUnknown):
         remote = await upstream.head_blob(target.remote_repo, digest)
-    headers = blob_headers(digest)
+    headers = _unverified(blob_headers(digest))
     if remote.size is not None:
         headers["Content-Length"] = str(remote.size)
     await req.start(200, headers)

@@ -10,21 +10,20 @@ import signal
 from pathlib import Path
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import Config, parse_hostport
 from ..store import Store
 from ..store.lock import DataDirInUse, DataDirLock
 from ..upstream import Upstream
-from . import zerocopy
+from . import connguard
 from .app import App
 
 log = logging.getLogger("edgecache.server")
 
 
-def _hypercorn_config(config: Config) -> HypercornConfig:
-    hc = HypercornConfig()
+def _hypercorn_config(config: Config) -> connguard.GuardedConfig:
+    hc = connguard.GuardedConfig()
     host, port = parse_hostport(config.server.listen)
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     if config.server.tls:
@@ -33,9 +32,13 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hc.alpn_protocols = list(config.server.alpn)
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    # Large blobs stream for minutes; only idle connections are closed.
+    # Large blobs stream for minutes; only idle connections are closed. A read deadline would
+    # also cut a long download to a client that sends nothing meanwhile: the deadlines are on
+    # sends instead (a client that takes no bytes; connguard.py) and on request bodies (a
+    # client that stops sending one; http.py).
     hc.keep_alive_timeout = 75
     hc.read_timeout = None
+    hc.send_timeout = config.server.send_timeout
     hc.graceful_timeout = 5
     hc.include_server_header = False
     hc.include_date_header = True
@@ -56,9 +59,9 @@ def _write_private(path: Path, text: str) -> None:
 
 
 async def serve(config: Config) -> None:
-    # Always: it also fixes hypercorn's hang on early answers; the app decides whether to use
-    # the sendfile extension (server.sendfile).
-    zerocopy.install()
+    # Always: it also fixes hypercorn's hang on early answers and adds the connection
+    # deadlines; the app decides whether to use the sendfile extension (server.sendfile).
+    connguard.install()
     # Before anything touches the directory: the start-up sweep would delete a running
     # server's temp files, and the finally below its run/server.json.
     try:
@@ -77,7 +80,14 @@ async def serve(config: Config) -> None:
     token = secrets.token_urlsafe(32)
     _write_private(run_dir / "admin-token", token + "\n")
     server_file = run_dir / "server.json"
-    upstreams = {name: Upstream(upstream) for name, upstream in config.upstreams.items()}
+    upstreams = {
+        name: Upstream(
+            upstream,
+            manifest_timeout=config.proxy.manifest_timeout,
+            max_unsized_blob=config.limits.max_unsized_blob,
+        )
+        for name, upstream in config.upstreams.items()
+    }
     app: App | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -107,7 +117,7 @@ async def serve(config: Config) -> None:
 
 async def _serve_until_signal(
     app: App,
-    hc: HypercornConfig,
+    hc: connguard.GuardedConfig,
     background: trio.CancelScope,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:

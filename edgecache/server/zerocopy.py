@@ -13,14 +13,19 @@ HTTP/1.1 connections without TLS, by subclassing three hypercorn classes:
 - TCPServer performs the sendfile calls on its socket, under its send lock.
 
 Everything else (TLS, h2, h2c) never sees the extension and the app falls back to pread
-chunks. hypercorn is pinned in pyproject.toml; tests/integration/test_zerocopy.py proves the
-path is active. `install()` is idempotent and is called by server.run before serving.
+chunks. A sendfile that fails, or moves no byte for server.send_timeout, resets the connection
+(server/connguard.py, which extends these classes, says why a reset). hypercorn is pinned in
+pyproject.toml; tests/integration/test_zerocopy.py proves the path is active. `install()` is
+idempotent; connguard.install() calls it before serving.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -148,6 +153,8 @@ def _reason(status: int) -> bytes:
 
 class ZeroCopyTCPServer(TCPServer):
     sent_bytes = 0  # process-wide, for the metrics and the test that proves this path runs
+    # A sendfile that cannot move a byte for this long gives up (server.send_timeout).
+    send_timeout = math.inf
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, SendFile):
@@ -155,6 +162,9 @@ class ZeroCopyTCPServer(TCPServer):
                 try:
                     await self._sendfile(event)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The body can no longer be what its head announced: reset, so that
+                    # neither the client nor the read loop waits on this connection.
+                    await reset_connection(self.stream)
                     await self.protocol.handle(Closed())
             return
         if isinstance(event, Closed):
@@ -177,7 +187,12 @@ class ZeroCopyTCPServer(TCPServer):
             try:
                 sent = os.sendfile(out_fd, event.fd, offset, min(remaining, MAX_CALL))
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                with trio.move_on_after(self.send_timeout) as waited:
+                    await trio.lowlevel.wait_writable(sock)
+                if waited.cancelled_caught:
+                    raise trio.BrokenResourceError(
+                        f"the client took no bytes for {self.send_timeout:g}s"
+                    ) from None
                 continue
             if sent == 0:
                 raise OSError("file shorter than the announced Content-Length")
@@ -185,6 +200,16 @@ class ZeroCopyTCPServer(TCPServer):
             remaining -= sent
             ZeroCopyTCPServer.sent_bytes += sent
             await trio.lowlevel.checkpoint()
+
+
+async def reset_connection(stream: Any) -> None:
+    """Close a connection with RST (SO_LINGER 0): no FIN or TLS close_notify that could pass
+    for the end of a body, and no kernel buffers kept for a client that stopped reading."""
+    transport = getattr(stream, "transport_stream", stream)  # under TLS, the TCP stream
+    with contextlib.suppress(OSError, AttributeError):
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await transport.aclose()
 
 
 _installed = False

@@ -32,6 +32,7 @@ _DBS = (
     "meta",
     "access",
     "gcruns",
+    "declared",
 )
 
 
@@ -403,6 +404,21 @@ class Index:
             size = int(_load(raw)["size"])
             txn.put(b"store_bytes", str(max(0, total - size)).encode(), db=self.db["meta"])
             return True
+
+    # ---- sizes that proxied manifests declared for their blobs -------------------------
+
+    def declare_sizes(self, sizes: dict[str, int]) -> None:
+        """Remember the size a proxied manifest gave each child: a later download of that
+        digest stops there (cache/fetch.py). One digest has one true size, so the latest
+        manifest's word stands; a wrong one only makes that download fail as corrupt."""
+        with self.env.begin(write=True, db=self.db["declared"]) as txn:
+            for digest, size in sizes.items():
+                txn.put(digest.encode(), str(size).encode())
+
+    def declared_size(self, digest: str) -> int | None:
+        with self.env.begin(db=self.db["declared"]) as txn:
+            raw = txn.get(digest.encode())
+        return None if raw is None else int(raw)
 
     # ---- housekeeping: pull times and garbage-collection history ---------------------------
 

@@ -53,6 +53,8 @@ from edgecache.upstream.session import (
 T = TypeVar("T")
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+# A blob body that states no size (chunked, and no manifest declared one) stops here.
+MAX_UNSIZED_BLOB = 64 << 30
 # Tag lists of big repositories run to MiBs (every CI build tagged); still bounded.
 MAX_TAG_PAGE_SIZE = 16 * 1024 * 1024
 MAX_TAG_PAGES = 1000
@@ -107,6 +109,8 @@ class BlobStream:
         self.total = total
         self._response = response
         self.received = 0
+        self.what = f"GET {response.url.path}"
+        self.length = parse_length(response.headers.get("content-length"))  # of this body
 
     async def chunks(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
         """The body; `chunk_size` coalesces network reads (fewer, larger disk writes)."""
@@ -145,12 +149,17 @@ class Upstream:
         breaker: CircuitBreaker | None = None,
         session: Session | None = None,
         max_manifest_size: int = MAX_MANIFEST_SIZE,
+        manifest_timeout: float | None = None,
+        max_unsized_blob: int = MAX_UNSIZED_BLOB,
     ) -> None:
         self.config = config
         self.name = config.name
         self._session = session if session is not None else Session(config)
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.max_manifest_size = max_manifest_size
+        # The deadline of a manifest call that names none (a tag revalidation names its own).
+        self.manifest_timeout = manifest_timeout or None
+        self.max_unsized_blob = max_unsized_blob
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r}, {self.config.url!r})"
@@ -222,6 +231,7 @@ class Upstream:
             await response.aclose()
             return _info(response)
 
+        deadline = self.manifest_timeout if deadline is None else deadline
         return await self._guarded(f"HEAD {url.path}", deadline, call)
 
     async def get_manifest(
@@ -249,6 +259,7 @@ class Upstream:
                 data, manifest_media_type(response.headers.get("content-type"), data), digest
             )
 
+        deadline = self.manifest_timeout if deadline is None else deadline
         return await self._guarded(what, deadline, call)
 
     # ---- blobs ---------------------------------------------------------------------------

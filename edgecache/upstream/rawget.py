@@ -18,6 +18,7 @@ connection is closed after one response (blob bodies are large: no pooling to ga
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 from collections.abc import Callable, Mapping
@@ -27,7 +28,10 @@ import h11
 import httpx
 
 HEAD_LIMIT = 64 << 10  # a response head bigger than this is not a registry's
-FLUSH_MIN = 128 << 10  # a network pause hands on at least this much (or the rest)
+# After a short read, the buffer is handed on unless more bytes arrive within this many
+# seconds: on a fast link they always do (the writes stay large), while on a slow one each
+# burst reaches the waiting clients as it arrives instead of after a batch has filled.
+PAUSE = 0.002
 
 
 class Fallback(Exception):
@@ -169,7 +173,7 @@ def pump(
         want = min(chunk, length - written)
         error: BodyBroken | None = None
         # Fill the buffer (one write per chunk, not per network read), but hand on what there
-        # is when the network pauses (a short read) so waiters on a slow link keep up.
+        # is when the network pauses so waiters on a slow link keep up.
         while filled < want:
             asked = want - filled
             try:
@@ -184,7 +188,7 @@ def pump(
                 error = BodyBroken("response ended early")
                 break
             filled += n
-            if n < asked and filled >= FLUSH_MIN:
+            if n < asked and filled < want and not _more_soon(response.sock):
                 break
         if filled:
             write(view[:filled])
@@ -193,3 +197,12 @@ def pump(
         if error is not None:
             raise error
     return written
+
+
+def _more_soon(sock: socket.socket) -> bool:
+    """Whether more body bytes are readable now or within PAUSE."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True  # decrypted bytes already wait inside the TLS layer
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(PAUSE * 1000))

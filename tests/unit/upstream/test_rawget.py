@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -161,6 +162,52 @@ def test_shutdown_from_another_thread_wakes_the_reader() -> None:
         response.close()
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], rawget.BodyBroken)
+
+
+def test_a_pause_hands_on_what_arrived() -> None:
+    """A slow link: 10 KiB arrive after the head, then nothing. They reach the writer during
+    the pause, not once a large piece has filled (minutes, on a slow uplink)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    head_read, finished = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            head_read.wait(5)  # so the body is not read together with the head
+            conn.sendall(b"d" * 10_000)
+            finished.wait(10)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    url = httpx.URL(f"http://127.0.0.1:{listener.getsockname()[1]}/v2/r/blobs/sha256:abc")
+    response = get(url, idle=30)
+    head_read.set()
+    steps: list[int] = []
+    progressed = threading.Event()
+
+    def progress(n: int) -> None:
+        steps.append(n)
+        progressed.set()
+
+    def reader() -> None:
+        with contextlib.suppress(rawget.BodyBroken):
+            rawget.pump(response, response.length, lambda v: None, progress, chunk=1 << 20)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        assert response.head_body == b""
+        assert progressed.wait(5), "nothing handed on while the upstream paused"
+        assert sum(steps) == 10_000
+    finally:
+        finished.set()
+        response.shutdown()
+        thread.join(5)
+        response.close()
+        server.join(5)
+        listener.close()
 
 
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
