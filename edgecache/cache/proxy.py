@@ -70,9 +70,7 @@ class ManifestProxy:
         # When each (store repo, tag) was last confirmed upstream: in memory, so a pull does
         # not cost an LMDB write. After a restart every tag is revalidated once.
         self._checked: BoundedCache[tuple[str, str], float] = BoundedCache(CHECKED_ENTRIES)
-        self.lists: BoundedCache[tuple[str, ...], object] = BoundedCache(
-            config.list_cache_entries
-        )
+        self.lists: BoundedCache[tuple[str, ...], object] = BoundedCache(config.list_cache_entries)
         self.stale_served = 0
         # (store repo, digest) -> tag, from HEADs of uncached tags awaiting the GET by digest.
         self._resolved: BoundedCache[tuple[str, str], str] = BoundedCache(RESOLVED_ENTRIES)

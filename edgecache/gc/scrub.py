@@ -213,9 +213,10 @@ class Scrubber:
                 log.warning("fetching %s again for %s failed: %s", record.digest, repo, exc)
         return False
 
-    async def heal(self, verdict: Verdict) -> bool:
-        """A file found bad outside a pass (a manifest read from disk): quarantine it, fetch
-        it again if it is proxied. True when good bytes are in place again to be read."""
+    async def heal(self, verdict: Verdict, kind: str = "manifest") -> bool:
+        """A file found bad outside a pass (a manifest read from disk, a blob file of the
+        wrong size opened to be served): quarantine it, fetch it again if it is proxied (a
+        blob in the background). True when good bytes are in place again to be read."""
         digest = Digest.parse(verdict.digest)
         record = await self._quarantine(verdict)
         if record is None and not self.store.has_content(digest):
@@ -224,7 +225,7 @@ class Scrubber:
                 linking_repositories, self.store.index, verdict.digest
             )
             kinds = {repo: "proxied" if self.is_proxied(repo) else "pushed" for repo in repos}
-            await self._refetch(QuarantineRecord(verdict.digest, "manifest", 0, 0, "", kinds))
+            await self._refetch(QuarantineRecord(verdict.digest, kind, 0, 0, "", kinds))
         return self.store.has_content(digest)
 
     # ---- reporting -----------------------------------------------------------------------
@@ -247,9 +248,7 @@ class Scrubber:
 
     async def status(self) -> dict[str, Any]:
         """Progress, and the quarantined objects (pushed ones wait for a re-push)."""
-        records = await trio.to_thread.run_sync(
-            quarantined, self.store.layout, self.store.index
-        )
+        records = await trio.to_thread.run_sync(quarantined, self.store.layout, self.store.index)
         waiting = [
             r["digest"]
             for r in records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from ..cache.failures import upstream_failures
@@ -17,7 +18,7 @@ from ..oci.ranges import parse_range
 from ..oci.routes import Route
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound
 from .http import Request
-from .pull import blob_headers, requested_range, send_manifest, send_stored
+from .pull import StoredFileBad, blob_headers, requested_range, send_manifest, send_stored
 
 if TYPE_CHECKING:
     from .app import App
@@ -53,12 +54,10 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     fetch = app.fetcher.inflight.get(digest)
     if fetch is None:
         info = app.store.blob(target.store_repo, digest)
-        if info is not None:
+        if info is not None and await _send_sound(app, req, info.path, info.size, digest):
             app.metrics.cache_hits += 1
-            await send_stored(
-                app, req, info.path, info.size, blob_headers(digest), req.headers.get("range")
-            )
             return
+        fetch = app.fetcher.inflight.get(digest)  # the bad file's quarantine started one
     upstream = app.upstream(target)
     foreign = fetch is not None and target.store_repo not in fetch.repos
     if foreign or (fetch is None and app.store.has_content(digest)):
@@ -71,15 +70,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
             fetch.also_link(target.store_repo)
         else:
             linked = await app.store.link_blob(target.store_repo, digest)
-            if linked is not None:
-                await send_stored(
-                    app,
-                    req,
-                    linked.path,
-                    linked.size,
-                    blob_headers(digest),
-                    req.headers.get("range"),
-                )
+            if linked is not None and await _send_sound(app, req, linked.path, linked.size, digest):
                 return
             fetch = app.fetcher.inflight.get(digest)
     if req.method == "HEAD" and fetch is None:
@@ -108,6 +99,18 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
         async with req.until_disconnect():
             await _stream_growing(app, req, fetch, fd, start, end)
         app.metrics.served("inflight", req.sent_bytes)
+
+
+async def _send_sound(
+    app: App, req: Request, path: os.PathLike[str], size: int, digest: Digest
+) -> bool:
+    """Serve a stored blob; False (nothing sent) when its file failed the check as it was
+    opened: it is quarantined, and fetched again, which the caller then joins."""
+    try:
+        await send_stored(app, req, path, size, blob_headers(digest), req.headers.get("range"))
+    except StoredFileBad:
+        return False
+    return True
 
 
 async def _stream_growing(

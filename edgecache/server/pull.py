@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -16,6 +16,7 @@ from ..oci.pagination import link_header, paginate, parse_n
 from ..oci.ranges import if_range_allows, parse_range
 from ..oci.routes import Route
 from ..store import ManifestInfo
+from ..store.scrub import FileId, Verdict
 from .http import Request
 
 if TYPE_CHECKING:
@@ -91,10 +92,16 @@ async def send_stored(
         range_header = None  # here, so that every caller honours If-Range
     byte_range = parse_range(range_header, size) if range_header else None
     try:
-        fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+        fd, file_id = await trio.to_thread.run_sync(_open, path)
     except FileNotFoundError:
         # The index says it is here, the disk disagrees: fsck territory, not the client's fault.
         raise errors.BlobUnknown("content is indexed but its file is missing; run fsck") from None
+    if file_id[2] != size:
+        # Cut short or grown on disk: served as is, a client would wait for bytes that never
+        # come (or get others). Checked on every open, since fstat is free; what the size
+        # cannot show is left to the scrub.
+        os.close(fd)
+        await _quarantine(app, headers["Docker-Content-Digest"], size, file_id)
     try:
         if byte_range is None:
             status, offset, count = 200, 0, size
@@ -107,6 +114,27 @@ async def send_stored(
         app.metrics.served(used, count if req.method != "HEAD" else 0)
     finally:
         os.close(fd)
+
+
+class StoredFileBad(errors.BlobUnknown):
+    """A stored file failed its check as it was opened; it is quarantined now (a proxied
+    caller fetches it again)."""
+
+
+def _open(path: os.PathLike[str]) -> tuple[int, FileId]:
+    fd = os.open(path, os.O_RDONLY)
+    st = os.fstat(fd)
+    return fd, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+async def _quarantine(app: App, digest: str, size: int, file_id: FileId) -> NoReturn:
+    problem = f"its file has {file_id[2]} bytes, the index says {size}"
+    await app.housekeeper.scrub.heal(Verdict(digest, 0, problem, file_id), kind="blob")
+    raise StoredFileBad(
+        f"blob {digest} was corrupt on disk and has been quarantined; push it again "
+        "(a proxied one is fetched again from its upstream)",
+        detail={"digest": digest},
+    )
 
 
 async def tags_list(app: App, req: Request, route: Route) -> None:

@@ -207,3 +207,36 @@ def test_corrupt_pushed_content_is_refused_reported_and_restored_by_a_repush(
     scrub = admin(cache, "GET", "status")["scrub"]
     assert scrub["awaiting_repush"] == []
     assert admin(cache, "POST", "scrub")["corrupt"] == 0
+
+
+def test_a_blob_file_of_the_wrong_size_is_quarantined_as_it_is_opened(
+    cache: EdgecacheServer, upstream: RunningUpstream
+) -> None:
+    """Cut short on disk, a file would be served with its indexed Content-Length and the
+    client would wait for bytes that never come: the size is checked at every open."""
+    pushed_repo, layer = "team/short", os.urandom(40_000)
+    proxied = upstream.push_test_image("team/short", layer=os.urandom(50_000))
+    with cache.client(timeout=20) as client:
+        r = client.post(f"/v2/{pushed_repo}/blobs/uploads/", params={"digest": digest_of(layer)},
+                        content=layer)  # fmt: skip
+        assert r.status_code == 201, r.text
+        base = "/v2/lab/team/short"
+        assert client.get(f"{base}/blobs/{proxied.layer_digest}").content == proxied.layer
+        for digest in (digest_of(layer), proxied.layer_digest):
+            path = blob_file(cache, digest)
+            os.chmod(path, 0o644)
+            os.truncate(path, 1000)
+
+        # Pushed: refused at once (not a hang), reported for a re-push.
+        r = client.get(f"/v2/{pushed_repo}/blobs/{digest_of(layer)}")
+        assert r.status_code == 404, r.text
+        assert "quarantined" in r.json()["errors"][0]["message"]
+        # Proxied: the same request joins the fetch that the quarantine started.
+        r = client.get(f"{base}/blobs/{proxied.layer_digest}")
+        assert r.status_code == 200 and r.content == proxied.layer
+        assert client.get(f"{base}/blobs/{proxied.layer_digest}").content == proxied.layer
+
+    scrub = admin(cache, "GET", "status")["scrub"]
+    assert digest_of(layer) in scrub["awaiting_repush"]
+    assert proxied.layer_digest not in scrub["awaiting_repush"]
+    assert blob_file(cache, proxied.layer_digest).stat().st_size == len(proxied.layer)
