@@ -159,7 +159,13 @@ class ManifestProxy:
         what = f"manifest {reference}"
         with upstream_failures(upstream.name, what, target.remote_repo, errors.ManifestUnknown):
             remote = await upstream.get_manifest(target.remote_repo, reference)
-        manifest = parse_manifest(remote.data, remote.media_type)
+        try:
+            manifest = parse_manifest(remote.data, remote.media_type)
+        except errors.OCIError as exc:
+            raise errors.BadGateway(
+                f"upstream {upstream.name} sent an invalid {what} of "
+                f"{target.remote_repo}: {exc.message}"
+            ) from None
         # Children are fetched lazily, by digest, when clients ask for them.
         await self.store.put_manifest(
             target.store_repo, remote.data, manifest, remote.digest, tag, require_children=False

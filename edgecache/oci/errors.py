@@ -175,6 +175,14 @@ class Unavailable(OCIError):
     default_message = "upstream registry unavailable"
 
 
+class BadGateway(Unavailable):
+    # The upstream answered, but with something no registry may send (a manifest that does
+    # not parse): the client's request was fine, so not a 4xx. A subclass of Unavailable so
+    # that a cached tag is served stale instead, like for any other upstream failure.
+    status = 502
+    default_message = "upstream registry sent an invalid response"
+
+
 class InternalError(OCIError):
     code = "INTERNAL_ERROR"
     status = 500

@@ -161,6 +161,11 @@ def test_hostile_upstream_json_is_never_a_500(
             r = c.get(f"/v2/{repo}/manifests/latest")
             assert r.status_code == 503, r.text
             assert "token" in r.json()["errors"][0]["message"]
+        else:
+            # The client asked for nothing wrong: the upstream's garbage is a bad gateway.
+            r = c.get(f"/v2/{repo}/manifests/latest")
+            assert r.status_code == 502, r.text
+            assert "sent an invalid manifest" in r.json()["errors"][0]["message"], r.text
 
 
 def test_no_internal_errors_were_logged(edgecache: EdgecacheServer, liars: EdgecacheServer) -> None:
