@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,14 @@ class MissingChildren(Exception):
     def __init__(self, digests: tuple[str, ...]) -> None:
         super().__init__(*digests)
         self.digests = digests
+
+
+class WrongSizes(Exception):
+    """Raised inside a manifest commit when a descriptor's size is not its content's."""
+
+    def __init__(self, mismatches: tuple[tuple[str, int, int], ...]) -> None:
+        super().__init__(*mismatches)
+        self.mismatches = mismatches  # (digest, size declared, size stored)
 
 
 class NotManifests(Exception):
@@ -302,26 +310,35 @@ class Index:
         *,
         require_children: bool = True,
         pin: bool = False,
+        declared: Mapping[str, int] | None = None,
     ) -> None:
-        """Record a manifest; its children must be linked into repo (and an index's children
-        must be manifests there), else nothing changes."""
+        """Record a manifest; its children must be linked into repo (an index's children must
+        be manifests there, and each must have the size `declared` for it), else nothing
+        changes."""
         link_key = _wk(repo, digest)
         tag_key = _wk(repo, tag) if tag is not None else None
         referrer_at = referrer_key(repo, referrer[0], digest) if referrer is not None else None
         with self._publishing(digest, publish) as (txn, publish_now):
-            missing, not_manifests = [], []
+            missing, not_manifests, wrong_sizes = [], [], []
             indexed = set(record["manifests"])
             children = (*record["blobs"], *record["manifests"]) if require_children else ()
             for child in children:
                 link = txn.get(_k(repo, child), db=self.db["links"])
-                if link is None or txn.get(child.encode(), db=self.db["blobs"]) is None:
+                blob = txn.get(child.encode(), db=self.db["blobs"])
+                if link is None or blob is None:
                     missing.append(child)
-                elif child in indexed and _load(bytes(link))["kind"] != "manifest":
+                    continue
+                if child in indexed and _load(bytes(link))["kind"] != "manifest":
                     not_manifests.append(child)
+                stored = int(_load(bytes(blob))["size"])
+                if declared is not None and declared.get(child, stored) != stored:
+                    wrong_sizes.append((child, declared[child], stored))
             if missing:
                 raise MissingChildren(tuple(missing))
             if not_manifests:
                 raise NotManifests(tuple(not_manifests))
+            if wrong_sizes:
+                raise WrongSizes(tuple(wrong_sizes))
             publish_now()
             for child in (*record["blobs"], *record["manifests"]):
                 self._touch(txn, child)

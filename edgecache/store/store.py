@@ -21,7 +21,7 @@ from ..oci import errors
 from ..oci.digest import Digest
 from ..oci.manifest import Manifest, referrer_descriptor
 from .files import BlobWriter, DigestMismatch, Layout, publish_file, seal_bytes
-from .index import Index, MissingChildren, NotManifests
+from .index import Index, MissingChildren, NotManifests, WrongSizes
 from .keys import check_keys
 from .uploads import Uploads, drain
 
@@ -228,6 +228,13 @@ class Store:
             "subject": str(manifest.subject.digest) if manifest.subject else None,
             "artifact_type": manifest.effective_artifact_type,
         }
+        # Sizes are claims about the content; a client trusts them (containerd refuses a
+        # layer whose size differs), so a pushed manifest must state them right.
+        declared = {
+            str(d.digest): d.size
+            for d in (*manifest.blob_children, *manifest.manifest_children)
+            if _must_exist(d.media_type)
+        }
         check_keys(
             repo,
             digest=str(digest),
@@ -255,12 +262,20 @@ class Store:
                     publish,
                     require_children=require_children,
                     pin=pin,
+                    declared=declared if require_children else None,
                 )
             except MissingChildren as exc:
                 writer.discard()
                 raise errors.ManifestBlobUnknown(
                     f"manifest references content not in {repo}: {', '.join(exc.digests)}",
                     detail={"missing": list(exc.digests)},
+                ) from None
+            except WrongSizes as exc:
+                writer.discard()
+                wrong = (f"{d} is {stored} bytes, not {size}" for d, size, stored in exc.mismatches)
+                raise errors.ManifestInvalid(
+                    "manifest declares sizes its content does not have: " + ", ".join(wrong),
+                    detail={"wrong_sizes": [list(m) for m in exc.mismatches]},
                 ) from None
             except NotManifests as exc:
                 writer.discard()

@@ -144,6 +144,28 @@ def test_an_index_naming_a_blob_is_refused(edgecache: EdgecacheServer) -> None:
         assert stored_files(edgecache) == before
 
 
+def test_a_manifest_declaring_the_wrong_size_is_refused(edgecache: EdgecacheServer) -> None:
+    """A descriptor's size is what clients check a download against (containerd refuses a
+    layer of another size): a manifest that misstates one would break every pull of it."""
+    config, layer = b'{"os":"linux"}', os.urandom(3000)
+    with edgecache.client() as client:
+        push_blob(client, "hostile/sizes", config)
+        layer_digest = push_blob(client, "hostile/sizes", layer)
+        body = json.loads(manifest(config))
+        body["layers"] = [{"mediaType": OCI_LAYER, "digest": layer_digest, "size": 2999}]
+        lying = json.dumps(body).encode()
+        before = stored_files(edgecache)
+        r = put_manifest(client, "hostile/sizes", "v1", lying)
+        assert r.status_code == 400, r.text
+        error = r.json()["errors"][0]
+        assert error["code"] == "MANIFEST_INVALID"
+        assert f"{layer_digest} is 3000 bytes, not 2999" in error["message"], error
+        assert client.get("/v2/hostile/sizes/manifests/v1").status_code == 404
+        assert stored_files(edgecache) == before
+        body["layers"][0]["size"] = 3000
+        assert put_manifest(client, "hostile/sizes", "v1", json.dumps(body).encode()).is_success
+
+
 LONG_UPSTREAM = "mirror-" + "u" * 150 + ".example"
 
 
