@@ -228,7 +228,13 @@ def _delete_in(
                 txn.delete(key, db=index.db["referrers"])
     if manifest_raw is not None:
         txn.delete(digest.encode(), db=index.db["manifests"])
+        # Sizes this manifest declared for children never downloaded (cache/fetch.py caps
+        # downloads by them); a stored child's entry goes when the child itself is swept.
+        for child in json.loads(manifest_raw).get("blobs", []):
+            if txn.get(child.encode(), db=index.db["blobs"]) is None:
+                txn.delete(child.encode(), db=index.db["declared"])
     txn.delete(digest.encode(), db=index.db["blobs"])
+    txn.delete(digest.encode(), db=index.db["declared"])
     total = int(txn.get(b"store_bytes", db=index.db["meta"]) or 0)
     txn.put(b"store_bytes", str(max(0, total - int(record["size"]))).encode(), db=index.db["meta"])
     # Moved aside, not deleted: if this transaction never commits (a crash), the file can be

@@ -171,3 +171,22 @@ async def test_sweep_stops_between_batches_when_told(store: Store) -> None:
     for digest in set(plan.candidates) - set(result.deleted):
         assert store.index.blob(digest) is not None  # left exactly as it was
     assert fsck(store.layout, store.index).clean
+
+
+async def test_declared_sizes_go_with_what_declared_them(store: Store) -> None:
+    """The proxy remembers each child's declared size; nothing keeps that table growing."""
+    stored, never_pulled = b"pulled layer", b"layer never pulled"
+    digest = await push_image(store, "r", "t", stored)
+    store.index.declare_sizes(
+        {str(Digest.of_bytes(stored)): len(stored), str(Digest.of_bytes(never_pulled)): 18}
+    )
+    manifest = store.index.manifest(str(digest))
+    assert manifest is not None
+    manifest["blobs"].append(str(Digest.of_bytes(never_pulled)))  # as a proxied one may
+    with store.index.env.begin(write=True) as txn:
+        txn.put(str(digest).encode(), json.dumps(manifest).encode(), db=store.index.db["manifests"])
+    await store.delete_manifest("r", digest)
+    _, deleted = collect(store)
+    assert str(digest) in deleted and str(Digest.of_bytes(stored)) in deleted
+    assert store.index.declared_size(str(Digest.of_bytes(stored))) is None
+    assert store.index.declared_size(str(Digest.of_bytes(never_pulled))) is None
