@@ -6,6 +6,7 @@ Everything here is synchronous and blocking; the async Store runs it in worker t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import threading
@@ -18,6 +19,8 @@ from typing import Any
 from ..oci.digest import Digest
 
 _FILE_MODE = 0o444
+# Names of a preload's spool files in tmp/ (transfer/spool.py writes them).
+PRELOAD_PREFIX = "preload-"
 
 
 @dataclass(frozen=True)
@@ -67,13 +70,28 @@ class Layout:
             path.mkdir(parents=True, exist_ok=True)
 
     def sweep_tmp(self) -> int:
-        """Remove leftovers of writes that never finished (a crash, a kill -9)."""
-        removed = 0
-        for entry in self.tmp.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-                removed += 1
-        return removed
+        """Remove leftovers of writes that never finished (a crash, a kill -9).
+
+        A preload may be running (it works beside a server, and holds an flock on tmp/ while
+        it does, transfer/spool.py): its spool files are then left to it.
+        """
+        fd = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                keep = ""
+            except BlockingIOError:
+                keep = PRELOAD_PREFIX
+            removed = 0
+            for entry in self.tmp.iterdir():
+                if keep and entry.name.startswith(keep):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    removed += 1
+            return removed
+        finally:
+            os.close(fd)  # and with it the flock
 
 
 class DigestMismatch(Exception):

@@ -31,10 +31,11 @@ from ..oci.digest import Digest
 from ..oci.errors import DigestInvalid
 from ..oci.jsontext import JSONInvalid, loads
 from ..store import Store
+from ..store.files import PRELOAD_PREFIX
 from .archive import Member
 from .errors import TransferError
 
-PREFIX = "preload-"
+PREFIX = PRELOAD_PREFIX  # the server's start-up sweep spares these while a preload runs
 _CHUNK = 1 << 20
 _AHEAD = 8  # chunks in flight per worker: 8 MiB of memory at most
 # Large entries of a plain tar are spooled this many at a time, each read, hashed and

@@ -1,6 +1,7 @@
 """Blob files: the writer's file and hash are the same bytes, publishing never trusts what is
 already there, and a failed index write leaves no file without an entry."""
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -11,7 +12,14 @@ import lmdb
 import pytest
 
 from edgecache.oci.digest import Digest
-from edgecache.store.files import BlobWriter, Layout, hash_file, publish_file, seal_bytes
+from edgecache.store.files import (
+    PRELOAD_PREFIX,
+    BlobWriter,
+    Layout,
+    hash_file,
+    publish_file,
+    seal_bytes,
+)
 from edgecache.store.index import Index
 
 
@@ -116,3 +124,19 @@ def test_a_failed_commit_keeps_a_file_it_replaced(layout: Layout) -> None:
     assert layout.blob_path(digest).read_bytes() == data
     assert hashlib.sha256(data).hexdigest() == digest.hex
     index.close()
+
+
+def test_the_start_up_sweep_spares_a_running_preloads_spool_files(layout: Layout) -> None:
+    leftover = layout.tmp / "0123abcd"  # a fetch a crash left behind
+    spool = layout.tmp / f"{PRELOAD_PREFIX}1.part"
+    for path in (leftover, spool):
+        path.write_bytes(b"x")
+    fd = os.open(layout.tmp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running preload holds (transfer/spool.py)
+        assert layout.sweep_tmp() == 1
+        assert spool.exists() and not leftover.exists()
+    finally:
+        os.close(fd)
+    assert layout.sweep_tmp() == 1  # no preload now: its leftovers go too
+    assert list(layout.tmp.iterdir()) == []
