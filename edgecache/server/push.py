@@ -85,20 +85,26 @@ async def upload_status(app: App, req: Request, route: Route) -> None:
     await req.respond(204, _upload_headers(repo, upload_id, offset))
 
 
+def _chunk_range(req: Request) -> tuple[int | None, int | None]:
+    """(start, length) a chunk's Content-Range states, or (None, None) when it has none."""
+    content_range = req.headers.get("content-range")
+    if not content_range:
+        return None, None
+    start, end = parse_content_range(content_range)
+    length = end - start + 1
+    declared = req.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) != length:
+        raise errors.RangeNotSatisfiable(
+            f"Content-Range {content_range} covers {length} bytes "
+            f"but Content-Length is {declared}"
+        )
+    return start, length
+
+
 async def patch_upload(app: App, req: Request, route: Route) -> None:
     repo, upload_id = _repo(route), _upload_id(route)
-    start = length = None
-    content_range = req.headers.get("content-range")
-    if content_range:
-        start, end = parse_content_range(content_range)
-        length = end - start + 1
-        declared = req.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) != length:
-            raise errors.RangeNotSatisfiable(
-                f"Content-Range {content_range} covers {length} bytes "
-                f"but Content-Length is {declared}"
-            )
     with _with_offset(app, repo, upload_id):
+        start, length = _chunk_range(req)
         offset = await app.store.append_upload(repo, upload_id, start, req.chunks(), length)
     await req.respond(202, _upload_headers(repo, upload_id, offset))
 
@@ -107,7 +113,8 @@ async def finish_upload(app: App, req: Request, route: Route) -> None:
     repo, upload_id = _repo(route), _upload_id(route)
     digest = _query_digest(req)
     with _with_offset(app, repo, upload_id):
-        await app.store.finish_upload(repo, upload_id, digest, req.chunks())
+        start, length = _chunk_range(req)
+        await app.store.finish_upload(repo, upload_id, digest, req.chunks(), start, length)
     await req.respond(201, _blob_created(repo, digest))
 
 

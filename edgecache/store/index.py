@@ -34,6 +34,7 @@ _DBS = (
     "gcruns",
     "declared",
 )
+GC_RUNS_KEPT = 1000  # records of past garbage-collection runs (runs can be asked for at will)
 
 
 def _dump(value: dict[str, Any]) -> bytes:
@@ -466,16 +467,22 @@ class Index:
                 result.append((repo, digest, created))
         return result
 
-    def add_gc_run(self, record: dict[str, Any]) -> None:
+    def add_gc_run(self, record: dict[str, Any], keep: int = GC_RUNS_KEPT) -> None:
+        """Record a run; only the newest `keep` records are kept."""
         key = f"{record['started']:020.6f}".encode()
-        with self.env.begin(write=True) as txn:
-            txn.put(key, _dump(record), db=self.db["gcruns"])
+        with self.env.begin(write=True, db=self.db["gcruns"]) as txn:
+            txn.put(key, _dump(record))
+            extra = txn.stat(self.db["gcruns"])["entries"] - keep
+            cursor = txn.cursor()
+            while extra > 0 and cursor.first():
+                cursor.delete()
+                extra -= 1
 
     def gc_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = []
         with self.env.begin(db=self.db["gcruns"]) as txn:
             cursor = txn.cursor()
-            runs = []
-            if cursor.last():
+            if limit > 0 and cursor.last():
                 for _, value in cursor.iterprev():
                     runs.append(_load(value))
                     if len(runs) >= limit:

@@ -166,13 +166,21 @@ class Store:
         return await self.uploads.append(repo, upload_id, start, chunks, length)
 
     async def finish_upload(
-        self, repo: str, upload_id: str, expected: Digest, chunks: Any
+        self,
+        repo: str,
+        upload_id: str,
+        expected: Digest,
+        chunks: Any,
+        start: int | None = None,
+        length: int | None = None,
     ) -> BlobInfo:
+        """The closing PUT: its body (if any) is the last chunk, checked like a PATCH's."""
+
         async def publish(writer: BlobWriter) -> BlobInfo:
             return await self._publish(repo, writer, expected)
 
         check_keys(repo, digest=str(expected))
-        return await self.uploads.finish(repo, upload_id, chunks, publish)
+        return await self.uploads.finish(repo, upload_id, chunks, publish, start, length)
 
     async def cancel_upload(self, repo: str, upload_id: str) -> None:
         await self.uploads.cancel(repo, upload_id)

@@ -162,11 +162,13 @@ class Uploads:
         upload_id: str,
         chunks: AsyncIterator[bytes],
         publish: Callable[[BlobWriter], Awaitable[T]],
+        start: int | None = None,
+        length: int | None = None,
     ) -> T:
-        """Append the last chunk and `publish` the whole; the session ends either way once
-        its body is complete (a digest mismatch included)."""
+        """Append the last chunk (checked like append's) and `publish` the whole; the session
+        ends either way once its body is complete (a digest mismatch included)."""
         with self._exclusive(repo, upload_id) as session:
-            writer = await self._append(session, None, chunks, None)
+            writer = await self._append(session, start, chunks, length)
             try:
                 return await publish(writer)
             finally:

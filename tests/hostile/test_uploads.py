@@ -230,6 +230,32 @@ def test_a_patch_unlike_its_content_range_is_refused_and_changes_nothing(
         assert r.status_code == 201, r.text
 
 
+def test_a_closing_put_is_held_to_its_content_range(edgecache: EdgecacheServer) -> None:
+    """The closing PUT may carry the last chunk: its Content-Range counts as a PATCH's."""
+    with edgecache.client() as client:
+        location = start(client, "hostile/put-range")
+        assert client.patch(location, content=b"a" * 100).status_code == 202
+        whole = b"a" * 100 + b"z" * 10
+        for bad in ("90-99", "100-119"):  # not where the session stands; not the body's size
+            r = client.put(
+                location,
+                params={"digest": digest_of(whole)},
+                headers={"Content-Range": bad},
+                content=pieces(b"z" * 10, 4),
+            )
+            assert r.status_code == 416, r.text
+            assert r.headers["Range"] == "0-99"
+            assert offset(client, location) == 100
+        r = client.put(
+            location,
+            params={"digest": digest_of(whole)},
+            headers={"Content-Range": "100-109"},
+            content=b"z" * 10,
+        )
+        assert r.status_code == 201, r.text
+        assert_published(edgecache, client, "hostile/put-range", digest_of(whole))
+
+
 def test_a_patch_cut_off_mid_body_leaves_the_session_where_it_was(
     edgecache: EdgecacheServer,
 ) -> None:

@@ -13,6 +13,7 @@ from edgecache.oci.manifest import parse_manifest
 from edgecache.store import Store
 from edgecache.store.collect import mark, sweep
 from edgecache.store.fsck import fsck
+from edgecache.store.index import Index
 from edgecache.store.keys import MAX_KEY, key
 from tests.unit.store.test_store import chunks, image_manifest
 
@@ -152,3 +153,15 @@ async def test_manifest_bytes_uploaded_as_a_blob_leave_the_manifest_resolvable(
     await store.put_blob_stream("r", digest, chunks(data))
     assert store.manifest("r", str(digest)) is not None
     await push(store, "r", index_of(store, (mediatypes.OCI_MANIFEST, digest)), "multi", "sha256")
+
+
+def test_gc_history_is_bounded_and_a_zero_limit_lists_nothing(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index")
+    try:
+        for started in range(12):
+            index.add_gc_run({"started": float(started)}, keep=10)
+        runs = index.gc_runs(limit=50)
+        assert [r["started"] for r in runs] == [float(s) for s in range(11, 1, -1)]
+        assert index.gc_runs(limit=0) == []
+    finally:
+        index.close()
