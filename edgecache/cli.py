@@ -15,6 +15,7 @@ from typing import Any
 
 from . import __version__
 from .config import SCHEMA, ConfigError, load
+from .usererror import UserError
 
 DEFAULT_DATA = SCHEMA["server"]["data"][1]
 
@@ -104,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "from <data>/run/server.json, else http://<hostname>:<listen port>)",
     )
     _add_data(mirror)
-    mirror.add_argument("--config", metavar="FILE", help="the config the server runs with")
+    mirror.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the config the server runs with (default: the running server's upstreams, "
+        "from <data>/run/server.json, else the embedded defaults)",
+    )
     mirror.add_argument(
         "--upstream",
         metavar="NAME=URL",
@@ -159,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edgecache: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except UserError as exc:
+        print(f"edgecache: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        # preload and export leave nothing half-done behind (see their modules): say so.
+        print(f"edgecache {args.command}: interrupted", file=sys.stderr)
+        return 130
     raise AssertionError(args.command)
 
 
@@ -203,14 +216,18 @@ def _mirror_config(args: argparse.Namespace) -> int:
         render,
         write_containerd_hosts,
     )
+    from .runfiles import cli_config, server_info
+    from .usererror import output_file_error
 
     overrides: dict[str, dict[str, Any]] = {"server": {"data": args.data}} if args.data else {}
-    config = load(args.config, overrides=overrides, extra_upstreams=_upstream_flags(args))
+    data = Path(args.data or load(args.config).server.data)
+    config = cli_config(
+        args.config, data, overrides=overrides, extra_upstreams=_upstream_flags(args)
+    )
     url = args.url
     if url is None:
-        try:
-            url = json.loads((Path(config.server.data) / "run" / "server.json").read_text())["url"]
-        except (FileNotFoundError, ValueError, KeyError):
+        url = (server_info(data) or {}).get("url")
+        if not isinstance(url, str):
             host, port = parse_hostport(config.server.listen)
             if host in ("0.0.0.0", "::", ""):
                 host = socket.getfqdn()
@@ -223,7 +240,11 @@ def _mirror_config(args: argparse.Namespace) -> int:
             files = containerd_hosts(
                 config.upstreams, url, ca_file=args.ca_file, skip_verify=args.skip_verify
             )
-            for path in write_containerd_hosts(files, Path(args.write)):
+            try:
+                written = write_containerd_hosts(files, Path(args.write))
+            except OSError as exc:
+                raise output_file_error(Path(exc.filename or args.write), exc) from None
+            for path in written:
                 print(f"wrote {path}")
             return 0
         print(
@@ -270,16 +291,18 @@ def _fsck(args: argparse.Namespace) -> int:
 def _server_endpoint(args: argparse.Namespace) -> tuple[str, str]:
     data = _data_dir(args)
     url, token = args.url, args.token
+    if (url is None or token is None) and data.exists() and not data.is_dir():
+        raise UserError(f"data directory {data} is a file, not a directory")
     if url is None:
         try:
             url = json.loads((data / "run" / "server.json").read_text())["url"]
-        except FileNotFoundError:
-            raise SystemExit(f"edgecache: no running server found in {data} (use --url)") from None
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"no running server found in {data} (use --url)") from None
     if token is None:
         try:
             token = (data / "run" / "admin-token").read_text().strip()
-        except FileNotFoundError:
-            raise SystemExit(f"edgecache: no admin token in {data}/run (use --token)") from None
+        except OSError:
+            raise UserError(f"no admin token in {data}/run (use --token)") from None
     return url, token
 
 
@@ -297,9 +320,9 @@ def _admin(args: argparse.Namespace, name: str, method: str = "GET", **params: s
             timeout=None,  # a GC over a large store takes as long as it takes
         )
     except httpx.TransportError as exc:
-        raise SystemExit(f"edgecache: cannot reach the server at {url}: {exc}") from None
+        raise UserError(f"cannot reach the server at {url}: {exc}") from None
     if response.status_code != 200:
-        raise SystemExit(f"edgecache: server answered {response.status_code}: {response.text}")
+        raise UserError(f"server answered {response.status_code}: {response.text}")
     return response.json()
 
 

@@ -317,14 +317,17 @@ def load(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     extra_upstreams: Mapping[str, str] | None = None,
+    base_upstreams: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
     """Defaults < file < EDGECACHE_<SECTION>_<KEY> environment < explicit overrides (CLI flags).
 
     `extra_upstreams` ({name: url}, from `serve --upstream NAME=URL`) add to or replace the
     upstreams of the file (or the embedded defaults when the file names none).
+    `base_upstreams` ({name: table}, a running server's list from its run files) replaces the
+    defaults as a file's [upstreams.*] tables would.
     """
     upstream_tables: dict[str, dict[str, Any]] = {
-        name: dict(table) for name, table in DEFAULT_UPSTREAMS.items()
+        name: dict(table) for name, table in (base_upstreams or DEFAULT_UPSTREAMS).items()
     }
     values: dict[str, dict[str, Any]] = {
         section: {key: default for key, (_, default) in keys.items()}
@@ -335,6 +338,10 @@ def load(
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {exc.start}): is it the right file?"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         if "upstreams" in raw:
