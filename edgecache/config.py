@@ -32,6 +32,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "alpn": ("list[str]", ["http/1.1", "h2"]),
         "log_level": ("str", "info"),
         "sendfile": ("bool", True),
+        # One line per request (server/accesslog.py): "stderr", "off", or a file to append to.
+        "access_log": ("str", "stderr"),
     },
     "auth": {
         "anonymous_pull": ("bool", True),
@@ -118,6 +120,7 @@ class ServerConfig:
     alpn: tuple[str, ...]
     log_level: str
     sendfile: bool
+    access_log: str = "stderr"
 
     @property
     def tls(self) -> bool:
@@ -402,6 +405,10 @@ def load(
         raise ConfigError(
             f"server.alpn = {list(server['alpn'])!r}: expected a non-empty list of "
             f"{' and '.join(_ALPN)}"
+        )
+    if not server["access_log"].strip():
+        raise ConfigError(
+            'server.access_log = \'\': expected "stderr", "off" or the path of a file'
         )
     if bool(server["tls_cert"]) != bool(server["tls_key"]):
         raise ConfigError("server.tls_cert and server.tls_key: expected both or neither")

@@ -28,8 +28,10 @@ log = logging.getLogger("edgecache.proxy")
 async def get_manifest(app: App, req: Request, route: Route, target: Target) -> None:
     upstream = app.upstream(target)
     ref = Reference.parse(route.ref or "")
+    req.extra["cache"] = "hit" if app.store.resolve(target.store_repo, route.ref or "") else "miss"
     result = await app.proxy.manifest(target, upstream, ref, head=req.method == "HEAD")
     if result.warning is not None:
+        req.extra["cache"] = "stale"
         req.headers_out["Warning"] = result.warning
         app.metrics.stale_served.labels(upstream.name).inc()
     if result.info is None:
@@ -54,6 +56,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     if fetch is None:
         info = app.store.blob(target.store_repo, digest)
         if info is not None:
+            req.extra["cache"] = "hit"
             app.metrics.cache_hits += 1
             await send_stored(
                 app, req, info.path, info.size, blob_headers(digest), req.headers.get("range")
@@ -72,6 +75,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
         else:
             linked = await app.store.link_blob(target.store_repo, digest)
             if linked is not None:
+                req.extra["cache"] = "hit"
                 await send_stored(
                     app,
                     req,
@@ -86,6 +90,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
         await _remote_blob_head(req, upstream, target, digest)
         return
     app.metrics.cache_misses += 1
+    req.extra["cache"] = "joined" if digest in app.fetcher.inflight else "miss"
     fetch, fd = app.fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
     async with reading(fd):
         await fetch.started.wait()

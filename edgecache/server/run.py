@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import secrets
 import signal
-import socket
+import sys
 from pathlib import Path
 
 import trio
@@ -20,7 +19,9 @@ from ..runfiles import public_config
 from ..upstream import Upstream
 from ..usererror import UserError, open_store
 from . import zerocopy
+from .accesslog import AccessLog
 from .app import App
+from .startup import banner, listen_socket
 
 log = logging.getLogger("edgecache.server")
 
@@ -57,49 +58,13 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-_BIND_HINTS = {
-    errno.EADDRINUSE: "the port is in use by another process (pick another with --listen)",
-    errno.EADDRNOTAVAIL: "that address is not one of this machine's",
-    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
-}
-
-
-def listen_socket(listen: str) -> socket.socket:
-    """The bound listening socket for `listen`, or a UserError that says why not.
-
-    Bound here rather than by hypercorn (which is handed the descriptor as fd://) so that a
-    port in use or a host that does not resolve is one line, not an exception group.
-    """
-    host, port = parse_hostport(listen)
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        why = (exc.strerror or str(exc)).lower()
-        raise UserError(
-            f"cannot listen on {listen}: host {host!r} does not resolve ({why})"
-        ) from None
-    except UnicodeError:  # the IDNA codec refuses empty or over-long labels
-        raise UserError(f"cannot listen on {listen}: {host!r} is not a valid host name") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        hint = _BIND_HINTS.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
-        raise UserError(f"cannot listen on {listen}: {hint}") from None
-    return sock
-
-
 async def serve(config: Config) -> None:
     # Always: it also fixes hypercorn's hang on early answers; the app decides whether to use
     # the sendfile extension (server.sendfile).
     zerocopy.install()
     store = await trio.to_thread.run_sync(lambda: open_store(Path(config.server.data), sweep=True))
     try:
+        AccessLog(config.server.access_log).close()  # a bad path fails here, not per request
         sock = listen_socket(config.server.listen)
     except UserError:
         store.close()
@@ -121,13 +86,14 @@ async def serve(config: Config) -> None:
             url = _connectable(binds[0])
             info = {"url": url, "pid": os.getpid(), "tls": config.server.tls}
             _write_private(server_file, json.dumps(info | public_config(config)) + "\n")
-            log.info("edgecache serving %s (data %s)", url, store.layout.root)
+            print(banner(config, binds[0], store.layout.root), file=sys.stderr, flush=True)
     finally:
         with trio.CancelScope(shield=True):
             for upstream in upstreams.values():
                 await upstream.aclose()
             if app is not None:
                 await app.housekeeper.flush_access()
+                app.access_log.close()
         server_file.unlink(missing_ok=True)
         store.close()
 
