@@ -105,11 +105,12 @@ class Progress:
 
     def _show(self, *, final: bool) -> None:
         if self.tty:
-            share = min(self.done / self.total, 1.0) if self.total else 0.0
-            filled = int(share * 24)
-            bar = "#" * filled + "." * (24 - filled)
+            bar = ""
+            if self.total:  # a pipe's size is unknown: no bar that would stay empty
+                filled = int(min(self.done / self.total, 1.0) * 24)
+                bar = " [" + "#" * filled + "." * (24 - filled) + "]"
             end = "\n" if final else ""
-            self.out.write(f"\r\x1b[K{self.label} [{bar}] {self._line()}{end}")
+            self.out.write(f"\r\x1b[K{self.label}{bar} {self._line()}{end}")
             self._drawn = not final
         else:
             self.out.write(f"{self.label}: {self._line()}\n")
