@@ -16,7 +16,7 @@ import signal
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,6 +45,30 @@ def edgecache(
     return subprocess.CompletedProcess(
         argv, proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode()
     )
+
+
+Spawn = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start `edgecache ARGS...` in the background; killed (by its pid) if a test leaves it
+    running, e.g. blocked on a fifo after a failed assertion."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str | Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [*default_edgecache_argv(), *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
 
 
 def one_line(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -199,14 +223,10 @@ def test_export_through_a_symlink_keeps_the_link(data_with_app: Path, tmp_path: 
     assert "index.json" in listing
 
 
-def test_export_to_a_pipe(data_with_app: Path, tmp_path: Path) -> None:
+def test_export_to_a_pipe(data_with_app: Path, tmp_path: Path, spawn: Spawn) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    proc = subprocess.Popen(
-        [*default_edgecache_argv(), "export", "--data", str(data_with_app), "team/app:1.0",
-         "-o", str(fifo)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn("export", "--data", data_with_app, "team/app:1.0", "-o", fifo)
     with _fifo_reader(fifo, proc) as pipe:
         tar = pipe.read()
     _, err = proc.communicate(timeout=30)
@@ -303,15 +323,12 @@ def _fifo_reader(path: Path, proc: subprocess.Popen[str]) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def test_ctrl_c_during_preload_publishes_nothing_and_resumes(tmp_path: Path) -> None:
+def test_ctrl_c_during_preload_publishes_nothing_and_resumes(tmp_path: Path, spawn: Spawn) -> None:
     tar = _big_layout(tmp_path)
     data = tmp_path / "data"
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    proc = subprocess.Popen(
-        [*default_edgecache_argv(), "preload", "--data", str(data), str(fifo)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn("preload", "--data", data, fifo)
     with _fifo_writer(fifo, proc) as pipe, open(tar, "rb") as source:
         # Half the archive, then nothing more: preload waits in a read, mid-layer.
         pipe.write(source.read(tar.stat().st_size // 2))
@@ -337,16 +354,13 @@ def test_ctrl_c_during_preload_publishes_nothing_and_resumes(tmp_path: Path) -> 
     assert "docker.io/big/app:1.0 sha256:" in again.stdout
 
 
-def test_ctrl_c_during_export_to_a_pipe(tmp_path: Path) -> None:
+def test_ctrl_c_during_export_to_a_pipe(tmp_path: Path, spawn: Spawn) -> None:
     tar = _big_layout(tmp_path)
     data = tmp_path / "data"
     run([*default_edgecache_argv(), "preload", "--data", data, tar])
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    proc = subprocess.Popen(
-        [*default_edgecache_argv(), "export", "--data", str(data), "big/app:1.0", "-o", str(fifo)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn("export", "--data", data, "big/app:1.0", "-o", fifo)
     received = 0
     with _fifo_reader(fifo, proc) as pipe:
         received += len(pipe.read(MiB))

@@ -65,6 +65,15 @@ def _feed(tmp_path: Path, cut: bool) -> tuple[str, int]:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     term = Terminal(tmp_path / "data", fifo)
+    try:
+        return _feed_to(term, tar, fifo, cut)
+    finally:
+        if term.proc.poll() is None:  # a failed wait: never leave it blocked on the fifo
+            term.proc.kill()
+            term.proc.wait(timeout=30)
+
+
+def _feed_to(term: Terminal, tar: bytes, fifo: Path, cut: bool) -> tuple[str, int]:
 
     def opened() -> int | None:
         assert term.proc.poll() is None, term.read()
