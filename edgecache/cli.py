@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import SCHEMA, ConfigError, load
+from .usererror import UserError
 
 DEFAULT_DATA = SCHEMA["server"]["data"][1]
 
@@ -105,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "from <data>/run/server.json, else http://<hostname>:<listen port>)",
     )
     _add_data(mirror)
-    mirror.add_argument("--config", metavar="FILE", help="the config the server runs with")
+    mirror.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the config the server runs with (default: the running server's upstreams, "
+        "from <data>/run/server.json, else the embedded defaults)",
+    )
     mirror.add_argument(
         "--upstream",
         metavar="NAME=URL",
@@ -160,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edgecache: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except UserError as exc:
+        print(f"edgecache: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"edgecache {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `edgecache status | head`: the reader has what it wanted. Nothing more to say, and
+        # no second error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     raise AssertionError(args.command)
 
 
@@ -204,14 +222,18 @@ def _mirror_config(args: argparse.Namespace) -> int:
         render,
         write_containerd_hosts,
     )
+    from .runfiles import cli_config, server_info
+    from .usererror import output_file_error
 
     overrides: dict[str, dict[str, Any]] = {"server": {"data": args.data}} if args.data else {}
-    config = load(args.config, overrides=overrides, extra_upstreams=_upstream_flags(args))
+    data = Path(args.data or load(args.config).server.data)
+    config = cli_config(
+        args.config, data, overrides=overrides, extra_upstreams=_upstream_flags(args)
+    )
     url = args.url
     if url is None:
-        try:
-            url = json.loads((Path(config.server.data) / "run" / "server.json").read_text())["url"]
-        except (FileNotFoundError, ValueError, KeyError):
+        url = (server_info(data) or {}).get("url")
+        if not isinstance(url, str):
             host, port = parse_hostport(config.server.listen)
             if host in ("0.0.0.0", "::", ""):
                 host = socket.getfqdn()
@@ -224,7 +246,11 @@ def _mirror_config(args: argparse.Namespace) -> int:
             files = containerd_hosts(
                 config.upstreams, url, ca_file=args.ca_file, skip_verify=args.skip_verify
             )
-            for path in write_containerd_hosts(files, Path(args.write)):
+            try:
+                written = write_containerd_hosts(files, Path(args.write))
+            except OSError as exc:
+                raise output_file_error(Path(exc.filename or args.write), exc) from None
+            for path in written:
                 print(f"wrote {path}")
             return 0
         print(
@@ -299,16 +325,20 @@ def _fsck(args: argparse.Namespace) -> int:
 def _server_endpoint(args: argparse.Namespace) -> tuple[str, str]:
     data = _data_dir(args)
     url, token = args.url, args.token
+    if url is not None and "://" not in url:  # --url edge:5000, as Docker names a registry
+        url = f"http://{url}"
+    if (url is None or token is None) and data.exists() and not data.is_dir():
+        raise UserError(f"data directory {data} is a file, not a directory")
     if url is None:
         try:
             url = json.loads((data / "run" / "server.json").read_text())["url"]
-        except FileNotFoundError:
-            raise SystemExit(f"edgecache: no running server found in {data} (use --url)") from None
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"no running server found in {data} (use --url)") from None
     if token is None:
         try:
             token = (data / "run" / "admin-token").read_text().strip()
-        except FileNotFoundError:
-            raise SystemExit(f"edgecache: no admin token in {data}/run (use --token)") from None
+        except OSError:
+            raise UserError(f"no admin token in {data}/run (use --token)") from None
     return url, token
 
 
@@ -326,9 +356,9 @@ def _admin(args: argparse.Namespace, name: str, method: str = "GET", **params: s
             timeout=None,  # a GC over a large store takes as long as it takes
         )
     except httpx.TransportError as exc:
-        raise SystemExit(f"edgecache: cannot reach the server at {url}: {exc}") from None
+        raise UserError(f"cannot reach the server at {url}: {exc}") from None
     if response.status_code != 200:
-        raise SystemExit(f"edgecache: server answered {response.status_code}: {response.text}")
+        raise UserError(f"server answered {response.status_code}: {response.text}")
     return response.json()
 
 
@@ -337,70 +367,25 @@ def _admin_get(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return result
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _gc(args: argparse.Namespace) -> int:
-    import time
+    from . import cliformat
 
     if args.history:
         runs = _admin(args, "gc/history")
-        if args.json:
-            print(json.dumps(runs, indent=2))
-            return 0
-        print(
-            f"{'started':<20} {'kind':<8} {'trigger':<22} {'seconds':>8} {'objects':>8} "
-            f"{'bytes':>11}  skipped"
-        )
-        for run in runs:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
-            kind = "dry-run" if run["dry_run"] else "run"
-            done = run.get("would_free") if run["dry_run"] else run.get("freed")
-            objects = done.get("candidates", done.get("objects", 0)) if done else 0
-            size = done.get("bytes", 0) if done else 0
-            skipped = ", ".join(f"{k}: {v}" for k, v in run.get("skipped", {}).items()) or "-"
-            print(
-                f"{started:<20} {kind:<8} {run['trigger'][:22]:<22} "
-                f"{run['ended'] - run['started']:>8.2f} {objects:>8} {_size(size):>11}  {skipped}"
-            )
+        print(json.dumps(runs, indent=2) if args.json else cliformat.gc_history(runs))
         return 0
     params = {"dry_run": "true"} if args.dry_run else {}
     record = _admin(args, "gc", "POST", **params)
-    if args.json:
-        print(json.dumps(record, indent=2))
-        return 0
-    done = record["would_free"] if args.dry_run else record["freed"]
-    verb = "would free" if args.dry_run else "freed"
-    objects = done.get("candidates", done.get("objects", 0))
-    print(
-        f"gc {verb} {objects} objects, {_size(done['bytes'])} "
-        f"({record['ended'] - record['started']:.2f} s; {record['live']} live objects kept)"
-    )
-    for repo, entry in done.get("by_repository", {}).items():
-        print(f"  {repo:<50} {entry['objects']:>7} objects {_size(entry['bytes']):>11}")
-    for reason, count in record.get("skipped", {}).items():
-        print(f"  skipped {count}: {reason}")
+    print(json.dumps(record, indent=2) if args.json else cliformat.gc_run(record, args.dry_run))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    from . import cliformat
+
     stats = _admin_get(args, "status")
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    by_repo = stats.pop("bytes_by_repository", {})
-    width = max(len(k) for k in stats)
-    for key, value in stats.items():
-        if key.endswith("bytes") and isinstance(value, int):
-            value = f"{_size(value)} ({value})"
-        print(f"{key:<{width}}  {value}")
-    if by_repo:
-        print(f"\n{'repository':<50} {'bytes':>11}")
-        for repo, size in by_repo.items():
-            print(f"{repo:<50} {_size(size):>11}")
+    print(cliformat.status(stats, _server_endpoint(args)[0]))
     return 0

@@ -7,11 +7,13 @@ config/edgecache.toml is the commented reference of the same keys.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ class ConfigError(Exception):
     """An invalid configuration: the message names the key, the value and what was expected."""
 
 
-# section -> key -> (type, default). Types: "str", "bool", "int", "list[str]", "users", "hostport".
+# section -> key -> (type, default). Types: "str", "bool", "int", "list[str]", "users", "hostport",
+# "size" / "size0" (bytes, positive / non-negative: 10G, 512MiB, 1.5GB or a plain integer).
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "server": {
         "listen": ("hostport", "0.0.0.0:5000"),
@@ -38,6 +41,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "send_timeout": ("float", 60.0),
         # A request body that stops arriving for this long gets 408 and the connection closed.
         "body_timeout": ("float", 60.0),
+        # One line per request (server/accesslog.py): "stderr", "off", or a file to append to.
+        "access_log": ("str", "stderr"),
     },
     "auth": {
         "anonymous_pull": ("bool", True),
@@ -48,7 +53,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "htpasswd_file": ("str", ""),
     },
     "limits": {
-        "max_manifest_size": ("int", 4 * 1024 * 1024),
+        "max_manifest_size": ("size", 4 * 1024 * 1024),
         # Open upload sessions (chunked pushes), per client address and in all, and the
         # seconds after which an idle one is removed.
         "max_uploads_per_client": ("int", 64),
@@ -56,7 +61,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "upload_idle_timeout": ("int", 3600),
         # A proxied blob whose size neither a manifest nor the upstream's Content-Length
         # states (a chunked body) is refused past this many bytes.
-        "max_unsized_blob": ("int", 64 << 30),
+        "max_unsized_blob": ("size", 64 << 30),
     },
     "proxy": {
         # Upstream for /v2/<repo>/... requests that carry no ?ns= and name no project (Docker's
@@ -90,8 +95,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
     "eviction": {
         # Bytes the store may hold (0 = no limit) and free disk space to keep (0 = none).
-        "max_store_bytes": ("int0", 0),
-        "min_free_bytes": ("int0", 0),
+        "max_store_bytes": ("size0", 0),
+        "min_free_bytes": ("size0", 0),
         # Eviction starts above high_watermark x max_store_bytes and stops below low.
         "high_watermark": ("fraction", 0.9),
         "low_watermark": ("fraction", 0.8),
@@ -104,11 +109,14 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # Verify stored blobs and manifests in the background; a bad one is quarantined.
         "enabled": ("bool", True),
         # Bytes a second the scrub reads (low: serving comes first).
-        "rate": ("int", 16 * 1024 * 1024),
+        "rate": ("size", 16 * 1024 * 1024),
         # Seconds from the end of one full pass to the start of the next.
         "interval": ("float", 7 * 86400.0),
     },
 }
+
+# Every section a file may hold, for the message that refuses any other.
+SECTIONS = (*SCHEMA, "upstreams")
 
 # [upstreams.<name>] tables: <name> is the project path (/v2/<name>/<repo>) and the ?ns= host.
 UPSTREAM_SCHEMA: dict[str, tuple[str, Any]] = {
@@ -149,6 +157,7 @@ class ServerConfig:
     sendfile: bool
     send_timeout: float = 60.0
     body_timeout: float = 60.0
+    access_log: str = "stderr"
 
     @property
     def tls(self) -> bool:
@@ -292,6 +301,15 @@ def _coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad("a non-negative integer")
         return value
+    if kind in ("size", "size0"):
+        size = parse_size(value)
+        if size is None or (kind == "size" and size == 0):
+            low = "positive" if kind == "size" else "non-negative"
+            raise bad(
+                f"a {low} size in bytes: a number with an optional unit, e.g. 10G, 512MiB or "
+                "1.5GB (K, M, G, T are powers of 1000; KiB, MiB, GiB, TiB of 1024)"
+            )
+        return size
     if kind == "fraction":
         if from_env and isinstance(value, str):
             try:
@@ -348,6 +366,32 @@ def _coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
     raise AssertionError(kind)
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(i?)b?|b)?", re.IGNORECASE)
+_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from 4194304, "4194304", "10G", "512MiB", "1.5GB" or "64 KiB"; None if not a size.
+
+    The units mean what they say: K, M, G, T, P (with or without B) are powers of 1000 as in
+    SI and disk vendors' sizes; KiB, MiB, GiB, TiB, PiB are powers of 1024. Case does not
+    matter ("10g" is 10 GB). A fraction is rounded to the nearest byte.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _SIZE.fullmatch(value.strip())
+    if match is None:
+        return None
+    number, unit, binary = match.groups()
+    base = 1024 if binary else 1000
+    factor = base ** _POWERS[unit.lower()] if unit else 1
+    return int(Decimal(number) * factor + Decimal("0.5"))
+
+
 def parse_hostport(value: str, where: str = "listen") -> tuple[str, int]:
     """'0.0.0.0:5000', '[::1]:5000', ':5000' -> (host, port)."""
     host, sep, port_text = value.rpartition(":")
@@ -363,14 +407,17 @@ def load(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     extra_upstreams: Mapping[str, str] | None = None,
+    base_upstreams: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
     """Defaults < file < EDGECACHE_<SECTION>_<KEY> environment < explicit overrides (CLI flags).
 
     `extra_upstreams` ({name: url}, from `serve --upstream NAME=URL`) add to or replace the
     upstreams of the file (or the embedded defaults when the file names none).
+    `base_upstreams` ({name: table}, a running server's list from its run files) replaces the
+    defaults as a file's [upstreams.*] tables would.
     """
     upstream_tables: dict[str, dict[str, Any]] = {
-        name: dict(table) for name, table in DEFAULT_UPSTREAMS.items()
+        name: dict(table) for name, table in (base_upstreams or DEFAULT_UPSTREAMS).items()
     }
     values: dict[str, dict[str, Any]] = {
         section: {key: default for key, (_, default) in keys.items()}
@@ -381,6 +428,10 @@ def load(
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte {exc.start}): is it the right file?"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         if "upstreams" in raw:
@@ -395,8 +446,16 @@ def load(
                 upstream_tables[name] = table
         for section, table in raw.items():
             if section not in SCHEMA:
+                owners = [name for name, keys in SCHEMA.items() if section in keys]
+                if not isinstance(table, dict) and owners:
+                    raise ConfigError(
+                        f"{section} = {table!r}: a key outside any section; it belongs under "
+                        f"[{owners[0]}]"
+                    )
+                close = difflib.get_close_matches(section, SECTIONS, n=1)
+                hint = f"; did you mean [{close[0]}]?" if close else ""
                 raise ConfigError(
-                    f"[{section}]: unknown section (expected one of {', '.join(SCHEMA)})"
+                    f"[{section}]: unknown section (expected one of {', '.join(SECTIONS)}){hint}"
                 )
             if not isinstance(table, dict):
                 raise ConfigError(f"{section} = {table!r}: expected a [{section}] table")
@@ -415,8 +474,16 @@ def load(
             continue
         rest = name[len("EDGECACHE_") :].lower()
         section, _, key = rest.partition("_")
-        if section not in SCHEMA or key not in SCHEMA[section]:
-            raise ConfigError(f"{name}: unknown setting (expected EDGECACHE_<SECTION>_<KEY>)")
+        if section not in SCHEMA:
+            raise ConfigError(
+                f"{name}: unknown setting (expected EDGECACHE_<SECTION>_<KEY>, SECTION one of "
+                f"{', '.join(s.upper() for s in SCHEMA)}; upstreams only in the config file)"
+            )
+        if key not in SCHEMA[section]:
+            raise ConfigError(
+                f"{name}: unknown setting (expected a key of [{section}]: "
+                f"{', '.join(k.upper() for k in SCHEMA[section])})"
+            )
         kind = SCHEMA[section][key][0]
         if kind == "users":
             raise ConfigError(f"{name}: users can only be set in the config file")
@@ -441,6 +508,10 @@ def load(
         raise ConfigError(
             f"server.alpn = {list(server['alpn'])!r}: expected a non-empty list of "
             f"{' and '.join(_ALPN)}"
+        )
+    if not server["access_log"].strip():
+        raise ConfigError(
+            'server.access_log = \'\': expected "stderr", "off" or the path of a file'
         )
     if bool(server["tls_cert"]) != bool(server["tls_key"]):
         raise ConfigError("server.tls_cert and server.tls_key: expected both or neither")

@@ -116,6 +116,7 @@ class Housekeeper:
             "candidates": summary["candidates"],
             "candidate_bytes": summary["bytes"],
             "live": summary["live"],
+            "kept_young": summary.get("kept_young"),  # see Plan.young
         }
         if dry_run:
             record["would_free"] = summary

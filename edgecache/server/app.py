@@ -24,6 +24,7 @@ from ..store import Store
 from ..store.keys import check_keys
 from ..upstream import Upstream
 from . import admin, proxied, pull, push, zerocopy
+from .accesslog import AccessLog
 from .auth import Authenticator
 from .http import Request
 from .manifest_cache import ManifestCache
@@ -85,6 +86,7 @@ class App:
             in_flight=lambda: {str(d) for d in self.fetcher.inflight},
         )
         self.auth = Authenticator(config.auth)
+        self.access_log = AccessLog(config.server.access_log)
         self.metrics = Metrics(
             lambda: float(store.index.meta_int("store_bytes")),
             lambda: float(zerocopy.ZeroCopyTCPServer.sent_bytes),
@@ -154,6 +156,7 @@ class App:
             self.metrics.observe(
                 req.extra.get("route", "other"), req.method, req.status, time.monotonic() - started
             )
+            self.access_log.record(req, time.monotonic() - started)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

@@ -29,8 +29,10 @@ log = logging.getLogger("edgecache.proxy")
 async def get_manifest(app: App, req: Request, route: Route, target: Target) -> None:
     upstream = app.upstream(target)
     ref = Reference.parse(route.ref or "")
+    req.extra["cache"] = "hit" if app.store.resolve(target.store_repo, route.ref or "") else "miss"
     result = await app.proxy.manifest(target, upstream, ref, head=req.method == "HEAD")
     if result.warning is not None:
+        req.extra["cache"] = "stale"
         req.headers_out["Warning"] = result.warning
         app.metrics.stale_served.labels(upstream.name).inc()
     if result.info is None:
@@ -77,6 +79,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
         await _remote_blob_head(req, upstream, target, digest)
         return
     app.metrics.cache_misses += 1
+    req.extra["cache"] = "joined" if digest in app.fetcher.inflight else "miss"
     fetch, fd = app.fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
     async with reading(fd):
         await fetch.started.wait()
@@ -106,6 +109,7 @@ async def _send_sound(
 ) -> bool:
     """Serve a stored blob; False (nothing sent) when its file failed the check as it was
     opened: it is quarantined, and fetched again, which the caller then joins."""
+    req.extra["cache"] = "hit"
     try:
         await send_stored(app, req, path, size, blob_headers(digest), req.headers.get("range"))
     except StoredFileBad:

@@ -95,8 +95,7 @@ def _chunk_range(req: Request) -> tuple[int | None, int | None]:
     declared = req.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) != length:
         raise errors.RangeNotSatisfiable(
-            f"Content-Range {content_range} covers {length} bytes "
-            f"but Content-Length is {declared}"
+            f"Content-Range {content_range} covers {length} bytes but Content-Length is {declared}"
         )
     return start, length
 

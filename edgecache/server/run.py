@@ -7,17 +7,21 @@ import logging
 import os
 import secrets
 import signal
+import sys
 from pathlib import Path
 
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import Config, parse_hostport
-from ..store import Store
+from ..runfiles import public_config
 from ..store.lock import DataDirInUse, DataDirLock
 from ..upstream import Upstream
+from ..usererror import UserError, data_dir_error, open_store
 from . import connguard
+from .accesslog import AccessLog
 from .app import App
+from .startup import banner, listen_socket
 
 log = logging.getLogger("edgecache.server")
 
@@ -62,20 +66,30 @@ async def serve(config: Config) -> None:
     # Always: it also fixes hypercorn's hang on early answers and adds the connection
     # deadlines; the app decides whether to use the sendfile extension (server.sendfile).
     connguard.install()
+    data = Path(config.server.data)
     # Before anything touches the directory: the start-up sweep would delete a running
     # server's temp files, and the finally below its run/server.json.
     try:
-        data_lock = DataDirLock.acquire(Path(config.server.data), "edgecache serve")
+        data_lock = DataDirLock.acquire(data, "edgecache serve")
     except DataDirInUse as exc:
-        raise SystemExit(
-            f"edgecache: {exc}; stop it first, or give this server another data directory"
+        raise UserError(
+            f"{exc}; stop it first, or give this server another data directory"
         ) from None
     except OSError as exc:  # a file, or not writable: the first place this shows
-        raise SystemExit(
-            f"edgecache: cannot use data directory {config.server.data}: "
-            f"{exc.strerror or exc} ({exc.filename})"
-        ) from None
-    store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data, sweep=True))
+        raise data_dir_error(data, exc) from None
+    try:
+        store = await trio.to_thread.run_sync(lambda: open_store(data, sweep=True))
+        try:
+            AccessLog(config.server.access_log).close()  # a bad path fails here, not per request
+            sock = listen_socket(config.server.listen)
+        except BaseException:
+            store.close()
+            raise
+    except BaseException:
+        data_lock.release()
+        raise
+    hc = _hypercorn_config(config)
+    hc.bind = [f"fd://{sock.detach()}"]
     run_dir = store.layout.run
     token = secrets.token_urlsafe(32)
     _write_private(run_dir / "admin-token", token + "\n")
@@ -95,21 +109,18 @@ async def serve(config: Config) -> None:
             app = App(config, store, token, nursery, upstreams)
             await nursery.start(app.housekeeper.run)
             nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
-            binds = await nursery.start(
-                _serve_until_signal, app, _hypercorn_config(config), nursery.cancel_scope
-            )
+            binds = await nursery.start(_serve_until_signal, app, hc, nursery.cancel_scope)
             url = _connectable(binds[0])
-            _write_private(
-                server_file,
-                json.dumps({"url": url, "pid": os.getpid(), "tls": config.server.tls}) + "\n",
-            )
-            log.info("edgecache serving %s (data %s)", url, store.layout.root)
+            info = {"url": url, "pid": os.getpid(), "tls": config.server.tls}
+            _write_private(server_file, json.dumps(info | public_config(config)) + "\n")
+            print(banner(config, binds[0], store.layout.root), file=sys.stderr, flush=True)
     finally:
         with trio.CancelScope(shield=True):
             for upstream in upstreams.values():
                 await upstream.aclose()
             if app is not None:
                 await app.housekeeper.flush_access()
+                app.access_log.close()
         server_file.unlink(missing_ok=True)
         store.close()
         data_lock.release()

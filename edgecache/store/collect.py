@@ -47,6 +47,10 @@ class Plan:
     # flight are roots), or eviction could not free what was pulled in the last hour; unlinked
     # content was deleted or evicted on purpose.
     graced: set[str] = field(default_factory=set)
+    # Content kept only because it is inside the grace window (digest -> size), and when the
+    # last of it leaves the window: what `edgecache gc` tells an operator who freed nothing.
+    young: dict[str, int] = field(default_factory=dict)
+    young_until: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         per_repo: dict[str, dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0})
@@ -60,6 +64,11 @@ class Plan:
             "bytes": sum(self.candidates.values()),
             "live": self.live,
             "by_repository": dict(sorted(per_repo.items())),
+            "kept_young": {
+                "objects": len(self.young),
+                "bytes": sum(self.young.values()),
+                "until": self.young_until,
+            },
         }
 
 
@@ -122,23 +131,34 @@ def mark(
     def graced(digest: str) -> bool:
         return any(not is_proxied(repo) for repo in linked_in.get(digest, ()))
 
+    young_roots: dict[str, float] = {}  # young root -> when it leaves the grace window
     for digest, record in blobs.items():
-        young = max(record.get("created", 0), record.get("ref", 0)) >= young_before
-        if record.get("pinned") or (young and graced(digest)):
+        born = max(record.get("created", 0), record.get("ref", 0))
+        if record.get("pinned"):
             roots.add(digest)
+        elif born >= young_before and graced(digest):
+            young_roots[digest] = born + grace
+
+    def reach(start: Iterable[str], live: set[str]) -> None:
+        stack = list(start)
+        while stack:
+            digest = stack.pop()
+            if digest in live:
+                continue
+            live.add(digest)
+            children = manifests.get(digest)
+            if children is not None:
+                stack.extend(children["blobs"])
+                stack.extend(children["manifests"])
+            stack.extend(referrers.get(digest, ()))
 
     live: set[str] = set()
-    stack = list(roots)
-    while stack:
-        digest = stack.pop()
-        if digest in live:
-            continue
-        live.add(digest)
-        children = manifests.get(digest)
-        if children is not None:
-            stack.extend(children["blobs"])
-            stack.extend(children["manifests"])
-        stack.extend(referrers.get(digest, ()))
+    reach(roots, live)
+    # Then from the young roots alone: what they add is kept only by the grace window.
+    old_live = set(live)
+    reach(young_roots, live)
+    young = {d: int(blobs[d]["size"]) for d in live - old_live if d in blobs}
+    until = max((t for d, t in young_roots.items() if d not in old_live), default=0.0)
 
     candidates = {d: int(r["size"]) for d, r in blobs.items() if d not in live}
     links = {d: linked_in[d] for d in candidates if d in linked_in}
@@ -149,6 +169,8 @@ def mark(
         live=len(live & blobs.keys()),
         gen=gen,
         graced={d for d in candidates if graced(d)},
+        young=young,
+        young_until=until,
     )
 
 

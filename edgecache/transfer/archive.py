@@ -185,13 +185,20 @@ class _Capped:
     """Decompressed output, refused once it outgrows `max_ratio` x the input read so far
     (checked against the whole file size too, so a bomb is stopped early)."""
 
-    def __init__(self, inner: Any, counting: _Counting, limits: Limits, total: int, label: str):
+    def __init__(
+        self, inner: Any, counting: _Counting, limits: Limits, total: int | None, label: str
+    ):
         self.inner = inner
         self.counting = counting
-        self.cap = max(limits.ratio_floor, total * limits.max_ratio)
+        self.total = total  # None: a pipe, judged on what was read so far
         self.limits = limits
         self.label = label
         self.out = 0
+
+    @property
+    def cap(self) -> int:
+        read = self.counting.count if self.total is None else self.total
+        return max(self.limits.ratio_floor, read * self.limits.max_ratio)
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self.inner.read(n)
@@ -301,39 +308,111 @@ def input_size(path: Path) -> int:
     return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(path) for f in files)
 
 
+class _Prepended:
+    """A pipe whose first bytes were already read (to tell its format): they come first.
+
+    Reads are filled up to `n` bytes (or the end): a pipe hands over what it has, while
+    tarfile takes a short read for the end of the data.
+    """
+
+    def __init__(self, head: bytes, raw: IO[bytes]) -> None:
+        self.head, self.raw = head, raw
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            data, self.head = self.head + self.raw.read(), b""
+            return data
+        parts = [self.head[:n]]
+        self.head = self.head[n:]
+        got = len(parts[0])
+        while got < n:
+            chunk = self.raw.read(n - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+
+class _ReadOnly:
+    """Only `read`: over a pipe, _Forward must read what it skips instead of seeking."""
+
+    def __init__(self, inner: _Counting) -> None:
+        self.read = inner.read
+
+
 def _tar_members(path: Path, limits: Limits, progress: Progress | None) -> Iterator[Member]:
     label = str(path)
     with open(path, "rb", buffering=0) as raw:
-        head = raw.read(512)
-        raw.seek(0)
+        head = _Prepended(b"", raw).read(512)
+        # A pipe (`preload /dev/stdin < x.tar`, `<(zcat ...)`) cannot seek: it is read
+        # straight through, without the pread path, and its size is unknown in advance.
+        seekable = raw.seekable()
+        if seekable:
+            raw.seek(0)
         for magic, name in _UNSUPPORTED_MAGIC.items():
             if head.startswith(magic):
                 raise TransferError(
                     f"{label}: {name}-compressed input is not supported (plain, gzip or zstd)"
                 )
-        counting: Any = _Counting(raw, progress)
+        source: Any = raw if seekable else _Prepended(head, raw)
+        counting: Any = _Counting(source, progress)
+        size = path.stat().st_size if seekable else None
         kind = compression_of(head)
-        stream: Any = counting
+        stream: Any = counting if seekable else _ReadOnly(counting)
         if kind == "gzip":
             stream = _Capped(gzip.GzipFile(fileobj=counting, mode="rb"), counting, limits,
-                             path.stat().st_size, label)  # fmt: skip
+                             size, label)  # fmt: skip
         elif kind == "zstd":
             import zstandard
 
             reader = zstandard.ZstdDecompressor().stream_reader(counting, read_across_frames=True)
-            stream = _Capped(reader, counting, limits, path.stat().st_size, label)
-        elif head[257:262] != b"ustar" and len(head) >= 262:
-            raise TransferError(f"{label}: not a tar archive, gzip or zstd file, nor a directory")
-        yield from _walk_tar(stream, label, limits, counting if kind == "none" else None)
+            stream = _Capped(reader, counting, limits, size, label)
+        plain = counting if kind == "none" and seekable else None
+        yield from _walk_tar(stream, label, limits, plain, kind)
 
 
-def _walk_tar(stream: Any, label: str, limits: Limits, plain: _Counting | None) -> Iterator[Member]:
+def _not_a_tar(head: bytes, label: str, kind: str) -> TransferError | None:
+    """Why the first block of the (decompressed) input is no tar header, if it is not.
+
+    Told before tarfile sees it: a text file given by mistake would otherwise be reported as
+    a truncated or damaged tar, which sends the operator looking for a download gone wrong.
+    """
+    inside = "" if kind == "none" else f"{kind} data whose content is "
+    expected = "expected a docker save or OCI layout tar (plain, gzip or zstd) or a directory"
+    if not head:
+        return TransferError(f"{label}: {inside or 'an '}empty file, not a tar archive: {expected}")
+    if len(head) < tarfile.BLOCKSIZE:
+        return TransferError(
+            f"{label}: {inside}not a tar archive ({len(head)} bytes, shorter than one tar "
+            f"header): {expected}"
+        )
+    if not head.strip(b"\0"):
+        return TransferError(f"{label}: {inside}not a tar archive (an empty first block, no "
+                             f"entries): {expected}")  # fmt: skip
+    try:
+        tarfile.TarInfo.frombuf(head[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return TransferError(f"{label}: {inside}not a tar archive: {expected}")
+    return None
+
+
+def _walk_tar(
+    stream: Any, label: str, limits: Limits, plain: _Counting | None, kind: str = "none"
+) -> Iterator[Member]:
     last = "the start"
+    forward = _Forward(stream)
+    with _translated(label, "at the start"):
+        head = forward.read(tarfile.BLOCKSIZE)
+        forward.seek(0)
+    problem = _not_a_tar(head, label, kind)
+    if problem is not None:
+        raise problem
     with _translated(label, "at the start"):
         # Random-access mode over a forward-only view: tarfile's stream mode ("r|") re-joins
         # its buffer on every read and ran at 110 MB/s; this reads each chunk once.
         # Closed with the underlying file by the caller's `with open(...)`.
-        tar = tarfile.TarFile(fileobj=_Forward(stream), mode="r")  # type: ignore[arg-type]
+        tar = tarfile.TarFile(fileobj=forward, mode="r")  # type: ignore[arg-type]
     count = 0
     members = iter(tar)
     while True:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..config import Config
 from .errors import TransferError
 
 DEFAULT_DATA = "./edgecache-data"
@@ -16,7 +17,19 @@ def _data(args: argparse.Namespace) -> Path:
         return Path(args.data)
     from ..config import load
 
-    return Path(load().server.data)
+    return Path(load(args.config).server.data)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from ..runfiles import cli_config
+
+    return cli_config(args.config, _data(args))
+
+
+_CONFIG_HELP = (
+    "the server's config, for its upstream names and aliases (default: the running "
+    "server's, from <data>/run/server.json, else the embedded defaults)"
+)
 
 
 def add_preload_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,7 +40,11 @@ def add_preload_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "directory or a tar with index.json), plain, gzip or zstd compressed. Works with the "
         "server running or stopped. Names are Docker references, stored fully qualified "
         "(nginx:1.27 -> docker.io/library/nginx:1.27), the repository the pull-through cache "
-        "uses. Repeating an import writes nothing; a killed import resumes where it stopped.",
+        "uses (through the config's upstreams: a name whose registry is an upstream's name, "
+        "alias or URL host lands in that upstream's repository). A FILE may be a pipe "
+        "(/dev/stdin). Repeating an import writes nothing; a killed import resumes where it "
+        "stopped. The summary counts manifests (indexes and platform manifests) and blobs "
+        "(configs and layers), each once, as export does.",
     )
     p.add_argument("--data", metavar="DIR", help=f"data directory (default {DEFAULT_DATA})")
     p.add_argument("files", metavar="FILE", nargs="+", help="archive or layout directory")
@@ -35,8 +52,12 @@ def add_preload_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "--as",
         dest="rename",
         metavar="NAME:TAG",
-        help="store the (single) image as this repository and tag, taken literally",
+        help="store the (single) image under this name: as clients pull it from this "
+        "edgecache (team/app:1.0, or a project path such as lab/team/app:1.0 through an "
+        "upstream's name or alias), or as a Docker reference to an upstream named host:port "
+        "(registry.lab:5000/team/app:1.0)",
     )
+    p.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
     p.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
@@ -49,15 +70,19 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p = sub.add_parser(
         "export",
         help="write images from the store to a tar",
-        description="Write images (NAME:TAG or NAME@DIGEST, as stored, e.g. "
-        "docker.io/library/nginx:1.27 or nginx:1.27) to an OCI-layout tar, or with "
-        "--format docker a tar that docker load also reads. `edgecache preload` of the "
-        "result restores the same digests.",
+        description="Write images (NAME:TAG or NAME@DIGEST: as stored, e.g. "
+        "docker.io/library/nginx:1.27, as Docker names them, e.g. nginx:1.27 or "
+        "127.0.0.1:5001/lab/app:1.0, or by a project path through an upstream's alias, e.g. "
+        "lab/team/app:1.0) to an OCI-layout tar, or with --format docker a tar that docker "
+        "load also reads. `edgecache preload` of the result restores the same digests. "
+        "The summary counts manifests (indexes and platform manifests) and blobs (configs "
+        "and layers), each once, as preload does. -o may be a pipe (/dev/stdout).",
     )
     p.add_argument("--data", metavar="DIR", help=f"data directory (default {DEFAULT_DATA})")
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="tar file to write")
     p.add_argument("--format", choices=["oci", "docker"], default="oci")
+    p.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
 
 
 def run_preload(args: argparse.Namespace) -> int:
@@ -65,11 +90,22 @@ def run_preload(args: argparse.Namespace) -> int:
 
     try:
         summary = preload(
-            _data(args), [Path(f) for f in args.files], rename=args.rename, pin=args.pin
+            _data(args),
+            [Path(f) for f in args.files],
+            rename=args.rename,
+            pin=args.pin,
+            config=_config(args),
         )
     except TransferError as exc:
         print(f"edgecache preload: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "edgecache preload: interrupted; nothing of the unfinished input was published "
+            "(run the same command again: it resumes after the blobs already verified)",
+            file=sys.stderr,
+        )
+        return 130
     for name, digest in summary.images:
         print(f"{name} {digest}")
     print(f"preloaded {summary.line()}")
@@ -80,10 +116,17 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import export
 
     try:
-        summary = export(_data(args), args.images, Path(args.output), fmt=args.format)
+        summary = export(
+            _data(args), args.images, Path(args.output), fmt=args.format, config=_config(args)
+        )
     except TransferError as exc:
         print(f"edgecache export: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        output = Path(args.output)
+        what = "was not written" if output.is_file() or not output.exists() else "is incomplete"
+        print(f"edgecache export: interrupted; {output} {what}", file=sys.stderr)
+        return 130
     for name, digest in summary.images:
         print(f"{name} {digest}")
     print(f"exported {summary.line()} to {args.output}")

@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
+from ..config import Config, load
 from ..oci import mediatypes as mt
 from ..oci.digest import Digest
 from ..oci.errors import OCIError
 from ..oci.manifest import Manifest, parse_manifest
 from ..store import Store
+from ..usererror import open_store, output_file_error, writable_output
 from .errors import TransferError
-from .names import familiar, literal, normalize
+from .names import familiar, literal, normalize, store_repository
 from .oci_layout import CONTAINERD_NAME, EDGECACHE_NAME, REF_NAME
-from .plan import must_carry
+from .plan import counted, must_carry
 from .progress import Progress, human_bytes
 
 _LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -46,11 +48,22 @@ class _Image:
 @dataclass
 class ExportSummary:
     images: list[tuple[str, Digest]] = field(default_factory=list)
+    manifest_digests: frozenset[Digest] = frozenset()
+    manifests: int = 0  # written so far, counted as preload counts them (plan.counted)
     blobs: int = 0
-    bytes: int = 0
+    bytes: int = 0  # everything written: manifests, configs and layers
+
+    def add(self, digest: Digest, size: int) -> None:
+        if digest in self.manifest_digests:
+            self.manifests += 1
+        else:
+            self.blobs += 1
+        self.bytes += size
 
     def line(self) -> str:
-        return f"{len(self.images)} images, {self.blobs} blobs, {human_bytes(self.bytes)}"
+        return (
+            f"{counted(len(self.images), self.manifests, self.blobs)} ({human_bytes(self.bytes)})"
+        )
 
 
 def _parse_ref(ref: str) -> tuple[str, str]:
@@ -62,10 +75,20 @@ def _parse_ref(ref: str) -> tuple[str, str]:
     return image.repo, image.tag
 
 
+def _candidates(config: Config, name: str) -> list[str]:
+    """Where IMAGE may be stored, most literal first: as given, through the config's
+    upstreams (a project path or a registry host:port), as Docker reads the name."""
+    docker = normalize(name, "IMAGE").repo
+    found = [name, store_repository(config, name), docker, store_repository(config, docker)]
+    return list(dict.fromkeys(found))
+
+
 class _Collector:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, config: Config) -> None:
         self.store = store
+        self.config = config
         self.blobs: dict[Digest, tuple[str, int]] = {}  # digest -> (repo, size), in order
+        self.manifests: set[Digest] = set()  # which of those are manifests
 
     def _manifest(self, repo: str, reference: str, what: str) -> tuple[Digest, bytes, Manifest]:
         info = self.store.manifest(repo, reference)
@@ -79,21 +102,21 @@ class _Collector:
 
     def image(self, ref: str) -> _Image:
         name, reference = _parse_ref(ref)
-        repo = name
-        if self.store.resolve(repo, reference) is None:
-            # Also the name as Docker reads it: `nginx:1.27` is docker.io/library/nginx here.
-            repo = normalize(name, "IMAGE").repo
-            if self.store.resolve(repo, reference) is None:
-                tried = name if repo == name else f"{name} and {repo}"
-                raise TransferError(f"{ref}: not in the store (looked for {tried})")
+        tried = _candidates(self.config, name)
+        repo = next((r for r in tried if self.store.resolve(r, reference) is not None), None)
+        if repo is None:
+            looked = ", ".join(tried[:-1]) + " and " + tried[-1] if len(tried) > 1 else tried[0]
+            raise TransferError(f"{ref}: not in the store (looked for {looked})")
         digest, data, manifest = self._manifest(repo, reference, ref)
         self.blobs[digest] = (repo, len(data))
+        self.manifests.add(digest)
         config_child = None if manifest.is_index else manifest
         for child in manifest.manifests:
             _, child_data, child_manifest = self._manifest(
                 repo, str(child.digest), f"{ref}: platform {_platform(child.platform)}"
             )
             self.blobs[child.digest] = (repo, len(child_data))
+            self.manifests.add(child.digest)
             self._blobs(repo, child_manifest, ref)
             if config_child is None or _platform(child.platform) == "linux/amd64":
                 config_child = child_manifest
@@ -181,38 +204,67 @@ def export(
     fmt: str = "oci",
     err: TextIO | None = None,
     tty: bool | None = None,
+    config: Config | None = None,
 ) -> ExportSummary:
     if fmt not in ("oci", "docker"):
         raise TransferError(f"--format {fmt!r}: expected oci or docker")
-    if not (data / "index").is_dir():
-        raise TransferError(f"{data} is not an edgecache data directory")
-    store = Store.open(data)
+    writable_output(output)  # before minutes of work, not after
+    store = open_store(data, existing=True)
     try:
-        collector = _Collector(store)
+        collector = _Collector(store, config if config is not None else load(env={}))
         images = [collector.image(ref) for ref in refs]
         summary = ExportSummary(
-            [(f"{i.repo}:{i.tag}" if i.tag else f"{i.repo}@{i.digest}", i.digest) for i in images]
+            [(f"{i.repo}:{i.tag}" if i.tag else f"{i.repo}@{i.digest}", i.digest) for i in images],
+            frozenset(collector.manifests),
         )
         total = sum(size for _, size in collector.blobs.values())
         progress = Progress(f"export {output.name}", total, out=err or sys.stderr, tty=tty)
-        part = output.with_name(output.name + ".part")
-        with tarfile.TarFile(part, "w", format=tarfile.PAX_FORMAT, copybufsize=1 << 20) as tar:
-            meta = [("oci-layout", _LAYOUT), ("index.json", _index(images))]
-            if fmt == "docker":
-                meta.append(("manifest.json", _docker_manifest(images)))
-            for name, content in meta:
-                tar.addfile(_info(name, len(content)), io.BytesIO(content))
-            for digest, (_, size) in collector.blobs.items():
-                path = store.layout.blob_path(digest)
-                with open(path, "rb") as f:
-                    tar.addfile(_info(f"blobs/{digest.algorithm}/{digest.hex}", size),
-                                _Reading(f, progress))  # type: ignore[arg-type]  # fmt: skip
-                summary.blobs += 1
-                summary.bytes += size
-        with open(part, "rb") as f:
-            os.fsync(f.fileno())
-        os.rename(part, output)
-        progress.finish()
+        # A pipe, a device or a symlink (-o /dev/stdout, a fifo read by `docker load`) is
+        # written straight through: renaming a finished file over it would replace the link
+        # or the fifo itself (/dev/stdout is a symlink to /proc/self/fd/1).
+        stream = output.is_symlink() or (output.exists() and not output.is_file())
+        part = output if stream else output.with_name(output.name + ".part")
+        try:
+            with progress, _open_tar(part, stream) as tar:
+                _write(tar, store, images, collector, fmt, progress, summary)
+            if not stream:
+                with open(part, "rb") as f:
+                    os.fsync(f.fileno())
+                os.rename(part, output)
+        except BaseException as exc:  # Ctrl-C too: no .part left to be mistaken for an export
+            if not stream:
+                part.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.filename in (str(part), str(output), None):
+                raise output_file_error(output, exc) from None
+            raise
         return summary
     finally:
         store.close()
+
+
+def _open_tar(path: Path, stream: bool) -> tarfile.TarFile:
+    if stream:  # "w|": a pipe cannot tell() where it is, which the random-access writer asks
+        return tarfile.open(path, "w|", format=tarfile.PAX_FORMAT)
+    return tarfile.TarFile(path, "w", format=tarfile.PAX_FORMAT, copybufsize=1 << 20)
+
+
+def _write(
+    tar: tarfile.TarFile,
+    store: Store,
+    images: list[_Image],
+    collector: _Collector,
+    fmt: str,
+    progress: Progress,
+    summary: ExportSummary,
+) -> None:
+    meta = [("oci-layout", _LAYOUT), ("index.json", _index(images))]
+    if fmt == "docker":
+        meta.append(("manifest.json", _docker_manifest(images)))
+    for name, content in meta:
+        tar.addfile(_info(name, len(content)), io.BytesIO(content))
+    for digest, (_, size) in collector.blobs.items():
+        path = store.layout.blob_path(digest)
+        with open(path, "rb") as f:
+            tar.addfile(_info(f"blobs/{digest.algorithm}/{digest.hex}", size),
+                        _Reading(f, progress))  # type: ignore[arg-type]  # fmt: skip
+        summary.add(digest, size)

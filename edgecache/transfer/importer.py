@@ -17,15 +17,17 @@ from typing import TextIO
 
 import trio
 
+from ..config import Config, load
 from ..oci.digest import Digest
 from ..oci.errors import OCIError
 from ..store import Store
 from ..store.files import publish_file
+from ..usererror import open_store
 from . import docker_save, oci_layout
 from .archive import Limits, input_size, iter_members
 from .errors import TransferError
-from .names import ImageName, literal
-from .plan import ImagePlan, ManifestDoc
+from .names import ImageName, in_store, literal
+from .plan import ImagePlan, ManifestDoc, counted
 from .progress import Progress, human_bytes
 from .spool import Inventory, Spool, Spooled
 
@@ -33,6 +35,7 @@ from .spool import Inventory, Spool, Spooled
 @dataclass
 class Summary:
     images: list[tuple[str, Digest]] = field(default_factory=list)  # "repo:tag", manifest
+    manifests: set[Digest] = field(default_factory=set)  # distinct manifests and indexes
     blobs: set[Digest] = field(default_factory=set)  # distinct configs and layers
     new_blobs: int = 0
     new_bytes: int = 0
@@ -40,8 +43,9 @@ class Summary:
 
     def line(self) -> str:
         return (
-            f"{len(self.images)} images, {len(self.blobs)} blobs: {self.new_blobs} new "
-            f"({human_bytes(self.new_bytes)}), {self.skipped} already stored (skipped)"
+            f"{counted(len(self.images), len(self.manifests), len(self.blobs))} "
+            f"({self.new_blobs} new, {human_bytes(self.new_bytes)}; {self.skipped} already "
+            "stored)"
         )
 
 
@@ -54,16 +58,21 @@ def preload(
     err: TextIO | None = None,
     tty: bool | None = None,
     limits: Limits | None = None,
+    config: Config | None = None,
 ) -> Summary:
-    """Import `files` into the store at `data`; raises TransferError on bad input."""
+    """Import `files` into the store at `data`; raises TransferError on bad input.
+
+    `config` maps names to the repositories the server serves them from (names.py); by
+    default the embedded one."""
     err = err if err is not None else sys.stderr
+    config = config if config is not None else load(env={})
     target = literal(rename, "--as") if rename is not None else None
     if target is not None and len(files) != 1:
         raise TransferError("--as names one image: give exactly one FILE with it")
     for path in files:
         if not path.exists():
             raise TransferError(f"{path}: no such file or directory")
-    store = Store.open(data)
+    store = open_store(data)
     spool = Spool(store)
     summary = Summary()
     try:
@@ -71,7 +80,7 @@ def preload(
         for path in files:
             plans = _read(store, spool, path, target, limits or Limits(), err, tty)
             for plan in plans:
-                _publish(store, plan, pin, summary)
+                _publish(store, plan, pin, summary, config)
         spool.sweep()
     except TransferError:
         spool.sweep()
@@ -92,12 +101,11 @@ def _read(
     tty: bool | None,
 ) -> list[ImagePlan]:
     inv = Inventory(str(path))
-    progress = Progress(f"preload {path.name}", input_size(path), out=err, tty=tty)
-    for member in iter_members(path, limits, progress):
-        spool.add(inv, member)
-    spool.settle(inv)
-    spool.drain()
-    progress.finish()
+    with Progress(f"preload {path.name}", input_size(path), out=err, tty=tty) as progress:
+        for member in iter_members(path, limits, progress):
+            spool.add(inv, member)
+        spool.settle(inv)
+        spool.drain()
     if "index.json" in inv.meta:
         return oci_layout.plans(inv, rename, spool.known)
     if "manifest.json" in inv.meta:
@@ -108,13 +116,15 @@ def _read(
     )
 
 
-def _publish(store: Store, plan: ImagePlan, pin: bool, summary: Summary) -> None:
-    for name in plan.names:
+def _publish(store: Store, plan: ImagePlan, pin: bool, summary: Summary, config: Config) -> None:
+    for name in dict.fromkeys(in_store(config, n, plan.origin) for n in plan.names):
         for blob in plan.blobs:
             _put_blob(store, name.repo, blob, pin, summary, plan.origin)
         for child in plan.children:
             _put_manifest(store, name.repo, child, None, pin, plan.origin)
+            summary.manifests.add(child.digest)
         _put_manifest(store, name.repo, plan.top, name.tag, pin, plan.origin)
+        summary.manifests.add(plan.top.digest)
         summary.images.append((str(name), plan.top.digest))
 
 

@@ -7,14 +7,28 @@ pull-through cache uses for the same image (`<upstream>/<repo>`, cache/routing.p
 node that mirrors docker.io through edgecache (`?ns=docker.io`) pulls `nginx:1.27` from
 `docker.io/library/nginx`, and `skopeo copy docker://edge/docker.io/library/nginx:1.27` reaches
 it through the project path. `--as NAME:TAG` is taken literally (it names a repository here).
+
+Registries with a port are first-class: `registry.lab:5000/team/app:1.0` is the repository
+`registry.lab:5000/team/app`, the one the cache fills for an upstream named `registry.lab:5000`
+(containerd pulls it with `?ns=registry.lab:5000`). A ':' is not allowed in a repository name
+on the wire, but the cache's own repositories are `<upstream name>/<repo>` and an upstream may be
+named host:port, so such names are valid here (`validate_store_repository`).
+
+Then `store_repository` maps a name through the config exactly as the server routes a project
+path: a first component that is an upstream's name, alias or URL host (`lab/team/app` with
+`aliases = ["lab"]`, or `127.0.0.1:5001/team/app` for an upstream at that address) becomes
+that upstream's repository (`registry.lab:5000/team/app`), so that what is preloaded is what
+the server serves and what the server cached is what `export` finds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..oci.errors import OCIError
-from ..oci.names import validate_repository, validate_tag
+from ..cache.routing import remote_name
+from ..config import Config
+from ..oci.errors import NameInvalid, OCIError
+from ..oci.names import MAX_NAME_LENGTH, validate_repository, validate_tag
 from .errors import TransferError
 
 DOCKER_HUB = "docker.io"
@@ -40,9 +54,30 @@ def _split(ref: str) -> tuple[str, str | None]:
     return ref, None
 
 
+def validate_store_repository(repo: str) -> str:
+    """A repository name, whose first component may also be a registry `host:port`."""
+    first, sep, rest = repo.partition("/")
+    host, colon, port = first.partition(":")
+    if not colon:
+        return validate_repository(repo)
+    if not sep:
+        raise NameInvalid(f"invalid repository name {repo!r}: a registry {first!r} and no path")
+    if not port.isdigit() or len(port) > 5 or int(port) > 65535:
+        raise NameInvalid(
+            f"invalid repository name {repo!r}: component 1 {first!r}: expected HOST:PORT "
+            "with a port from 0 to 65535"
+        )
+    validate_repository(f"{host}/{rest}")
+    if len(repo) > MAX_NAME_LENGTH:
+        raise NameInvalid(
+            f"repository name is {len(repo)} characters long, the limit is {MAX_NAME_LENGTH}"
+        )
+    return repo
+
+
 def _checked(repo: str, tag: str, origin: str) -> ImageName:
     try:
-        return ImageName(validate_repository(repo), validate_tag(tag))
+        return ImageName(validate_store_repository(repo), validate_tag(tag))
     except OCIError as exc:
         raise TransferError(f"{origin}: {exc.message}") from None
 
@@ -55,11 +90,6 @@ def normalize(ref: str, origin: str) -> ImageName:
         domain, path = first, rest
     else:
         domain, path = DOCKER_HUB, name
-    if ":" in domain:
-        raise TransferError(
-            f"{origin}: {ref!r} names a registry with a port ({domain}), which cannot be part "
-            "of a repository name; give the image a name with --as NAME:TAG"
-        )
     if domain in _HUB_ALIASES:
         domain = DOCKER_HUB
         if "/" not in path:
@@ -79,3 +109,18 @@ def familiar(repo: str) -> str:
         path = repo[len(DOCKER_HUB) + 1 :]
         return path.removeprefix("library/") if path.count("/") == 1 else path
     return repo
+
+
+def store_repository(config: Config, repo: str) -> str:
+    """The repository the server keeps `repo` in: through an upstream its first component
+    names (cache/routing.py's project path), else `repo` itself."""
+    first, sep, rest = repo.partition("/")
+    upstream = config.upstream_for(first) if sep else None
+    if upstream is None:
+        return repo
+    return f"{upstream.name}/{remote_name(upstream, rest)}"
+
+
+def in_store(config: Config, name: ImageName, origin: str) -> ImageName:
+    repo = store_repository(config, name.repo)
+    return name if repo == name.repo else _checked(repo, name.tag, origin)

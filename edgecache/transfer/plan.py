@@ -43,3 +43,16 @@ _NONDISTRIBUTABLE = ("foreign", "nondistributable")
 
 def must_carry(media_type: str) -> bool:
     return not any(marker in media_type for marker in _NONDISTRIBUTABLE)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def counted(images: int, manifests: int, blobs: int) -> str:
+    """How preload and export count what they moved, in the same words.
+
+    Manifests are image manifests and indexes with their platform manifests; blobs are
+    configs and layers. Both are counted once however many images share them.
+    """
+    return f"{plural(images, 'image')}: {plural(manifests, 'manifest')}, {plural(blobs, 'blob')}"

@@ -1,7 +1,11 @@
 """Progress of a long import or export: a redrawn bar on a terminal, log lines elsewhere.
 
 A bar full of carriage returns is noise in a CI log or a journal, and silence for ten minutes
-looks like a hang; so off a terminal a plain line is printed every `interval` seconds.
+looks like a hang; so off a terminal a plain line is printed every `interval` seconds (never a
+carriage return). On a terminal the bar is redrawn in place with `\r` and always ends with a
+newline before anything else is printed: at the end, and also when the work stops early (bad
+input, Ctrl-C), so that the error does not run into the bar. Use it as a context manager;
+after it closes, late `advance` calls from worker threads draw nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from types import TracebackType
 from typing import TextIO
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -47,6 +52,32 @@ class Progress:
         self.started = time.monotonic()
         self._last = self.started
         self._lock = threading.Lock()  # entries are read by several threads at once
+        self._drawn = False  # a bar is on the terminal's current line
+        self._closed = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.finish()
+        else:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Stop without a summary: end the bar's line so that a message can follow."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._drawn:
+                self.out.write("\n")
+                self.out.flush()
 
     @property
     def rate(self) -> float:
@@ -57,7 +88,7 @@ class Progress:
         with self._lock:
             self.done += n
             now = time.monotonic()
-            if now - self._last >= self.interval:
+            if now - self._last >= self.interval and not self._closed:
                 self._last = now
                 self._show(final=False)
 
@@ -74,22 +105,30 @@ class Progress:
 
     def _show(self, *, final: bool) -> None:
         if self.tty:
-            share = min(self.done / self.total, 1.0) if self.total else 0.0
-            filled = int(share * 24)
-            bar = "#" * filled + "." * (24 - filled)
+            bar = ""
+            if self.total:  # a pipe's size is unknown: no bar that would stay empty
+                filled = int(min(self.done / self.total, 1.0) * 24)
+                bar = " [" + "#" * filled + "." * (24 - filled) + "]"
             end = "\n" if final else ""
-            self.out.write(f"\r\x1b[K{self.label} [{bar}] {self._line()}{end}")
+            self.out.write(f"\r\x1b[K{self.label}{bar} {self._line()}{end}")
+            self._drawn = not final
         else:
             self.out.write(f"{self.label}: {self._line()}\n")
         self.out.flush()
 
     def finish(self) -> None:
-        elapsed = time.monotonic() - self.started
-        if self.tty:
-            self._show(final=True)
-        else:
-            self.out.write(
-                f"{self.label}: {human_bytes(self.done)} in {elapsed:.1f}s "
-                f"({human_bytes(self.rate)}/s)\n"
-            )
-            self.out.flush()
+        """The last line: everything was read (a tar's padding and end blocks too)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.done = max(self.done, self.total)
+            elapsed = time.monotonic() - self.started
+            if self.tty:
+                self._show(final=True)
+            else:
+                self.out.write(
+                    f"{self.label}: {human_bytes(self.done)} in {elapsed:.1f}s "
+                    f"({human_bytes(self.rate)}/s)\n"
+                )
+                self.out.flush()

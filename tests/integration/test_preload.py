@@ -80,7 +80,7 @@ def test_docker_archive_from_skopeo_pulls_by_tag(image: str, tmp_path: Path) -> 
     with server:  # imported while the server runs on the same data directory
         out = preload(server.data, archive).stdout
         digest = reported(out)["docker.io/library/nginx:1.27"]
-        assert "preloaded 1 images, 4 blobs" in out
+        assert "preloaded 1 image: 1 manifest, 4 blobs (4 new" in out
         raw = skopeo("inspect", "--raw", "--tls-verify=false",
                      f"docker://{server.host}/docker.io/library/nginx:1.27")  # fmt: skip
         assert sha256_of(raw.encode()) == digest
@@ -135,7 +135,7 @@ def test_second_preload_writes_nothing(image: str, tmp_path: Path) -> None:
     files = {p: p.stat().st_mtime_ns for p in (data / "blobs").rglob("*") if p.is_file()}
     second = preload(data, archive).stdout
     assert reported(first) == reported(second)
-    assert "4 blobs: 0 new (0 B), 4 already stored" in second
+    assert "4 blobs (0 new, 0 B; 4 already stored)" in second
     assert {p: p.stat().st_mtime_ns for p in (data / "blobs").rglob("*") if p.is_file()} == files
 
 

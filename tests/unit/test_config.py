@@ -44,7 +44,7 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
         ('[server]\nalpn = ["h3"]\n', "server.alpn = ['h3']"),
         ('[server]\nlog_level = "loud"\n', "server.log_level = 'loud'"),
         ('[server]\ntls_cert = "/nonexistent.pem"\n', "expected both or neither"),
-        ("[limits]\nmax_manifest_size = -1\n", "expected a positive integer"),
+        ("[limits]\nmax_manifest_size = -1\n", "expected a positive size in bytes"),
         ('[auth.users]\nalice = "plain"\n', "auth.users.alice = <hidden>: expected a bcrypt hash"),
         ("[server\n", "not valid TOML"),
     ],
@@ -72,7 +72,7 @@ def test_plain_password_is_never_echoed(tmp_path: Path) -> None:
     [
         ({"EDGECACHE_AUTH_ANONYMOUS_PUSH": "maybe"}, "EDGECACHE_AUTH_ANONYMOUS_PUSH = 'maybe'"),
         ({"EDGECACHE_SERVER_LISTN": "x"}, "EDGECACHE_SERVER_LISTN: unknown setting"),
-        ({"EDGECACHE_LIMITS_MAX_MANIFEST_SIZE": "big"}, "expected a positive integer"),
+        ({"EDGECACHE_LIMITS_MAX_MANIFEST_SIZE": "big"}, "expected a positive size in bytes"),
     ],
 )
 def test_invalid_environment_is_refused(env: dict[str, str], fragment: str) -> None:
@@ -92,3 +92,66 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
 )
 def test_parse_hostport(value: str, expected: tuple[str, int]) -> None:
     assert parse_hostport(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("10G", 10 * 10**9),  # SI units are powers of 1000, as disk sizes are sold
+        ("10g", 10 * 10**9),
+        ("1.5GB", 1_500_000_000),
+        ("512MiB", 512 * 2**20),  # IEC units are powers of 1024
+        ("64 KiB", 65536),
+        ("2TiB", 2 * 2**40),
+        ("123", 123),
+        ("0", 0),
+    ],
+)
+def test_byte_sizes_take_units(tmp_path: Path, value: object, size: int) -> None:
+    path = tmp_path / "c.toml"
+    shown = f'"{value}"' if isinstance(value, str) else value
+    path.write_text(f"[eviction]\nmax_store_bytes = {shown}\nmin_free_bytes = {shown}\n")
+    config = load(path, env={})
+    assert config.eviction.max_store_bytes == config.eviction.min_free_bytes == size
+    env = {"EDGECACHE_EVICTION_MAX_STORE_BYTES": str(value)}
+    assert load(env=env).eviction.max_store_bytes == size
+    if size:
+        text = f"[limits]\nmax_manifest_size = {shown}\n"
+        path.write_text(text)
+        assert load(path, env={}).limits.max_manifest_size == size
+
+
+@pytest.mark.parametrize("value", ['"10 gigs"', '"1e9"', '"-5M"', "true", "1.5", '"G"'])
+def test_a_size_that_is_not_one_is_refused_with_the_units_explained(
+    tmp_path: Path, value: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[eviction]\nmax_store_bytes = {value}\n")
+    with pytest.raises(ConfigError, match=r"max_store_bytes = .*KiB, MiB, GiB, TiB of 1024"):
+        load(path, env={})
+
+
+def test_unknown_section_lists_every_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[upstream."docker.io"]\nurl = "https://registry-1.docker.io"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    message = str(info.value)
+    assert message.startswith("[upstream]: unknown section (expected one of server, ")
+    for section in ("auth", "limits", "proxy", "gc", "eviction", "upstreams"):
+        assert f" {section}," in message or f" {section})" in message
+    assert message.endswith("did you mean [upstreams]?")
+    path.write_text('listen = "127.0.0.1:5000"\n')
+    with pytest.raises(
+        ConfigError, match=r"a key outside any section; it belongs under \[server\]"
+    ):
+        load(path, env={})
+    with pytest.raises(ConfigError, match="SECTION one of SERVER, AUTH, LIMITS, PROXY, GC"):
+        load(env={"EDGECACHE_SEVRER_LISTEN": "x"})
+
+
+def test_access_log_cannot_be_empty(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\naccess_log = ""\n')
+    with pytest.raises(ConfigError, match=r"server\.access_log = '': expected"):
+        load(path, env={})

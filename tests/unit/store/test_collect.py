@@ -100,6 +100,28 @@ async def test_pinned_and_young_content_survives(store: Store) -> None:
     assert list(deleted) == [str(Digest.of_bytes(loose))]
 
 
+async def test_what_only_the_grace_window_keeps_is_counted(store: Store) -> None:
+    """A new operator deletes an image and collects: nothing goes, and the plan says why."""
+    layer, kept = b"layer of a deleted image", b"layer of a tagged image"
+    await push_image(store, "r", "keep", kept)
+    deleted = await push_image(store, "r", "old", layer)
+    await store.delete_manifest("r", deleted)
+    plan = mark(
+        store.index, grace=3600, delete_untagged=True, is_proxied=never_proxied, now=1e10
+    )
+    assert len(plan.candidates) == 3 and plan.young == {}  # all older than 1e10 - 1h
+    now = store.index.blob(str(Digest.of_bytes(layer)))["created"] + 1  # type: ignore[index]
+    plan = mark(store.index, grace=3600, delete_untagged=True, is_proxied=never_proxied, now=now)
+    assert list(plan.candidates) == [str(deleted)]  # unlinked: deleted on purpose, no grace
+    # The deleted image's layer and config; not the tagged image's content (kept anyway).
+    assert str(Digest.of_bytes(layer)) in plan.young
+    assert str(Digest.of_bytes(kept)) not in plan.young
+    assert len(plan.young) == 2
+    kept_young = plan.summary()["kept_young"]
+    assert kept_young["objects"] == 2 and kept_young["bytes"] == sum(plan.young.values())
+    assert now - 1 + 3600 <= kept_young["until"] <= now + 3600
+
+
 async def test_content_referenced_after_the_mark_is_spared(store: Store) -> None:
     layer = b"reused by a push racing the sweep"
     old = await push_image(store, "r", "old", layer)

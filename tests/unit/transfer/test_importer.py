@@ -185,7 +185,7 @@ def test_progress_lines_and_summary_when_not_a_terminal(tmp_path: Path) -> None:
     )
     assert "\r" not in err.getvalue()
     assert "preload a.tar:" in err.getvalue()
-    assert "1 images, 3 blobs: 3 new" in summary.line()
+    assert "1 image: 1 manifest, 3 blobs (3 new" in summary.line()
 
 
 def test_as_needs_a_single_image(tmp_path: Path) -> None:
