@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-_DATE_KEYS = frozenset({"time", "started", "ended", "until", "created", "updated"})
+_DATE_KEYS = frozenset({"time", "started", "ended", "until", "created", "updated", "found"})
 
 
 def size(n: float) -> str:
@@ -47,18 +47,25 @@ def date(epoch: float) -> str:
 
 
 def _is_date(key: str) -> bool:
-    return key in _DATE_KEYS or key.endswith(("_at", "_time"))
+    # "last_full_pass": when the scrub's last full pass ended.
+    return key in _DATE_KEYS or key.endswith(("_at", "_time", "_pass"))
 
 
 def value_text(key: str, value: Any) -> str:
     """One value, formatted by what its key says it is."""
     if value is None:
         return "-"
+    if isinstance(value, Mapping):  # e.g. repository -> how it holds the content
+        return ", ".join(f"{k} ({v})" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(value_text(key, v) for v in value) or "-"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if _is_date(key):
         return date(value) if value else "-"
-    if key.endswith("bytes"):
+    if key.endswith("_per_second") and "bytes" in key:  # a rate: rate_bytes_per_second
+        return f"{size(value)}/s"
+    if "bytes" in key.split("_") or key == "size":  # store_bytes, bytes_verified
         return f"{size(value)} ({value:,} bytes)" if value >= 1024 else size(value)
     if key.endswith("_ago") or key.endswith("seconds_ago"):
         return f"{duration(value)} ago"
@@ -73,9 +80,10 @@ def label(key: str) -> str:
     """`oldest_content_age_seconds` -> `oldest content age` (the unit is in the value)."""
     if key == "seconds_ago":
         return "when"
-    for suffix in ("_seconds_ago", "_seconds"):
+    for suffix in ("_seconds_ago", "_bytes_per_second", "_seconds"):
         if key.endswith(suffix):
             key = key[: -len(suffix)] + ("_ago" if suffix == "_seconds_ago" else "")
+            break
     return key.replace("_", " ")
 
 

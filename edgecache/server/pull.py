@@ -33,8 +33,15 @@ async def get_manifest(app: App, req: Request, route: Route) -> None:
     repo, ref = _repo(route), lookup_reference(route.ref or "")
     info = app.store.manifest(repo, str(ref))
     if info is None:
-        raise errors.ManifestUnknown(f"manifest {ref} is not in {repo}")
+        raise errors.ManifestUnknown(_missing(app, "manifest", repo, str(ref)))
     await send_manifest(app, req, info)
+
+
+def _missing(app: App, kind: str, repo: str, reference: str) -> str:
+    bad = app.store.quarantined_in(repo, reference)
+    if bad is None:
+        return f"{kind} {reference} is not in {repo}"
+    return f"{kind} {bad} was found corrupt on disk and is quarantined; push it to {repo} again"
 
 
 async def send_manifest(app: App, req: Request, info: ManifestInfo) -> None:
@@ -52,7 +59,9 @@ async def get_blob(app: App, req: Request, route: Route) -> None:
     repo, digest = _repo(route), Digest.parse(route.ref or "")
     info = app.store.blob(repo, digest)
     if info is None:
-        raise errors.BlobUnknown(f"blob {digest} is not in {repo}", detail={"digest": str(digest)})
+        raise errors.BlobUnknown(
+            _missing(app, "blob", repo, str(digest)), detail={"digest": str(digest)}
+        )
     await send_stored(
         app, req, info.path, info.size, blob_headers(digest), req.headers.get("range")
     )

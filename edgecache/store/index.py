@@ -111,6 +111,10 @@ class Index:
         kind: str = _load(raw)["kind"]
         return kind
 
+    def raw_link(self, repo: str, digest: str) -> dict[str, Any] | None:
+        """The link record, whether or not the content it names is stored now."""
+        return self._get("links", _k(repo, digest))
+
     def linked_blob(self, repo: str, digest: str) -> dict[str, Any] | None:
         """The blob record of content linked into repo (one read transaction: a hot path)."""
         with self.env.begin() as txn:

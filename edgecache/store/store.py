@@ -299,6 +299,21 @@ class Store:
         await trio.to_thread.run_sync(work)
         _log.debug("manifest %s committed in %s (tag %s)", digest, repo, tag)
 
+    def quarantined_in(self, repo: str, reference: str) -> Digest | None:
+        """The digest a tag or digest names in repo, when its content was found corrupt on
+        disk and is in quarantine now (see store/scrub.py): a miss then says why."""
+        if ":" in reference:
+            digest = Digest.parse(reference)
+        else:
+            record = self.index.tag(repo, reference)
+            if record is None:
+                return None
+            digest = Digest.parse(record["digest"])
+        if self.index.raw_link(repo, str(digest)) is None:
+            return None  # never linked here: not this repository's business
+        quarantined = self.layout.root / "quarantine" / digest.algorithm / digest.hex
+        return digest if quarantined.exists() else None
+
     def tags(self, repo: str) -> list[str]:
         return self.index.tags(repo)
 

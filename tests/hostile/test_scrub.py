@@ -184,10 +184,15 @@ def test_corrupt_pushed_content_is_refused_reported_and_restored_by_a_repush(
             r = get_manifest(client, f"/v2/{repo}/manifests/v1")
             assert r.status_code == 404, r.text
             assert r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        assert "quarantined; push it" in r.json()["errors"][0]["message"], r.text
         assert admin(cache, "POST", "scrub")["corrupt"] == 1
-        for method in ("GET", "HEAD"):
-            r = client.request(method, f"/v2/{repo}/blobs/{l_digest}")
-            assert r.status_code == 404
+        assert client.head(f"/v2/{repo}/blobs/{l_digest}").status_code == 404
+        r = client.get(f"/v2/{repo}/blobs/{l_digest}")
+        assert r.status_code == 404
+        assert "quarantined; push it" in r.json()["errors"][0]["message"], r.text
+        # Another repository learns nothing about content it never linked.
+        r = client.get(f"/v2/team/other/blobs/{l_digest}")
+        assert r.status_code == 404 and "quarantined" not in r.text
         assert get_manifest(client, f"/v2/{repo}/manifests/{m_digest}").status_code == 404
 
         scrub = admin(cache, "GET", "status")["scrub"]
