@@ -1,7 +1,7 @@
 """A full disk fails the write cleanly, starts eviction, and the server goes on serving.
 
-The data directory lives on a small tmpfs the test mounts (root needed: CI runs as root;
-elsewhere the test skips, and in CI a failed mount is a failure).
+The data directory lives on a small tmpfs the test mounts (`small_disk`, in tests/conftest.py:
+root needed, CI runs as root; elsewhere the test skips, and in CI a failed mount is a failure).
 """
 
 from __future__ import annotations
@@ -11,37 +11,12 @@ import hashlib
 import os
 import re
 import socket
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support import EdgecacheServer, anonymous_push_config, in_ci
+from tests.support import EdgecacheServer, anonymous_push_config
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        message = f"cannot mount a tmpfs for the disk-full test: {result.stderr.strip()}"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def post_while_reading(host: str, port: int, target: str, body: bytes) -> bytes:
