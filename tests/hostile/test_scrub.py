@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support import EdgecacheServer, wait_for
-from tests.upstreams import PushedImage, RunningUpstream, start_registry
+from tests.upstreams import PushedImage, RunningUpstream
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SCRUB = "[scrub]\nrate = 1073741824\n\n"  # fast passes for the test; interval: 7 days
@@ -26,12 +26,6 @@ SCRUB = "[scrub]\nrate = 1073741824\n\n"  # fast passes for the test; interval: 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
-    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
-        yield registry
 
 
 @pytest.fixture(scope="module")
