@@ -35,6 +35,10 @@ import pytest
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
 # How much of a process log to attach to a failing test report.
 LOG_TAIL_CHARS = 20_000
 
@@ -390,6 +394,46 @@ class EdgecacheServer(_ManagedProcess):
 
 def anonymous_push_config(extra: str = "") -> str:
     return "[auth]\nanonymous_push = true\n" + extra
+
+
+def admin(server: EdgecacheServer, method: str, name: str, **params: str) -> Any:
+    """The JSON answer of /_edgecache/admin/<name> (status, gc, scrub, ...), which must be 200."""
+    with server.client(timeout=300) as client:
+        r = client.request(
+            method,
+            f"/_edgecache/admin/{name}",
+            params=params,
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def push_blob(client: httpx.Client, repo: str, data: bytes) -> str:
+    """A monolithic push (one POST with ?digest=) to edgecache; returns the digest."""
+    digest = sha256_bytes(data)
+    r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data)
+    assert r.status_code == 201, r.text
+    return digest
+
+
+def oci_manifest(config: bytes, layers: Sequence[bytes]) -> bytes:
+    """The compact JSON of an OCI image manifest of these blobs."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": sha256_bytes(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": OCI_LAYER, "digest": sha256_bytes(layer), "size": len(layer)}
+                for layer in layers
+            ],
+        }
+    ).encode()
 
 
 # ------------------------------------------------------------------------- images

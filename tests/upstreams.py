@@ -45,7 +45,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from tests.support import LOOPBACK, DockerRegistry, require_tool, run, sha256_bytes, wait_for
+from tests.support import (  # the OCI_* media types are imported from here too
+    LOOPBACK,
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    DockerRegistry,
+    require_tool,
+    run,
+    sha256_bytes,
+    wait_for,
+)
 
 Flavour = Literal["anonymous", "basic", "token"]
 FLAVOURS: tuple[Flavour, ...] = ("anonymous", "basic", "token")
@@ -54,9 +64,6 @@ USERNAME = "edgeuser"
 PASSWORD = "s3cret-upstream-pw"
 SERVICE = "edgecache-test-registry"
 ISSUER = "edgecache-test-token-issuer"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 # ---------------------------------------------------------------------------- JWT

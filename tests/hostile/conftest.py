@@ -1,7 +1,8 @@
 """Fixtures for the hostile-input suite: real edgecache processes fed what an attacker or a
 careless client sends.
 
-Each module gets its own server (scope="module"); a test that needs an upstream starts it.
+Each module gets its own server (scope="module"; `edgecache` and `small_disk` are in
+tests/conftest.py), and its own upstream when it asks for one (`upstream`, below).
 """
 
 from __future__ import annotations
@@ -10,17 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.test_disk_full import small_disk  # a small tmpfs to fill
-from tests.support import EdgecacheServer, anonymous_push_config
-
-__all__ = ["small_disk"]
+from tests.upstreams import RunningUpstream, start_registry
 
 
 @pytest.fixture(scope="module")
-def edgecache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgecacheServer]:
-    """A running edgecache that accepts anonymous pushes, shared by the tests of a module."""
-    server = EdgecacheServer(
-        tmp_path_factory.mktemp("edgecache"), config_text=anonymous_push_config()
-    )
-    with server:
-        yield server
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
+    """A real docker-registry without auth, one per module that asks for it."""
+    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
+        yield registry

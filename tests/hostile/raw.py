@@ -4,12 +4,17 @@ httpx and h11 will not put a CR, LF or NUL where a hostile client would, and the
 read a response whose header was split by one: here both directions are bytes, so a test sees
 exactly what edgecache wrote. Every request says `Connection: close` and is read to EOF with a
 deadline, so a server that hangs fails the test instead of stalling the suite.
+
+`send_while_reading` is for a body the server may refuse part-way (a full disk, a limit): it
+reads the answer while it sends, where httpx would only report the broken pipe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +62,31 @@ def exchange(server: EdgecacheServer, request: bytes, timeout: float = TIMEOUT) 
     if length is not None:
         assert len(body) == length, f"body is {len(body)} bytes, Content-Length says {length}"
     return RawResponse(int(status_line.split()[1]), head, headers, body)
+
+
+def send_while_reading(server: EdgecacheServer, method: str, target: str, body: bytes) -> bytes:
+    """Send a request with `body` while reading the answer, and return the answer's bytes: a
+    server that gives up on a large body answers and closes before the body is all sent."""
+    response = bytearray()
+    with socket.create_connection((server.host.split(":")[0], server.port), timeout=60) as sock:
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {server.host}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    response.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        with contextlib.suppress(OSError):  # the server may close before it all went out
+            sock.sendall(body)
+        reader.join(60)
+        assert not reader.is_alive(), "the server neither answered nor closed the connection"
+    return bytes(response)
 
 
 def request(

@@ -12,15 +12,9 @@ import httpx
 import pytest
 
 from tests.support import EdgecacheServer
-from tests.upstreams import PushedImage, RunningUpstream, start_registry
+from tests.upstreams import PushedImage, RunningUpstream
 
 LIST_ENTRIES = 150  # [proxy] list_cache_entries of the server under test
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
-    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
-        yield registry
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 
 from tests.hostile.clients import http1_get
 from tests.support import LOOPBACK, EdgecacheServer, sha256_bytes, wait_for
-from tests.upstreams import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, RunningUpstream, start_registry
+from tests.upstreams import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, RunningUpstream
 
 PROMPT = 10.0  # well under every upstream timeout configured below
 MAX_UNSIZED = 1 << 20
@@ -121,41 +121,35 @@ def scripted() -> Iterator[Scripted]:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
-    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as upstream:
-        yield upstream
-
-
-@pytest.fixture(scope="module")
 def cache(
-    tmp_path_factory: pytest.TempPathFactory, scripted: Scripted, registry: RunningUpstream
+    tmp_path_factory: pytest.TempPathFactory, scripted: Scripted, upstream: RunningUpstream
 ) -> Iterator[EdgecacheServer]:
     config = (
         f"[limits]\nmax_unsized_blob = {MAX_UNSIZED}\n"
         "[proxy]\nmanifest_timeout = 1.0\n"
         # Idle timeouts far above PROMPT: only the limits under test can end things early.
         f'[upstreams.fake]\nurl = "{scripted.url}"\nretries = 1\nidle_timeout = 60.0\n'
-        f'[upstreams.lab]\nurl = "{registry.url}"\nretries = 1\nidle_timeout = 60.0\n'
+        f'[upstreams.lab]\nurl = "{upstream.url}"\nretries = 1\nidle_timeout = 60.0\n'
     )
     with EdgecacheServer(tmp_path_factory.mktemp("cache"), config_text=config) as server:
         yield server
 
 
 def test_blob_longer_than_its_manifest_declares_is_not_downloaded(
-    cache: EdgecacheServer, registry: RunningUpstream
+    cache: EdgecacheServer, upstream: RunningUpstream
 ) -> None:
     layer = os.urandom(2 << 20)
-    digest = registry.push_blob("long/app", layer)
-    config = registry.push_blob("long/app", b"{}")
+    digest = upstream.push_blob("long/app", layer)
+    config = upstream.push_blob("long/app", b"{}")
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config, "size": 2},
         "layers": [{"mediaType": OCI_LAYER, "digest": digest, "size": len(layer)}],
     }
-    registry.push_manifest("long/app", "v1", json.dumps(manifest).encode())
+    upstream.push_manifest("long/app", "v1", json.dumps(manifest).encode())
     hexd = digest.split(":", 1)[1]
-    data = registry.registry.root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+    data = upstream.registry.root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
     data.write_bytes(layer + os.urandom(16 << 20))  # the upstream now says 18 MiB
     with cache.client(timeout=PROMPT) as client:
         r = client.get("/v2/lab/long/app/manifests/v1", headers={"Accept": OCI_MANIFEST})

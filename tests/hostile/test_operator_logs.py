@@ -17,7 +17,7 @@ import pytest
 
 from tests.faultproxy import FaultProxy
 from tests.support import EdgecacheServer, default_edgecache_argv, free_port, run, wait_for
-from tests.upstreams import PushedImage, RunningUpstream, start_registry
+from tests.upstreams import PushedImage, RunningUpstream
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 NS = "registry.lab:5000"
@@ -37,12 +37,6 @@ def config(url: str, extra: str = "") -> str:
         f'[upstreams."{NS}"]\nurl = "{url}"\naliases = ["lab"]\nretries = 1\n'
         f"connect_timeout = 2.0\n{extra}"
     )
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
-    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
-        yield registry
 
 
 @pytest.fixture(scope="module")

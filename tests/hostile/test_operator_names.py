@@ -21,7 +21,7 @@ import pytest
 
 from tests.support import EdgecacheServer, default_edgecache_argv, free_port
 from tests.unit.transfer.archives import oci_layout
-from tests.upstreams import PushedImage, RunningUpstream, start_registry
+from tests.upstreams import PushedImage, RunningUpstream
 
 NAME = "registry.lab:5000"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -47,12 +47,6 @@ def ok(proc: subprocess.CompletedProcess[str]) -> str:
 
 def config_for(url: str) -> str:
     return f'[upstreams."{NAME}"]\nurl = "{url}"\naliases = ["lab"]\nretries = 1\n'
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
-    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
-        yield registry
 
 
 @pytest.fixture(scope="module")

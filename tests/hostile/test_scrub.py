@@ -7,31 +7,22 @@ way bit rot or a mistaken edit would; a scrub pass is asked for through the admi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import EdgecacheServer, wait_for
-from tests.upstreams import PushedImage, RunningUpstream, start_registry
+from tests.support import OCI_MANIFEST, EdgecacheServer, admin, oci_manifest, push_blob, wait_for
+from tests.upstreams import PushedImage, RunningUpstream
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SCRUB = "[scrub]\nrate = 1073741824\n\n"  # fast passes for the test; interval: 7 days
 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
-    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
-        yield registry
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +54,6 @@ def flip_a_byte(path: Path) -> bytes:
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     return bytes(data)
-
-
-def admin(server: EdgecacheServer, method: str, name: str) -> Any:
-    r = httpx.request(
-        method,
-        f"{server.url}/_edgecache/admin/{name}",
-        headers={"Authorization": f"Bearer {server.admin_token}"},
-        timeout=120,
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def metric(server: EdgecacheServer, name: str) -> float:
@@ -143,27 +123,8 @@ def test_corrupt_proxied_content_is_fetched_again(
 
 def push(client: httpx.Client, repo: str, tag: str, config: bytes, layer: bytes) -> bytes:
     for blob in (config, layer):
-        r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest_of(blob)},
-                        content=blob)  # fmt: skip
-        assert r.status_code == 201, r.text
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest_of(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": digest_of(layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
+        push_blob(client, repo, blob)
+    manifest = oci_manifest(config, [layer])
     r = client.put(f"/v2/{repo}/manifests/{tag}", content=manifest,
                    headers={"Content-Type": OCI_MANIFEST})  # fmt: skip
     assert r.status_code == 201, r.text
@@ -222,9 +183,7 @@ def test_a_blob_file_of_the_wrong_size_is_quarantined_as_it_is_opened(
     pushed_repo, layer = "team/short", os.urandom(40_000)
     proxied = upstream.push_test_image("team/short", layer=os.urandom(50_000))
     with cache.client(timeout=20) as client:
-        r = client.post(f"/v2/{pushed_repo}/blobs/uploads/", params={"digest": digest_of(layer)},
-                        content=layer)  # fmt: skip
-        assert r.status_code == 201, r.text
+        push_blob(client, pushed_repo, layer)
         base = "/v2/lab/team/short"
         assert client.get(f"{base}/blobs/{proxied.layer_digest}").content == proxied.layer
         for digest in (digest_of(layer), proxied.layer_digest):

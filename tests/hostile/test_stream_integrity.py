@@ -20,16 +20,10 @@ import pytest
 
 from tests.hostile.clients import Outcome, h2_get, http1_get
 from tests.support import LOOPBACK, EdgecacheServer, make_tls_cert, sha256_bytes, wait_for
-from tests.upstreams import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, RunningUpstream, start_registry
+from tests.upstreams import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, RunningUpstream
 
 UPSTREAM = "lab"
 SIZE = 8 << 20
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
-    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
-        yield registry
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ client cannot hold sessions without bound or for ever.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import socket
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.hostile.raw import send_while_reading
 from tests.support import EdgecacheServer, anonymous_push_config, wait_for
 
 MiB = 1 << 20
@@ -348,7 +348,8 @@ def test_a_patch_that_fills_the_disk_leaves_the_session_where_it_was(
         location = start(client, "hostile/full")
         first = os.urandom(MiB)
         assert client.patch(location, content=first).status_code == 202
-        answer = patch_while_reading(server, location, os.urandom(40 * MiB))  # > the disk
+        too_big = os.urandom(40 * MiB)  # > the disk
+        answer = send_while_reading(server, "PATCH", location, too_big)
         assert answer.startswith(b"HTTP/1.1 507"), answer[:300]
         assert offset(client, location) == MiB
         assert upload_file(server, location).stat().st_size == MiB
@@ -357,28 +358,3 @@ def test_a_patch_that_fills_the_disk_leaves_the_session_where_it_was(
         r = client.put(location, params={"digest": digest_of(first + last)})
         assert r.status_code == 201, r.text
         assert_published(server, client, "hostile/full", digest_of(first + last))
-
-
-def patch_while_reading(server: EdgecacheServer, location: str, body: bytes) -> bytes:
-    """PATCH a body while reading the answer: a server that gives up answers and closes
-    before the body is sent (httpx would only report the broken pipe)."""
-    response = bytearray()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
-        head = (
-            f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        sock.sendall(head.encode())
-
-        def read() -> None:
-            with contextlib.suppress(OSError):
-                while chunk := sock.recv(65536):
-                    response.extend(chunk)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        with contextlib.suppress(OSError):  # the server may close before it all went out
-            sock.sendall(body)
-        reader.join(60)
-        assert not reader.is_alive(), "the server neither answered nor closed the connection"
-    return bytes(response)

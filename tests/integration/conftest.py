@@ -1,7 +1,8 @@
 """Fixtures for integration tests: real edgecache processes, real upstream registries.
 
 One server per test module where tests do not disturb each other (scope="module"), so the
-suite stays quick on 2 cores. Tests that kill or reconfigure a server start their own.
+suite stays quick on 2 cores (`edgecache`, in tests/conftest.py). Tests that kill or
+reconfigure a server start their own.
 
 `EDGECACHE_IT_AGAINST=docker-registry` runs the real-client tests (skopeo, oras, ctr) against
 the upstream `docker-registry` instead of edgecache: a quick way to tell a test bug from an
@@ -17,16 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.support import DockerRegistry, EdgecacheServer, anonymous_push_config
-
-
-@pytest.fixture(scope="module")
-def edgecache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgecacheServer]:
-    """A running edgecache that accepts anonymous pushes, shared by the tests of a module."""
-    server = EdgecacheServer(
-        tmp_path_factory.mktemp("edgecache"), config_text=anonymous_push_config()
-    )
-    with server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,69 +1,20 @@
 """A full disk fails the write cleanly, starts eviction, and the server goes on serving.
 
-The data directory lives on a small tmpfs the test mounts (root needed: CI runs as root;
-elsewhere the test skips, and in CI a failed mount is a failure).
+The data directory lives on a small tmpfs the test mounts (`small_disk`, in tests/conftest.py:
+root needed, CI runs as root; elsewhere the test skips, and in CI a failed mount is a failure).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import socket
-import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support import EdgecacheServer, anonymous_push_config, in_ci
+from tests.hostile.raw import send_while_reading
+from tests.support import EdgecacheServer, anonymous_push_config
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        message = f"cannot mount a tmpfs for the disk-full test: {result.stderr.strip()}"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def post_while_reading(host: str, port: int, target: str, body: bytes) -> bytes:
-    """POST a body while reading the answer: a server that gives up on a large upload answers
-    and closes before the body is sent (httpx would only report the broken pipe)."""
-    response = bytearray()
-    with socket.create_connection((host, port), timeout=60) as sock:
-        head = f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n"
-        sock.sendall(head.encode())
-
-        def read() -> None:
-            with contextlib.suppress(OSError):
-                while chunk := sock.recv(65536):
-                    response.extend(chunk)
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        with contextlib.suppress(OSError):  # the server may close before it all went out
-            sock.sendall(body)
-        reader.join(60)
-        assert not reader.is_alive(), "the server neither answered nor closed the connection"
-    return bytes(response)
 
 
 def digest_of(data: bytes) -> str:
@@ -82,9 +33,8 @@ def test_disk_full_write_fails_cleanly_and_serving_continues(
         )
         assert r.status_code == 201
         big = os.urandom(40 * MiB)  # larger than the whole disk
-        answer = post_while_reading(
-            "127.0.0.1", server.port, f"/v2/team/app/blobs/uploads/?digest={digest_of(big)}", big
-        )
+        target = f"/v2/team/app/blobs/uploads/?digest={digest_of(big)}"
+        answer = send_while_reading(server, "POST", target, big)
         status_line, _, rest = answer.partition(b"\r\n")
         assert status_line.startswith(b"HTTP/1.1 507"), answer[:300]
         assert b'"code": "INSUFFICIENT_STORAGE"' in rest

@@ -14,43 +14,25 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import EdgecacheServer, anonymous_push_config, wait_for
+from tests.support import (
+    OCI_MANIFEST,
+    EdgecacheServer,
+    admin,
+    anonymous_push_config,
+    oci_manifest,
+    push_blob,
+    wait_for,
+)
 from tests.upstreams import start_registry
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def push_blob(client: httpx.Client, repo: str, data: bytes) -> None:
-    r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest_of(data)}, content=data)
-    assert r.status_code == 201, r.text
-
-
 def image(layers: list[bytes], label: str) -> tuple[bytes, bytes]:
     config = json.dumps({"label": label, "layers": len(layers)}).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest_of(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": digest_of(x),
-                    "size": len(x),
-                }
-                for x in layers
-            ],
-        }
-    ).encode()
-    return config, manifest
+    return config, oci_manifest(config, layers)
 
 
 def push_image(client: httpx.Client, repo: str, tag: str, layers: list[bytes]) -> str:
@@ -77,18 +59,6 @@ def pull_image(client: httpx.Client, repo: str, ref: str) -> None:
         blob = client.get(f"/v2/{repo}/blobs/{desc['digest']}")
         assert blob.status_code == 200, f"{repo} {desc['digest']}: {blob.status_code}"
         assert digest_of(blob.content) == desc["digest"]
-
-
-def admin(server: EdgecacheServer, method: str, name: str, **params: str) -> object:
-    with server.client(timeout=300) as client:
-        r = client.request(
-            method,
-            f"/_edgecache/admin/{name}",
-            params=params,
-            headers={"Authorization": f"Bearer {server.admin_token}"},
-        )
-        assert r.status_code == 200, r.text
-        return r.json()
 
 
 @pytest.fixture

@@ -45,6 +45,17 @@ async def broken_after(*parts: bytes) -> AsyncIterator[bytes]:
     raise trio.BrokenResourceError("client disconnected during the request body")
 
 
+async def held_body(
+    first: bytes, started: trio.Event, go_on: trio.Event, rest: bytes = b""
+) -> AsyncIterator[bytes]:
+    """A body held open after `first`: sets `started`, then waits for `go_on` to send `rest`."""
+    yield first
+    started.set()
+    await go_on.wait()
+    if rest:
+        yield rest
+
+
 async def finish(store: Store, upload_id: str, data: bytes) -> bytes:
     info = await store.finish_upload("r", upload_id, Digest.of_bytes(data), chunks())
     return info.path.read_bytes()
@@ -89,15 +100,10 @@ async def test_a_body_unlike_its_content_range_is_refused_and_changes_nothing(
 async def test_a_second_writer_is_refused_while_the_first_writes(store: Store) -> None:
     upload_id = await store.start_upload("r")
     first_half_written, go_on = trio.Event(), trio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b"1" * 1000
-        first_half_written.set()
-        await go_on.wait()
-        yield b"2" * 1000
+    body = held_body(b"1" * 1000, first_half_written, go_on, rest=b"2" * 1000)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(store.append_upload, "r", upload_id, 0, slow_body())
+        nursery.start_soon(store.append_upload, "r", upload_id, 0, body)
         await first_half_written.wait()
         with pytest.raises(errors.RangeNotSatisfiable) as patch:
             await store.append_upload("r", upload_id, None, chunks(b"intruder"))
@@ -113,16 +119,11 @@ async def test_a_second_writer_is_refused_while_the_first_writes(store: Store) -
 async def test_a_cancel_waits_for_the_writer_then_cancels(store: Store) -> None:
     upload_id = await store.start_upload("r")
     started, go_on = trio.Event(), trio.Event()
+    body = held_body(b"1" * 10, started, go_on, rest=b"2" * 10)
     outcome: list[str] = []
 
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b"1" * 10
-        started.set()
-        await go_on.wait()
-        yield b"2" * 10
-
     async def patch() -> None:
-        await store.append_upload("r", upload_id, 0, slow_body())
+        await store.append_upload("r", upload_id, 0, body)
         outcome.append("patched")
 
     async def cancel() -> None:
@@ -145,16 +146,10 @@ async def test_a_cancel_waits_for_the_writer_then_cancels(store: Store) -> None:
 async def test_a_cancel_after_the_finishing_put_finds_no_session(store: Store) -> None:
     upload_id = await store.start_upload("r")
     started, go_on = trio.Event(), trio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b"data"
-        started.set()
-        await go_on.wait()
+    body = held_body(b"data", started, go_on)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            store.finish_upload, "r", upload_id, Digest.of_bytes(b"data"), slow_body()
-        )
+        nursery.start_soon(store.finish_upload, "r", upload_id, Digest.of_bytes(b"data"), body)
         await started.wait()
 
         async def cancel() -> None:
@@ -202,14 +197,10 @@ async def test_idle_sessions_expire_busy_ones_do_not(store: Store) -> None:
     idle = await store.start_upload("r", "10.0.0.1")
     busy = await store.start_upload("r", "10.0.0.1")
     started, go_on = trio.Event(), trio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b"x"
-        started.set()
-        await go_on.wait()
+    body = held_body(b"x", started, go_on)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(store.append_upload, "r", busy, 0, slow_body())
+        nursery.start_soon(store.append_upload, "r", busy, 0, body)
         await started.wait()
         assert await store.uploads.expire(60.0) == 0
         assert await store.uploads.expire(60.0, now=time.time() + 61) == 1
