@@ -106,9 +106,11 @@ def test_corrupt_proxied_content_is_fetched_again(
     assert (quarantine / image.layer_digest.split(":")[1]).read_bytes() == bad_layer
     # A joiner can hold every byte a moment before the fetch it joined has published them.
     scrub = wait_for(
-        lambda: (s := admin(cache, "GET", "status")["scrub"])
-        and all(r["restored"] for r in s["quarantined"])
-        and s,
+        lambda: (
+            (s := admin(cache, "GET", "status")["scrub"])
+            and all(r["restored"] for r in s["quarantined"])
+            and s
+        ),
         timeout=10,
         what="both quarantined objects to be restored",
     )

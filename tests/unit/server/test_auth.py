@@ -73,6 +73,7 @@ async def test_concurrent_checks_of_one_credential_share_one_bcrypt_run() -> Non
     events: list[str] = []
     authenticator = Authenticator(config(alice=HASH))
     authenticator.on_event = events.append
+
     async def attempt(n: int) -> None:
         await authenticator.check("POST", basic("alice", "right"), client=("10.0.0.1", n))
 

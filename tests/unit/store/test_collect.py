@@ -106,9 +106,7 @@ async def test_what_only_the_grace_window_keeps_is_counted(store: Store) -> None
     await push_image(store, "r", "keep", kept)
     deleted = await push_image(store, "r", "old", layer)
     await store.delete_manifest("r", deleted)
-    plan = mark(
-        store.index, grace=3600, delete_untagged=True, is_proxied=never_proxied, now=1e10
-    )
+    plan = mark(store.index, grace=3600, delete_untagged=True, is_proxied=never_proxied, now=1e10)
     assert len(plan.candidates) == 3 and plan.young == {}  # all older than 1e10 - 1h
     now = store.index.blob(str(Digest.of_bytes(layer)))["created"] + 1  # type: ignore[index]
     plan = mark(store.index, grace=3600, delete_untagged=True, is_proxied=never_proxied, now=now)
