@@ -191,16 +191,17 @@ class Store:
 
     # ---- manifests and tags --------------------------------------------------------------
 
+    def _named(self, repo: str, reference: str) -> Digest | None:
+        """The digest a tag of repo names (the reference itself when it is a digest)."""
+        if ":" in reference:
+            return Digest.parse(reference)
+        record = self.index.tag(repo, reference)
+        return None if record is None else Digest.parse(record["digest"])
+
     def resolve(self, repo: str, reference: str) -> Digest | None:
         """Tag or digest -> digest of a manifest visible in repo."""
-        if ":" in reference:
-            digest = Digest.parse(reference)
-        else:
-            record = self.index.tag(repo, reference)
-            if record is None:
-                return None
-            digest = Digest.parse(record["digest"])
-        if self.index.linked(repo, str(digest)) != "manifest":
+        digest = self._named(repo, reference)
+        if digest is None or self.index.linked(repo, str(digest)) != "manifest":
             return None
         return digest
 
@@ -302,14 +303,8 @@ class Store:
     def quarantined_in(self, repo: str, reference: str) -> Digest | None:
         """The digest a tag or digest names in repo, when its content was found corrupt on
         disk and is in quarantine now (see store/scrub.py): a miss then says why."""
-        if ":" in reference:
-            digest = Digest.parse(reference)
-        else:
-            record = self.index.tag(repo, reference)
-            if record is None:
-                return None
-            digest = Digest.parse(record["digest"])
-        if self.index.raw_link(repo, str(digest)) is None:
+        digest = self._named(repo, reference)
+        if digest is None or self.index.raw_link(repo, str(digest)) is None:
             return None  # never linked here: not this repository's business
         quarantined = self.layout.root / "quarantine" / digest.algorithm / digest.hex
         return digest if quarantined.exists() else None
