@@ -95,6 +95,8 @@ class _Collector:
         if info is None:
             raise TransferError(f"{what}: {repo}@{reference} is not in the store")
         data = info.path.read_bytes()
+        if not info.digest.verify(data):
+            raise TransferError(_corrupt(what, info.digest))
         try:
             return info.digest, data, parse_manifest(data, info.media_type)
         except OCIError as exc:
@@ -186,14 +188,31 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _corrupt(what: str, digest: Digest) -> str:
+    return (
+        f"{what}: {digest} in the store does not match its digest (corrupt on disk); nothing "
+        "was exported. The server's scrub quarantines it (`edgecache status`), or run "
+        "`edgecache fsck`"
+    )
+
+
 class _Reading:
-    def __init__(self, f: IO[bytes], progress: Progress) -> None:
-        self.f, self.progress = f, progress
+    """A stored blob as the tar reads it: counted for the progress line, and hashed, so that
+    an export never carries bytes that do not match their name to another site."""
+
+    def __init__(self, f: IO[bytes], progress: Progress, digest: Digest) -> None:
+        self.f, self.progress, self.digest = f, progress, digest
+        self.hasher = digest.hasher()
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
+        self.hasher.update(data)
         self.progress.advance(len(data))
         return data
+
+    def check(self) -> None:
+        if self.hasher.hexdigest() != self.digest.hex:
+            raise TransferError(_corrupt("export", self.digest))
 
 
 def export(
@@ -265,6 +284,8 @@ def _write(
     for digest, (_, size) in collector.blobs.items():
         path = store.layout.blob_path(digest)
         with open(path, "rb") as f:
+            reading = _Reading(f, progress, digest)
             tar.addfile(_info(f"blobs/{digest.algorithm}/{digest.hex}", size),
-                        _Reading(f, progress))  # type: ignore[arg-type]  # fmt: skip
+                        reading)  # type: ignore[arg-type]  # fmt: skip
+            reading.check()
         summary.add(digest, size)
