@@ -16,15 +16,9 @@ import time
 from types import TracebackType
 from typing import TextIO
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+from ..cliformat import size as human_bytes  # one way to print sizes, here and in `status`
 
-
-def human_bytes(n: float) -> str:
-    for unit in _UNITS:
-        if abs(n) < 1024 or unit == _UNITS[-1]:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+__all__ = ["Progress", "human_bytes"]
 
 
 def _duration(seconds: float) -> str:

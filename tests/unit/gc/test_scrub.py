@@ -60,8 +60,9 @@ async def test_passes_come_by_themselves_and_an_interrupted_one_resumes(tmp_path
         scrubber = Scrubber(store, config.scrub, is_proxied=lambda r: False)
         async with trio.open_nursery() as nursery:
             await nursery.start(scrubber.run)
-            while scrubber.passes_completed < 2:
-                await trio.sleep(0.01)  # polling the condition, with a trio clock
+            with trio.fail_after(30):  # a deadline on the polled condition, not a wait
+                while scrubber.passes_completed < 2:
+                    await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         assert scrubber.objects_verified >= (len(everything) - 2) + len(everything)
         assert scrubber.last_pass is not None
