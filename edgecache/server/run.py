@@ -91,7 +91,9 @@ async def serve(config: Config) -> None:
     hc = _hypercorn_config(config)
     hc.bind = [f"fd://{sock.detach()}"]
     run_dir = store.layout.run
-    token = secrets.token_urlsafe(32)
+    # Hex, not urlsafe base64: a token starting with '-' would be read by argparse as an option
+    # in `edgecache status --token TOKEN` (CI hit it once in 64 runs).
+    token = secrets.token_hex(32)
     _write_private(run_dir / "admin-token", token + "\n")
     server_file = run_dir / "server.json"
     upstreams = {
