@@ -128,33 +128,48 @@ def proc_status(pid: int, key: str) -> int:
 
 
 class RSSSampler:
-    """Samples VmRSS of a pid every `interval` s in a thread; resets VmHWM at start."""
+    """Samples VmRSS of a pid every `interval` s in a thread; resets VmHWM at start.
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid, self.interval = pid, interval
-        self.peak = 0
+    tree=True: of the pid and its descendants (worker processes): `peak` is then the largest
+    sum over the processes seen in one sample, `peak_one` the largest single process.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05, tree: bool = False) -> None:
+        self.pid, self.interval, self.tree = pid, interval, tree
+        self.peak = self.peak_one = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _pids(self) -> list[int]:
+        return process_tree(self.pid) if self.tree else [self.pid]
 
     def __enter__(self) -> RSSSampler:
         # "5" resets the peak RSS (VmHWM) of the process (Linux >= 4.0), so VmHWM afterwards
         # covers only the measured phase, not the push that came before it.
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
         self._t.start()
         return self
 
+    def _sample(self, key: str) -> None:
+        sizes = []
+        for pid in self._pids():
+            with contextlib.suppress(Exception):
+                sizes.append(proc_status(pid, key))
+        if sizes:
+            self.peak = max(self.peak, sum(sizes))
+            self.peak_one = max(self.peak_one, *sizes)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(Exception):
-                self.peak = max(self.peak, proc_status(self.pid, "VmRSS"))
+            self._sample("VmRSS")
             self._stop.wait(self.interval)
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._t.join()
-        with contextlib.suppress(Exception):
-            self.peak = max(self.peak, proc_status(self.pid, "VmHWM"))
+        self._sample("VmHWM")
 
 
 # -------------------------------------------------------------------------------- image
@@ -322,7 +337,11 @@ class Proc:
     def __init__(self) -> None:
         self.p: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.url = ""
         self.log: Path | None = None
+
+    def start(self) -> Proc:
+        raise NotImplementedError
 
     @property
     def pid(self) -> int:
@@ -376,7 +395,6 @@ class Edgecache(Proc):
         super().__init__()
         self.data, self.config, self.extra_env = data, config, env or {}
         self.src = src
-        self.url = ""
 
     def start(self) -> Edgecache:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -443,6 +461,7 @@ class Registry(Proc):
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.base)},
         )
         wait_for(lambda: (self.check(), port_open(self.port))[1], 30, "docker-registry port")
+        self.url = f"http://{LOOPBACK}:{self.port}"
         return self
 
     def access_log(self) -> list[dict[str, Any]]:
@@ -501,6 +520,7 @@ http {{
             ["nginx", "-e", str(b / "error.log"), "-p", str(b), "-c", str(conf)], b / "stdout.log"
         )
         wait_for(lambda: (self.check(), port_open(self.port))[1], 15, "nginx port")
+        self.url = f"http://{LOOPBACK}:{self.port}"
         return self
 
 
