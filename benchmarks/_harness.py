@@ -230,19 +230,26 @@ def name_col(header: str = "target") -> Column:
     return header, lambda g: g.name
 
 
-def per_round(header: str, key: str, fmt: str = "{:.0f}") -> Column:
-    return header, lambda g: " / ".join(fmt.format(v) for v in g.vals(key))
+Fmt = str | Callable[[Any], str]  # a str.format pattern, or a function
 
 
-def median_col(header: str, key: str, fmt: str = "{:.0f}") -> Column:
-    return header, lambda g: fmt.format(g.median(key))
+def _fmt(fmt: Fmt) -> Callable[[Any], str]:
+    return fmt.format if isinstance(fmt, str) else fmt
+
+
+def per_round(header: str, key: str, fmt: Fmt = "{:.0f}") -> Column:
+    return header, lambda g: " / ".join(_fmt(fmt)(v) for v in g.vals(key))
+
+
+def median_col(header: str, key: str, fmt: Fmt = "{:.0f}") -> Column:
+    return header, lambda g: _fmt(fmt)(g.median(key))
 
 
 def ratio_col(header: str, key: str) -> Column:
     return header, lambda g: fmt_ratio(g.ratios(key))
 
 
-def metric(label: str, key: str, fmt: str = "{:.0f}", baseline: str | None = None) -> list[Column]:
+def metric(label: str, key: str, fmt: Fmt = "{:.0f}", baseline: str | None = None) -> list[Column]:
     """The usual three columns of the measured value: per round, median, ratio to baseline."""
     cols = [per_round(f"{label} per round", key, fmt), median_col(f"median {label}", key, fmt)]
     if baseline:
@@ -391,7 +398,7 @@ class Bench:
 
     def header(self, *lines: str) -> list[str]:
         rounds = getattr(self.args, "rounds", None)
-        how = f"{rounds} rounds, target order alternating by round; " if rounds else ""
+        how = f"{rounds} round(s), target order alternating by round; " if rounds else ""
         return [
             f"# {self.name}  {self.started.isoformat(timespec='seconds')}",
             f"# nproc {len(os.sched_getaffinity(0))}; {c.machine()}",

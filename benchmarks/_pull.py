@@ -12,16 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import queue
 import re
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root: tests.faultproxy
 import _common as c
+import _harness as h
 
 from tests.faultproxy import FaultProxy, random_offsets
 
@@ -93,6 +96,86 @@ def full_pull(
             ttfb = cl.first_body_at - t0
     cl.close()
     return {"bytes": total, "ttfb": ttfb, "retries": retries}
+
+
+def cold_pull(
+    t: h.Target,
+    upstream: c.Proc,
+    img: c.Image,
+    repo: str,
+    tag: str,
+    clients: int,
+    workdir: Path,
+    timeout: float,
+    attempts: int = 1,
+    arm: Callable[[FaultProxy], None] | None = None,
+) -> dict[str, Any]:
+    """`clients` concurrent full pulls through a fresh (cold) `t` behind its own FaultProxy.
+
+    arm: faults to set on the proxy once the cache is up. "wall" spans the completed pulls
+    (NaN when none completed); the upstream counters are read once it went quiet (`settle`).
+    """
+    fp = FaultProxy(c.LOOPBACK, upstream.port).start()
+    try:
+        with t.running(workdir, fp.url) as srv:
+            if arm is not None:
+                arm(fp)
+            cpu0 = c.cpu_seconds(srv.pid)
+            t0 = time.monotonic()
+            errors: list[str] = []
+            try:
+                res = c.run_clients_results(
+                    full_pull,
+                    [(srv.port, t.repo(repo), tag, img.manifest_digest, attempts)] * clients,
+                    timeout,
+                )
+            except queue.Empty:
+                res = []
+                errors.append(f"timed out after {timeout:.0f} s")
+            ok = [r for r in res if r[0] == "ok"]
+            errors[:0] = [r[3] for r in res if r[0] != "ok"]
+            wall = max(r[2] for r in ok) - min(r[1] for r in ok) if ok else float("nan")
+            wall_all = time.monotonic() - t0
+            settle(fp)
+            out: dict[str, Any] = {
+                "ok": len(ok),
+                "errors": errors[:3],
+                "wall": wall,
+                "wall_incl_failures": wall_all,
+                "pulls": [r[3] for r in ok],
+                "upstream_bytes": fp.bytes_to_client,
+                "upstream_requests": fp.requests,
+                "upstream_connections": fp.connections,
+                "cuts": fp.cuts,
+                "failed_503": fp.failed_requests,
+                "server_cpu": c.cpu_seconds(srv.pid) - cpu0,
+            }
+            if t.kind == "edgecache":
+                m = metrics(srv.port)
+                out["ec_upstream_bytes"] = m.get("edgecache_upstream_bytes_total")
+                out["ec_blob_fetches"] = m.get("edgecache_upstream_blob_fetches_total")
+            return out
+    finally:
+        fp.close()
+
+
+def cold_targets(kinds: str, workers: list[int] | None) -> list[h.Target]:
+    """--targets edgecache,registry: the caches of cold_stampede and flaky_link (edgecache once
+    per --workers value)."""
+    out: list[h.Target] = []
+    for kind in kinds.split(","):
+        if kind == "edgecache":
+            out += h.edgecaches(workers, upstream_name=UP_NAME)
+        elif kind == "registry":
+            out.append(h.registry())
+        else:
+            raise SystemExit(f"--targets: unknown target {kind!r} (edgecache, registry)")
+    return out
+
+
+def ok_pulls(header: str) -> h.Column:
+    """Pulls that completed / pulls started, over the rounds (a row's level = clients)."""
+    return header, lambda g: f"{sum(g.vals('ok'))}/{g.level * len(g.recs)}"
 
 
 def image_bytes(img: c.Image) -> int:

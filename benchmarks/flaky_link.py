@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/flaky_link.py [--clients 1,16] [--rounds 2] [--layers 4]
         [--layer-mib 64] [--cut-min-mib 8] [--cut-max-mib 32] [--n503 3] [--attempts 3]
-        [--workdir /tmp/edgecache-bench] [--json FILE]
+        [--workdir /tmp/edgecache-bench] [--json FILE] [--record [FILE]]
 
 Same set-up as cold_stampede.py (plain docker-registry upstream with one image of random-byte
 layers, a fresh cache per measurement, each cache behind its own tests/faultproxy.FaultProxy),
@@ -16,23 +16,18 @@ Clients behave like a real puller: a failed GET (error status, connection closed
 digest mismatch) is retried from the start on a new connection, up to --attempts times per
 document; a pull that still fails is counted as failed. Reported: completed pulls, wall time,
 client-side retries, upstream bytes / image size (FaultProxy byte counter, after the upstream
-went quiet for 1 s), upstream connections cut.
+went quiet for 1 s), upstream connections cut. Rounds interleave the targets (_harness.py: order
+alternating by round).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import queue
-import shutil
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import _harness as h
 import _pull as p
 
 REPO = "bench/flaky"
@@ -40,173 +35,71 @@ TAG = "latest"
 MiB = c.MiB
 
 
-def measure(
-    target: str,
-    clients: int,
-    upstream: c.Registry,
-    img: c.Image,
-    base: Path,
-    a: argparse.Namespace,
-    seed: int,
-) -> dict[str, Any]:
-    fp = p.FaultProxy(c.LOOPBACK, upstream.port).start()
-    srv: c.Proc
-    try:
-        if target == "edgecache":
-            srv = c.Edgecache(base / "ec", config=p.edgecache_config(fp.url)).start()
-            prefix = f"{p.UP_NAME}/{REPO}"
-        else:
-            srv = c.Registry(base / "reg", proxy_remote=fp.url).start()
-            prefix = REPO
-        try:
-            fp.fail_with_503(a.n503)
-            fp.cut_after(p.random_offsets(seed, a.cut_min_mib * MiB, a.cut_max_mib * MiB))
-            cpu0 = c.cpu_seconds(srv.pid)
-            t0 = time.monotonic()
-            timed_out = False
-            try:
-                res = c.run_clients_results(
-                    p.full_pull,
-                    [(srv.port, prefix, TAG, img.manifest_digest, a.attempts)] * clients,
-                    a.timeout,
-                )
-            except queue.Empty:
-                timed_out = True
-                res = []
-            ok = [r for r in res if r[0] == "ok"]
-            errors = [r[3] for r in res if r[0] != "ok"]
-            if timed_out:
-                errors.append(f"timed out after {a.timeout:.0f} s")
-            wall = max(r[2] for r in ok) - min(r[1] for r in ok) if ok else float("nan")
-            fail_wall = time.monotonic() - t0
-            p.settle(fp)
-            out: dict[str, Any] = {
-                "target": target,
-                "clients": clients,
-                "ok": len(ok),
-                "errors": errors[:3],
-                "wall": wall,
-                "wall_incl_failures": fail_wall,
-                "client_retries": sum(r[3]["retries"] for r in ok),
-                "upstream_bytes": fp.bytes_to_client,
-                "upstream_requests": fp.requests,
-                "upstream_connections": fp.connections,
-                "cuts": fp.cuts,
-                "failed_503": fp.failed_requests,
-                "server_cpu": c.cpu_seconds(srv.pid) - cpu0,
-            }
-            if target == "edgecache":
-                m = p.metrics(srv.port)
-                out["ec_upstream_bytes"] = m.get("edgecache_upstream_bytes_total")
-                out["ec_blob_fetches"] = m.get("edgecache_upstream_blob_fetches_total")
-            return out
-        finally:
-            srv.stop()
-    finally:
-        fp.close()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--clients", default="1,16")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--layer-mib", type=int, default=64)
-    ap.add_argument("--cut-min-mib", type=int, default=8)
-    ap.add_argument("--cut-max-mib", type=int, default=32)
-    ap.add_argument("--n503", type=int, default=3)
-    ap.add_argument("--attempts", type=int, default=3)
-    ap.add_argument("--targets", default="edgecache,registry")
-    ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
-    ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
+    b = h.Bench("flaky_link", __doc__, rounds=2)
+    b.ap.add_argument("--clients", default="1,16")
+    b.ap.add_argument("--layers", type=int, default=4)
+    b.ap.add_argument("--layer-mib", type=int, default=64)
+    b.ap.add_argument("--cut-min-mib", type=int, default=8)
+    b.ap.add_argument("--cut-max-mib", type=int, default=32)
+    b.ap.add_argument("--n503", type=int, default=3)
+    b.ap.add_argument("--attempts", type=int, default=3)
+    b.ap.add_argument("--targets", default="edgecache,registry")
+    b.ap.add_argument("--timeout", type=float, default=300)
+    a = b.parse()
     counts = [int(x) for x in a.clients.split(",")]
-    targets = a.targets.split(",")
-    a.workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = a.workdir / f"flaky-{int(time.time())}"
+    targets = p.cold_targets(a.targets, None)
     img = c.build_image(a.workdir / f"layout-{a.layers}x{a.layer_mib}", a.layers, a.layer_mib)
     size = p.image_bytes(img)
-    load0 = c.loadavg()
-    started = datetime.datetime.now()
-    results: list[dict[str, Any]] = []
-    upstream = c.Registry(run_dir / "upstream").start()
-    try:
+    with b:
+        upstream = b.own(c.Registry(b.run_dir / "upstream").start())
         c.push_image(upstream.port, REPO, img, TAG)
-        for r in range(a.rounds):
-            for n in counts:
-                order = targets if r % 2 == 0 else targets[::-1]
-                for t in order:
-                    c.log(f"round {r + 1}: {t}, {n} clients (load {c.loadavg()}) ...")
-                    v = measure(t, n, upstream, img, run_dir / f"{t}-{n}-{r}", a, 1000 + r)
-                    v["round"] = r + 1
-                    results.append(v)
-                    c.log(
-                        f"  ok {v['ok']}/{n} wall {v['wall']:.2f} s "
-                        f"(incl. failures {v['wall_incl_failures']:.1f} s), client retries "
-                        f"{v['client_retries']}, upstream {v['upstream_bytes'] / size:.3f}x image, "
-                        f"{v['upstream_requests']} requests, {v['cuts']} cuts, "
-                        f"{v['failed_503']} x 503"
-                        + (f", errors {v['errors']}" if v["errors"] else "")
-                    )
-    finally:
-        upstream.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if a.json:
-        a.json.write_text(json.dumps({"image_bytes": size, "results": results}, indent=1))
+        for rnd, n, t in b.schedule(targets, counts):
+            # The same seed for every cache in a round: the same cuts.
+            cuts = p.random_offsets(999 + rnd, a.cut_min_mib * MiB, a.cut_max_mib * MiB)
 
-    rows = []
-    for n in counts:
-        for t in targets:
-            vals = [v for v in results if v["target"] == t and v["clients"] == n]
-            rows.append(
-                [
-                    n,
-                    t,
-                    f"{sum(v['ok'] for v in vals)}/{n * len(vals)}",
-                    " / ".join(p.fmt_s(v["wall"]) for v in vals),
-                    " / ".join(p.fmt_s(v["wall_incl_failures"]) for v in vals),
-                    " / ".join(str(v["client_retries"]) for v in vals),
-                    " / ".join(f"{v['upstream_bytes'] / size:.2f}" for v in vals),
-                    " / ".join(str(v["cuts"]) for v in vals),
-                    " / ".join(str(v["upstream_requests"]) for v in vals),
-                ]
+            def arm(fp: p.FaultProxy, cuts: object = cuts) -> None:
+                fp.fail_with_503(a.n503)
+                fp.cut_after(cuts)
+
+            v = p.cold_pull(
+                t, upstream, img, REPO, TAG, n, b.run_dir / f"m{rnd}", a.timeout, a.attempts, arm
             )
-    print()
-    print(f"# flaky_link  {started.isoformat(timespec='seconds')}")
-    print(f"# {c.machine()}")
-    print(f"# edgecache: {c.edgecache_source()}")
-    print(
-        f"# image: {a.layers} x {a.layer_mib} MiB random layers = {size} bytes; every upstream "
+            v["client_retries"] = sum(x["retries"] for x in v.pop("pulls"))
+            b.record(t.name, rnd, n, **v)
+            c.log(
+                f"  ok {v['ok']}/{n} wall {v['wall']:.2f} s "
+                f"(incl. failures {v['wall_incl_failures']:.1f} s), client retries "
+                f"{v['client_retries']}, upstream {v['upstream_bytes'] / size:.3f}x image, "
+                f"{v['upstream_requests']} requests, {v['cuts']} cuts, "
+                f"{v['failed_503']} x 503" + (f", errors {v['errors']}" if v["errors"] else "")
+            )
+
+    table = b.table(
+        [
+            h.level_col("clients"),
+            h.name_col(),
+            p.ok_pulls("completed pulls"),
+            h.per_round("wall s (completed) per round", "wall", p.fmt_s),
+            h.per_round("s until all clients done", "wall_incl_failures", p.fmt_s),
+            h.per_round("client retries", "client_retries", str),
+            h.per_round("upstream bytes / image", "upstream_bytes", lambda x: f"{x / size:.2f}"),
+            h.per_round("upstream cuts", "cuts", str),
+            h.per_round("upstream requests", "upstream_requests", str),
+        ]
+    )
+    header = b.header(
+        f"image: {a.layers} x {a.layer_mib} MiB random layers = {size} bytes; every upstream "
         f"connection cut after {a.cut_min_mib}-{a.cut_max_mib} MiB (seeded), first {a.n503} "
-        f"upstream requests 503; client attempts per document: {a.attempts}; {a.rounds} rounds "
-        f"interleaved; load average at start: {load0}, at end: {c.loadavg()}"
+        f"upstream requests 503; client attempts per document: {a.attempts}"
     )
-    print(
-        c.table(
-            [
-                "clients",
-                "target",
-                "completed pulls",
-                "wall s (completed) per round",
-                "s until all clients done",
-                "client retries",
-                "upstream bytes / image",
-                "upstream cuts",
-                "upstream requests",
-            ],
-            rows,
-        )
-    )
-    for v in results:
-        if v["errors"]:
-            print(
-                f"# round {v['round']} {v['target']} {v['clients']} clients: "
-                f"{v['clients'] - v['ok']} failed, e.g. {v['errors'][0]}"
-            )
+    notes = [
+        f"# round {v['round']} {v['target']} {v['level']} clients: "
+        f"{v['level'] - v['ok']} failed, e.g. {v['errors'][0]}"
+        for v in b.records
+        if v["errors"]
+    ]
+    b.report(header, [table, *notes], image_bytes=size)
     return 0
 
 

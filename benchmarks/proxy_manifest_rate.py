@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/proxy_manifest_rate.py [--duration 10] [--connections 64]
         [--threads 2] [--rounds 3] [--workdir /tmp/edgecache-bench] [--json FILE]
+        [--record [FILE]]
 
 Upstream: a plain docker-registry (JSON access log) holding a small image (2 x 1 MiB layers).
 Caches, both pointing straight at the upstream (no FaultProxy here: its per-connection threads
@@ -10,22 +11,17 @@ would tax docker-registry, which opens a new upstream connection per tag request
   upstream with a HEAD, concurrent requests share one), /v2/up/<repo>/manifests/latest;
 - docker-registry 2.8.2 with `proxy: remoteurl`, /v2/<repo>/manifests/latest.
 Both are warmed by one GET of the tag (and a 2 s wrk run) before measuring. Then
-`wrk -c64 -t2 -d10s --latency -H 'Accept: <oci manifest>' URL` per target, rounds interleaved;
-non-2xx responses and wrk timeouts (2 s) are counted, not fatal. Reported: req/s, p50/p99,
-upstream requests per client request, from the upstream's JSON access log (entries of that
-measurement window, attributed by User-Agent: edgecache's httpx client says python-httpx),
-by method, and server CPU ms/request.
+`wrk -c64 -t2 -d10s --latency -H 'Accept: <oci manifest>' URL` per target, rounds interleaved
+(_harness.py: order alternating by round); non-2xx responses and wrk timeouts (2 s) are
+counted, not fatal. Reported: req/s, p50/p99, upstream requests per client request, from the
+upstream's JSON access log (entries of that measurement window, attributed by User-Agent:
+edgecache's httpx client says python-httpx), by method, and server CPU ms/request.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import hashlib
 import http.client
-import json
-import re
-import shutil
 import sys
 import time
 from collections import Counter
@@ -34,8 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import _harness as h
 import _pull as p
-import manifest_rate as mr
+from _wrk import wrk
 
 REPO = "bench/proxymanifest"
 
@@ -66,155 +63,92 @@ def by_method(upstream: c.Registry, skip: int, ua_word: str) -> tuple[Counter[st
     return cnt, len(entries)
 
 
-def wrk(port: int, duration: int, conns: int, threads: int, path: str) -> dict[str, Any]:
-    """manifest_rate.wrk, but errors (non-2xx, timeouts) are counted rather than fatal."""
-    try:
-        v: dict[str, Any] = mr.wrk(port, duration, conns, threads, path)
-        v["errors"] = ""
-        return v
-    except RuntimeError as e:
-        out = str(e)
-    v = {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "reqs": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
-    }
-    for label, key in (("50%", "p50_ms"), ("99%", "p99_ms")):
-        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        v[key] = (
-            float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)] if m else float("nan")
-        )
-    errs = [
-        m.group(0).strip()
-        for m in re.finditer(r"(Socket errors:.*|Non-2xx or 3xx responses:.*)", out)
-    ]
-    v["errors"] = "; ".join(errs)
+# Which upstream requests are whose (docker-registry's own client does not say python-httpx).
+UA = {"edgecache": "python-httpx", "registry": "!python-httpx"}
+
+
+def measure(t: h.Target, upstream: c.Registry, a: Any) -> dict[str, Any]:
+    path = f"/v2/{t.repo(REPO)}/manifests/latest"
+    _, skip = by_method(upstream, 0, UA[t.kind])
+    cpu0 = c.cpu_seconds(t.pid)
+    v = wrk(t.url + path, a.duration, a.connections, a.threads, strict=False)
+    # Requests wrk gave up on (timeouts) may still be queued in the server: let them finish
+    # (their upstream requests belong to this window).
+    time.sleep(3)
+    v["cpu_ms_per_req"] = (c.cpu_seconds(t.pid) - cpu0) * 1e3 / v["reqs"]
+    cnt, _ = by_method(upstream, skip, UA[t.kind])
+    v["upstream_requests"] = sum(cnt.values())
+    v["up_per_req"] = v["upstream_requests"] / v["reqs"]
+    v["upstream_by_method"] = dict(cnt)
+    v["load"] = c.loadavg()
     return v
 
 
+def by_method_per_request(g: h.Group) -> str:
+    methods: Counter[str] = Counter()
+    for v in g.recs:
+        methods.update(v["upstream_by_method"])
+    total = sum(v["reqs"] for v in g.recs)
+    return ", ".join(f"{k} {n / total:.3f}" for k, n in sorted(methods.items()))
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
-    ap.add_argument("--json", type=Path)
-    ap.add_argument(
+    b = h.Bench("proxy_manifest_rate", __doc__, rounds=3)
+    b.ap.add_argument("--duration", type=int, default=10)
+    b.ap.add_argument("--connections", type=int, default=64)
+    b.ap.add_argument("--threads", type=int, default=2)
+    b.ap.add_argument(
         "--profile", action="store_true", help="py-spy edgecache during extra wrk runs at the end"
     )
-    a = ap.parse_args()
-    a.workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = a.workdir / f"proxymanifest-{int(time.time())}"
+    a = b.parse()
     img = c.build_image(a.workdir / "layout-small", 2, 1)
-    load0 = c.loadavg()
-    started = datetime.datetime.now()
-    res: dict[str, list[dict[str, Any]]] = {"edgecache": [], "registry": []}
-    procs: dict[str, tuple[c.Proc, str, str]] = {}
-    upstream = c.Registry(run_dir / "upstream", json_log=True).start()
-    try:
+    targets = [h.edgecache(upstream_name=p.UP_NAME), h.registry()]
+    prof = ""
+    with b:
+        upstream = b.own(c.Registry(b.run_dir / "upstream", json_log=True).start())
         c.push_image(upstream.port, REPO, img)
-        up_url = f"http://{c.LOOPBACK}:{upstream.port}"
-        ec = c.Edgecache(run_dir / "ec", config=p.edgecache_config(up_url)).start()
-        reg = c.Registry(run_dir / "reg", proxy_remote=up_url).start()
-        procs["edgecache"] = (ec, "python-httpx", f"/v2/{p.UP_NAME}/{REPO}/manifests/latest")
-        procs["registry"] = (reg, "!python-httpx", f"/v2/{REPO}/manifests/latest")
-        for _name, (srv, _ua, path) in procs.items():
-            check(srv.port, path, img)
-            wrk(srv.port, 2, a.connections, a.threads, path)  # warm-up, not measured
+        b.start(targets, upstream=upstream.url)
+        for t in targets:
+            path = f"/v2/{t.repo(REPO)}/manifests/latest"
+            check(t.port, path, img)
+            wrk(t.url + path, 2, a.connections, a.threads, strict=False)  # warm-up
             time.sleep(3)  # requests the warm-up left queued drain before measuring
-        for r in range(a.rounds):
-            order = list(procs) if r % 2 == 0 else list(procs)[::-1]
-            for name in order:
-                srv, ua, path = procs[name]
-                _, skip = by_method(upstream, 0, ua)
-                cpu0 = c.cpu_seconds(srv.pid)
-                v = wrk(srv.port, a.duration, a.connections, a.threads, path)
-                # Requests wrk gave up on (timeouts) may still be queued in the server: let
-                # them finish (their upstream requests belong to this window).
-                time.sleep(3)
-                v["cpu_ms_per_req"] = (c.cpu_seconds(srv.pid) - cpu0) * 1e3 / v["reqs"]
-                cnt, _ = by_method(upstream, skip, ua)
-                v["upstream_requests"] = sum(cnt.values())
-                v["up_per_req"] = v["upstream_requests"] / v["reqs"]
-                v["upstream_by_method"] = dict(cnt)
-                v["load"] = c.loadavg()
-                res[name].append(v)
-                c.log(
-                    f"round {r + 1} {name}: {v['rps']:.0f} req/s p50 {v['p50_ms']:.2f} ms "
-                    f"p99 {v['p99_ms']:.2f} ms, upstream {v['upstream_requests']} requests "
-                    f"({v['up_per_req']:.3f}/request) {dict(cnt)}, load {v['load']}"
-                    + (f", wrk errors: {v['errors']}" if v["errors"] else "")
-                )
-            check(srv.port, path, img)
-        prof = ""
+        for rnd, _, t in b.schedule(targets):
+            v = b.record(t.name, rnd, **measure(t, upstream, a))
+            c.log(
+                f"  {v['rps']:.0f} req/s p50 {v['p50_ms']:.2f} ms p99 {v['p99_ms']:.2f} ms, "
+                f"upstream {v['upstream_requests']} requests ({v['up_per_req']:.3f}/request) "
+                f"{v['upstream_by_method']}, load {v['load']}"
+                + (f", wrk errors: {v['errors']}" if v["errors"] else "")
+            )
+            check(t.port, f"/v2/{t.repo(REPO)}/manifests/latest", img)
         if a.profile:
-            ec, _, path = procs["edgecache"]
+            ec = targets[0]
+            url = f"{ec.url}/v2/{ec.repo(REPO)}/manifests/latest"
             prof = c.pyspy_profile(
                 ec.pid,
-                lambda: wrk(ec.port, 5, a.connections, a.threads, path),
+                lambda: wrk(url, 5, a.connections, a.threads, strict=False),
                 10,
                 Path(__file__).resolve().parent / "profile-proxy-manifest",
             )
-    finally:
-        for srv, _, _ in procs.values():
-            srv.stop()
-        upstream.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
-
-    rows = []
-    for name, vals in res.items():
-        ratio = c.median(v["rps"] / b["rps"] for v, b in zip(vals, res["registry"], strict=False))
-        methods: Counter[str] = Counter()
-        for v in vals:
-            methods.update(v["upstream_by_method"])
-        total_reqs = sum(v["reqs"] for v in vals)
-        rows.append(
-            [
-                name,
-                " / ".join(f"{v['rps']:.0f}" for v in vals),
-                f"{c.median(v['rps'] for v in vals):.0f}",
-                f"{c.median(v['p50_ms'] for v in vals):.2f}",
-                f"{c.median(v['p99_ms'] for v in vals):.2f}",
-                f"{ratio:.2f}x",
-                " / ".join(f"{v['up_per_req']:.3f}" for v in vals),
-                ", ".join(f"{k} {n / total_reqs:.3f}" for k, n in sorted(methods.items())),
-                " / ".join(v["errors"] or "0" for v in vals),
-                f"{c.median(v['cpu_ms_per_req'] for v in vals):.3f}",
-            ]
-        )
-    print()
-    print(f"# proxy_manifest_rate  {started.isoformat(timespec='seconds')}")
-    print(f"# {c.machine()}")
-    print(f"# edgecache: {c.edgecache_source()}")
-    print(
-        f"# wrk -c{a.connections} -t{a.threads} -d{a.duration}s --latency "
-        f"-H 'Accept: {c.OCI_MANIFEST}' <manifest by tag>; {a.rounds} rounds interleaved; "
-        f"load average at start: {load0}, at end: {c.loadavg()}"
+    table = b.table(
+        [
+            h.name_col(),
+            *h.metric("req/s", "rps", baseline="registry"),
+            h.median_col("p50 ms", "p50_ms", "{:.2f}"),
+            h.median_col("p99 ms", "p99_ms", "{:.2f}"),
+            h.per_round("upstream requests per request", "up_per_req", "{:.3f}"),
+            ("by method, per client request", by_method_per_request),
+            ("wrk errors (per round)", lambda g: " / ".join(e or "0" for e in g.vals("errors"))),
+            h.median_col("server CPU ms/req", "cpu_ms_per_req", "{:.3f}"),
+        ],
+        baseline="registry",
     )
-    print(
-        c.table(
-            [
-                "target",
-                "req/s per round",
-                "median req/s",
-                "p50 ms",
-                "p99 ms",
-                "ratio to registry",
-                "upstream requests per request",
-                "by method, per client request",
-                "wrk errors (per round)",
-                "server CPU ms/req",
-            ],
-            rows,
-        )
+    header = b.header(
+        f"wrk -c{a.connections} -t{a.threads} -d{a.duration}s --latency "
+        f"-H 'Accept: {c.OCI_MANIFEST}' <manifest by tag>"
     )
-    if prof:
-        print()
-        print(prof)
+    b.report(header, [table, *([f"\n{prof}"] if prof else [])])
     return 0
 
 
