@@ -417,6 +417,7 @@ class Bench:
 
     def report(self, header: Sequence[str], body: Sequence[str], **json_extra: Any) -> None:
         """Print header + body (tables, notes); --json writes the records, --record the text."""
+        body = [part for part in body if part]
         print()
         print("\n".join([*header, *body]))
         a = self.args
