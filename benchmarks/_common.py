@@ -395,6 +395,7 @@ class Edgecache(Proc):
         super().__init__()
         self.data, self.config, self.extra_env = data, config, env or {}
         self.src = src
+        self.config_path: Path | None = None
 
     def start(self) -> Edgecache:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -406,6 +407,7 @@ class Edgecache(Proc):
             cfg = self.data.parent / (self.data.name + ".toml")
             cfg.write_text(self.config)
             argv += ["--config", str(cfg)]
+            self.config_path = cfg
         env = dict(os.environ, EDGECACHE_AUTH_ANONYMOUS_PUSH="true", **self.extra_env)
         if src:
             env["PYTHONPATH"] = src

@@ -1,7 +1,7 @@
 """A real containerd pull through edgecache, cold and warm, as a ratio to pulling directly.
 
     .venv/bin/python benchmarks/containerd_pull.py [--rounds 3] [--layers 4] [--layer-mib 48]
-        [--workdir /tmp/edgecache-bench] [--json FILE]
+        [--fetch-only] [--workdir /tmp/edgecache-bench] [--json FILE] [--record [FILE]]
 
 Upstream: a plain docker-registry holding an image of uncompressed tar layers (each one file of
 random bytes, so they unpack). containerd 1.6 (tests/support.py `Containerd`: own root, state
@@ -14,15 +14,13 @@ with REF = 127.0.0.1:<upstream port>/<repo>:v1, three ways:
 Every pull uses a brand-new containerd (new root: empty content store and snapshots), started
 before the timer; the timer covers only `ctr images pull` (fetch + unpack). That edgecache
 really served the pull (containerd silently falls back to `server`) is checked from its
-/metrics (blob GETs answered). Rounds rotate the order of direct and the edgecache pair
-(cold always before warm); ratios are per round, then the median.
+/metrics (blob GETs answered). Rounds alternate the order of direct and the edgecache pair
+(_harness.py; cold always before warm); ratios are per round, then the median.
 Targets (issue 3): cold <= 1.1x direct, warm <= 1.0x direct.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import hashlib
 import io
 import json
@@ -36,10 +34,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import _harness as h
 import _pull as p
 
 from tests.support import Containerd
@@ -168,119 +166,86 @@ def ctr_pull(ref: str, hosts_dir: Path, timeout: float, fetch_only: str = "") ->
         shutil.rmtree(base, ignore_errors=True)
 
 
+GOALS = {"direct": "-", "edgecache cold": "<= 1.1x", "edgecache warm": "<= 1.0x"}
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--layer-mib", type=int, default=48)
-    ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
-    ap.add_argument("--json", type=Path)
-    ap.add_argument(
+    b = h.Bench("containerd_pull", __doc__, rounds=3)
+    b.ap.add_argument("--layers", type=int, default=4)
+    b.ap.add_argument("--layer-mib", type=int, default=48)
+    b.ap.add_argument("--timeout", type=float, default=300)
+    b.ap.add_argument(
         "--fetch-only",
         action="store_true",
         help="`ctr content fetch` (download only) instead of `ctr images pull` (+ unpack)",
     )
-    a = ap.parse_args()
-    a.workdir.mkdir(parents=True, exist_ok=True)
-    run_dir = a.workdir / f"ctrpull-{int(time.time())}"
+    a = b.parse()
     img = build_tar_image(a.workdir / f"layout-tar-{a.layers}x{a.layer_mib}", a.layers, a.layer_mib)
     size = p.image_bytes(img)
     fo = img.manifest_digest if a.fetch_only else ""
-    load0 = c.loadavg()
-    started = datetime.datetime.now()
-    res: dict[str, list[float]] = {"direct": [], "edgecache cold": [], "edgecache warm": []}
-    extra: list[dict[str, Any]] = []
-    upstream = c.Registry(run_dir / "upstream").start()
-    try:
+    with b:
+        upstream = b.own(c.Registry(b.run_dir / "upstream").start())
         c.push_image(upstream.port, REPO, img, TAG)
         host = f"{c.LOOPBACK}:{upstream.port}"
         ref = f"{host}/{REPO}:{TAG}"
-        direct_dir = run_dir / "hosts-direct"
-        (direct_dir / f"{c.LOOPBACK}_{upstream.port}_").mkdir(parents=True)
-        (direct_dir / f"{c.LOOPBACK}_{upstream.port}_" / "hosts.toml").write_text(
-            f'server = "http://{host}"\n'
-        )
+        direct_dir = b.run_dir / "hosts-direct" / f"{c.LOOPBACK}_{upstream.port}_"
+        direct_dir.mkdir(parents=True)
+        (direct_dir / "hosts.toml").write_text(f'server = "http://{host}"\n')
         # Unmeasured warm-up: page cache of the upstream's files, containerd binaries.
-        ctr_pull(ref, direct_dir, a.timeout, fo)
-        orders = [["direct", "ec"], ["ec", "direct"]]
-        for r in range(a.rounds):
-            for what in orders[r % 2]:
-                if what == "direct":
-                    c.log(f"round {r + 1}: direct (load {c.loadavg()}) ...")
-                    res["direct"].append(ctr_pull(ref, direct_dir, a.timeout, fo))
-                    c.log(f"  {res['direct'][-1]:.2f} s")
-                    continue
-                ec = c.Edgecache(
-                    run_dir / f"ec{r}", config=f'[upstreams."{host}"]\nurl = "http://{host}"\n'
-                ).start()
-                try:
-                    hosts = run_dir / f"hosts-ec{r}"
-                    subprocess.run(
-                        [
-                            c.EDGECACHE, "mirror-config", "containerd", "--url", ec.url,
-                            "--config", str(run_dir / f"ec{r}.toml"), "--write", str(hosts),
-                        ],
-                        check=True, capture_output=True, text=True,
-                    )  # fmt: skip
-                    for label in ("edgecache cold", "edgecache warm"):
-                        c.log(f"round {r + 1}: {label} (load {c.loadavg()}) ...")
-                        before = blob_gets(ec.port)
-                        res[label].append(ctr_pull(ref, hosts, a.timeout, fo))
-                        served = blob_gets(ec.port) - before
-                        c.log(f"  {res[label][-1]:.2f} s, edgecache answered {served} blob GETs")
-                        if served < len(img.blobs):
-                            raise RuntimeError(
-                                f"{label}: edgecache served {served} blob GETs < "
-                                f"{len(img.blobs)}: containerd fell back to the upstream"
-                            )
-                    m = p.metrics(ec.port)
-                    extra.append(
-                        {
-                            "round": r + 1,
-                            "upstream_bytes": m.get("edgecache_upstream_bytes_total"),
-                            "blob_fetches": m.get("edgecache_upstream_blob_fetches_total"),
-                        }
+        ctr_pull(ref, direct_dir.parent, a.timeout, fo)
+        ec = h.edgecache(upstream_name=host)
+        for rnd, _, t in b.schedule(["direct", ec]):
+            if t == "direct":
+                b.record("direct", rnd, seconds=ctr_pull(ref, direct_dir.parent, a.timeout, fo))
+                c.log(f"  {b.records[-1]['seconds']:.2f} s")
+                continue
+            with ec.running(b.run_dir / f"ec{rnd}", upstream.url) as srv:
+                assert isinstance(srv, c.Edgecache) and srv.config_path is not None
+                hosts = b.run_dir / f"hosts-ec{rnd}"
+                subprocess.run(
+                    [
+                        c.EDGECACHE, "mirror-config", "containerd", "--url", srv.url,
+                        "--config", str(srv.config_path), "--write", str(hosts),
+                    ],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                for label in ("edgecache cold", "edgecache warm"):
+                    before = blob_gets(srv.port)
+                    secs = ctr_pull(ref, hosts, a.timeout, fo)
+                    served = blob_gets(srv.port) - before
+                    c.log(f"  {label}: {secs:.2f} s, edgecache answered {served} blob GETs")
+                    if served < len(img.blobs):
+                        raise RuntimeError(
+                            f"{label}: edgecache served {served} blob GETs < "
+                            f"{len(img.blobs)}: containerd fell back to the upstream"
+                        )
+                    m = p.metrics(srv.port)  # cumulative: after warm, cold + warm
+                    b.record(
+                        label,
+                        rnd,
+                        seconds=secs,
+                        upstream_bytes=m.get("edgecache_upstream_bytes_total"),
+                        blob_fetches=m.get("edgecache_upstream_blob_fetches_total"),
                     )
-                finally:
-                    ec.stop()
-    finally:
-        upstream.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if a.json:
-        a.json.write_text(json.dumps({"image_bytes": size, "res": res, "extra": extra}, indent=1))
-
-    rows = []
-    for name, vals in res.items():
-        ratio = c.median(v / d for v, d in zip(vals, res["direct"], strict=False))
-        rows.append(
-            [
-                name,
-                " / ".join(f"{v:.2f}" for v in vals),
-                f"{c.median(vals):.2f}",
-                f"{ratio:.2f}x",
-                {"direct": "-", "edgecache cold": "<= 1.1x", "edgecache warm": "<= 1.0x"}[name],
-            ]
-        )
-    print()
-    print(f"# containerd_pull  {started.isoformat(timespec='seconds')}")
-    print(f"# {c.machine()}")
-    print(f"# edgecache: {c.edgecache_source()}")
-    ups = " / ".join(f"{(e['upstream_bytes'] or 0) / size:.3f}" for e in extra)
-    print(
-        f"# ctr 1.6 {'content fetch' if fo else 'images pull --snapshotter native'}; "
-        f"image {a.layers} x {a.layer_mib} MiB tar "
-        f"layers = {size} bytes; fresh containerd root per pull; {a.rounds} rounds; edgecache "
-        f"upstream bytes / image per round (cold + warm): {ups}; "
-        f"load average at start: {load0}, at end: {c.loadavg()}"
+    table = b.table(
+        [
+            h.name_col("pull"),
+            *h.metric("seconds", "seconds", "{:.2f}", baseline="direct"),
+            ("target", lambda g: GOALS[g.name]),
+        ],
+        baseline="direct",
     )
-    print(
-        c.table(
-            ["pull", "seconds per round", "median s", "ratio to direct (median)", "target"], rows
-        )
+    ups = " / ".join(
+        f"{(r['upstream_bytes'] or 0) / size:.3f}"
+        for r in b.records
+        if r["target"] == "edgecache warm"
     )
+    header = b.header(
+        f"ctr 1.6 {'content fetch' if fo else 'images pull --snapshotter native'}; "
+        f"image {a.layers} x {a.layer_mib} MiB tar layers = {size} bytes; fresh containerd root "
+        f"per pull; edgecache upstream bytes / image per round (cold + warm): {ups}"
+    )
+    b.report(header, [table], image_bytes=size)
     return 0
 
 
