@@ -342,7 +342,11 @@ class Bench:
     # ---- rounds
 
     def schedule(
-        self, targets: Sequence[T], levels: Sequence[Any] = (None,), level_name: str = "clients"
+        self,
+        targets: Sequence[T],
+        levels: Sequence[Any] = (None,),
+        level_name: str = "clients",
+        label: Callable[[T], str] = lambda t: str(getattr(t, "name", t)),
     ) -> Iterator[tuple[int, Any, T]]:
         """(round, level, target) for every measurement: rounds, then levels, then targets,
         the target order alternating from round to round."""
@@ -350,8 +354,7 @@ class Bench:
             for level in levels:
                 for t in targets if r % 2 else targets[::-1]:
                     at = "" if level is None else f", {level} {level_name}"
-                    c.log(f"round {r}/{self.args.rounds}: {getattr(t, 'name', t)}{at} "
-                          f"(load {c.loadavg()}) ...")  # fmt: skip
+                    c.log(f"round {r}/{self.args.rounds}: {label(t)}{at} (load {c.loadavg()}) ...")
                     yield r, level, t
 
     def record(self, name: str, rnd: int, level: Any = None, **values: Any) -> dict[str, Any]:

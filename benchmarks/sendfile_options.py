@@ -1,6 +1,7 @@
 """Micro-benchmark: kernel cost of os.sendfile per GiB under the socket options edgecache uses.
 
     .venv/bin/python benchmarks/sendfile_options.py [--clients 4] [--gib 4] [--rounds 3]
+        [--workdir /tmp/edgecache-bench] [--json FILE] [--record [FILE]]
 
 No HTTP: one sender process serves C loopback connections with non-blocking os.sendfile of a
 page-cached file (a select loop standing in for trio's epoll loop, like zerocopy.py: at most
@@ -8,12 +9,12 @@ MAX_CALL bytes per call, then poll), C receiver processes recv_into a reused buf
 Variants: TCP_NODELAY on (what trio/hypercorn set) vs off vs TCP_CORK around the body (nginx
 `tcp_nopush`), and 1 MiB vs 8 MiB per call. Reports sender CPU seconds per GiB (user+sys of
 the sending process, from getrusage) and MB/s; the sender CPU is what would be saved.
+Rounds interleave the variants (_harness.py: order alternating by round); ratio = median of the
+per-round ratios to today's variant.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import resource
 import select
@@ -24,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import _harness as h
 
 
 def sender(
@@ -111,14 +113,10 @@ def one(
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--gib", type=float, default=4.0, help="total GiB per variant and round")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
-    a = ap.parse_args()
+    b = h.Bench("sendfile_options", __doc__, rounds=3)
+    b.ap.add_argument("--clients", type=int, default=4)
+    b.ap.add_argument("--gib", type=float, default=4.0, help="total GiB per variant and round")
+    a = b.parse()
     img = c.build_image(a.workdir / "layout", 8, 128)  # reuse the warm_blobs image's first layer
     path = str(img.blob_path(img.layers[0][0]))
     per_conn = int(a.gib * (1 << 30) / a.clients)
@@ -128,39 +126,25 @@ def main() -> int:
         ("NODELAY off, 1 MiB/call", False, False, 1 << 20),
         ("TCP_CORK, 1 MiB/call (nginx tcp_nopush)", True, True, 1 << 20),
     ]
-    res: dict[str, list[tuple[float, float]]] = {v[0]: [] for v in variants}
-    for r in range(a.rounds):
-        for name, nd, cork, mc in variants:
-            res[name].append(one(path, a.clients, per_conn, nd, cork, mc))
-            c.log(f"round {r + 1} {name}: {res[name][-1][0]:.3f} s/GiB {res[name][-1][1]:.0f} MB/s")
-    base = variants[0][0]
-    rows = []
-    for name, *_ in variants:
-        cpu = [x[0] for x in res[name]]
-        mbps = [x[1] for x in res[name]]
-        ratio = c.median(x / b for x, b in zip(cpu, (y[0] for y in res[base]), strict=False))
-        rows.append(
-            [
-                name,
-                " / ".join(f"{x:.3f}" for x in cpu),
-                f"{c.median(cpu):.3f}",
-                f"{ratio:.2f}x",
-                f"{c.median(mbps):.0f}",
-            ]
-        )
-    print()
-    print(f"# sendfile_options  {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"# {c.machine()}; load average at end: {c.loadavg()}")
-    print(
-        f"# {a.clients} connections, {a.gib} GiB per variant and round, receivers do not hash; "
-        f"{a.rounds} rounds interleaved"
+    for rnd, _, (name, nd, cork, mc) in b.schedule(variants, label=lambda v: v[0]):
+        cpu, mbps = one(path, a.clients, per_conn, nd, cork, mc)
+        b.record(name, rnd, cpu_s_per_gib=cpu, mbps=mbps)
+        c.log(f"  {cpu:.3f} s/GiB {mbps:.0f} MB/s")
+    today = variants[0][0]
+    table = b.table(
+        [
+            h.name_col("variant"),
+            h.per_round("sender CPU s/GiB per round", "cpu_s_per_gib", "{:.3f}"),
+            h.median_col("median", "cpu_s_per_gib", "{:.3f}"),
+            h.ratio_col("ratio to today (median, min-max)", "cpu_s_per_gib"),
+            h.median_col("median MB/s", "mbps"),
+        ],
+        baseline=today,
     )
-    print(
-        c.table(
-            ["variant", "sender CPU s/GiB per round", "median", "ratio to today", "median MB/s"],
-            rows,
-        )
+    header = b.header(
+        f"{a.clients} connections, {a.gib} GiB per variant and round, receivers do not hash"
     )
+    b.report(header, [table])
     return 0
 
 
