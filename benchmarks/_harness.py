@@ -205,10 +205,11 @@ class Group:
     def median(self, key: str) -> float:
         return c.median(self.vals(key)) if self.recs else math.nan
 
-    def ratios(self, key: str) -> list[float]:
-        """This target's value / the baseline's, per round (both measured in that round)."""
-        base = {r["round"]: r[key] for r in self.base}
-        return [r[key] / base[r["round"]] for r in self.recs if r["round"] in base]
+    def ratios(self, key: str, base: Sequence[dict[str, Any]] | None = None) -> list[float]:
+        """This target's value / the baseline's (or `base`'s), per round (both measured in
+        that round)."""
+        by_round = {r["round"]: r[key] for r in (self.base if base is None else base)}
+        return [r[key] / by_round[r["round"]] for r in self.recs if r["round"] in by_round]
 
 
 Column = tuple[str, Callable[[Group], Any]]
@@ -389,6 +390,15 @@ class Bench:
                 base = recs(*baseline(name, level))
             out.append(Group(name, level, recs(name, level), base))
         return out
+
+    def ratio_to(self, header: str, key: str, name: str) -> Column:
+        """A second ratio column: to target `name` (same level, same round)."""
+
+        def fn(g: Group) -> str:
+            base = [r for r in self.records if r["target"] == name and r["level"] == g.level]
+            return fmt_ratio(g.ratios(key, base))
+
+        return header, fn
 
     def table(
         self,

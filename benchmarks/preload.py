@@ -5,19 +5,19 @@ rounds, preload first in even ones), a `sync` before each. The archive is skopeo
 (`<diff_id>.tar` layers of random bytes, config, manifest.json last). `tar -xf` leaves its
 output in the page cache; preload fsyncs every blob before it becomes visible, so tar is
 reported both alone and followed by `sync` (the cost of making its output durable).
+MiB/s = archive size / seconds; ratios are per round (_harness.py), then the median.
 
     .venv/bin/python benchmarks/preload.py [--gib 2] [--rounds 3] [--dir /var/tmp]
+        [--json FILE] [--record [FILE]]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -25,7 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c
+import _harness as h
+
 MiB = 1 << 20
 
 
@@ -73,55 +76,45 @@ def preload_argv(data: Path, archive: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--gib", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dir", default="/var/tmp")
-    args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="ec-bench-preload-", dir=args.dir))
+    b = h.Bench("preload", __doc__, rounds=3, workdir=False)
+    b.ap.add_argument("--gib", type=float, default=2.0)
+    b.ap.add_argument("--dir", default="/var/tmp")
+    a = b.parse()
+    base = Path(tempfile.mkdtemp(prefix="ec-bench-preload-", dir=a.dir))
     try:
         archive = base / "archive.tar"
-        size = build_archive(archive, args.gib)
-        print(f"archive: {size / MiB:.0f} MiB, {args.rounds} rounds, dir {base}", flush=True)
-        rows = []
-        for round_ in range(args.rounds):
-            out = base / f"tar-{round_}"
-            data = base / f"data-{round_}"
-            times: dict[str, tuple[float, float]] = {}
-            # Alternate which goes first: each one's writes are still being absorbed by the
-            # disk (and the deletes of the last round's output) when the other starts.
-            for what in ("tar", "preload") if round_ % 2 == 0 else ("preload", "tar"):
-                subprocess.run(["sync"], check=True)
-                if what == "tar":
-                    out.mkdir()
-                    times[what] = (timed(["tar", "-xf", str(archive), "-C", str(out)]),
-                                   timed(["sync"]))  # fmt: skip
-                else:
-                    times[what] = (timed(preload_argv(data, archive)), timed(["sync"]))
-            t_tar, t_sync = times["tar"]
-            t_pre, t_pre_sync = times["preload"]
-            rows.append((t_tar, t_tar + t_sync, t_pre + t_pre_sync))
-            print(
-                f"round {round_ + 1} ({'tar' if round_ % 2 == 0 else 'preload'} first): "
-                f"tar -xf {size / MiB / t_tar:.0f} MB/s, "
-                f"tar -xf + sync {size / MiB / (t_tar + t_sync):.0f} MB/s, "
-                f"preload {size / MiB / (t_pre + t_pre_sync):.0f} MB/s "
-                f"(ratio {(t_tar + t_sync) / (t_pre + t_pre_sync):.2f} of tar+sync, "
-                f"{t_tar / (t_pre + t_pre_sync):.2f} of tar alone)",
-                flush=True,
-            )
-            shutil.rmtree(out)
-            shutil.rmtree(data)
-        tar_only = statistics.median(r[0] for r in rows)
-        tar_sync = statistics.median(r[1] for r in rows)
-        pre = statistics.median(r[2] for r in rows)
-        print(
-            f"median: tar -xf {size / MiB / tar_only:.0f} MiB/s, tar -xf + sync "
-            f"{size / MiB / tar_sync:.0f} MiB/s, preload {size / MiB / pre:.0f} MiB/s; "
-            f"ratio {tar_sync / pre:.2f} (vs tar+sync), {tar_only / pre:.2f} (vs tar alone)"
-        )
+        size = build_archive(archive, a.gib)
+        mib = size / MiB
+        c.log(f"archive: {mib:.0f} MiB in {base}")
+        # Alternating which goes first: each one's writes are still being absorbed by the disk
+        # (and the deletes of the last round's output) when the other starts.
+        for rnd, _, what in b.schedule(["tar", "preload"]):
+            subprocess.run(["sync"], check=True)
+            if what == "tar":
+                out = base / f"tar-{rnd}"
+                out.mkdir()
+                t_tar = timed(["tar", "-xf", str(archive), "-C", str(out)])
+                t_sync = timed(["sync"])
+                b.record("tar -xf", rnd, mibps=mib / t_tar)
+                b.record("tar -xf + sync", rnd, mibps=mib / (t_tar + t_sync))
+                shutil.rmtree(out)
+            else:
+                data = base / f"data-{rnd}"
+                t_pre = timed(preload_argv(data, archive)) + timed(["sync"])
+                b.record("preload (+ sync)", rnd, mibps=mib / t_pre)
+                shutil.rmtree(data)
+            c.log(f"  {b.records[-1]['mibps']:.0f} MiB/s")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    table = b.table(
+        [
+            h.name_col("step"),
+            *h.metric("MiB/s", "mibps", baseline="tar -xf + sync"),
+            b.ratio_to("ratio to tar -xf alone", "mibps", "tar -xf"),
+        ],
+        baseline="tar -xf + sync",
+    )
+    b.report(b.header(f"archive {mib:.0f} MiB in {a.dir}; `sync` before each step"), [table])
 
 
 if __name__ == "__main__":
