@@ -1,7 +1,7 @@
 """Anonymous pull latency while a password flood runs: before issue 8 vs now, in one run.
 
     .venv/bin/python benchmarks/auth_flood.py [--before REV] [--rounds 3] [--phase-seconds 10]
-        [--flooders 50] [--json FILE]
+        [--flooders 50] [--workdir /tmp/edgecache-bench] [--json FILE] [--record [FILE]]
 
 Why: bcrypt is slow on purpose (~0.25 s a check at cost 12). Before issue 8 it ran on trio's
 default worker-thread limiter, the same one file I/O uses, so 50 connections sending wrong
@@ -10,7 +10,7 @@ passwords pushed anonymous pulls from milliseconds to seconds.
 Targets: two `edgecache serve` processes with the same config (one user, cost-12 bcrypt hash,
 anonymous pull) and the same small image pushed (1 MiB layer): "before" runs a `git archive`
 of --before (default: the last commit before the issue 8 work), "now" runs the work tree.
-Phases, per round and target (target order alternating by round):
+Phases, per round and target (target order alternating by round, _harness.py):
 
     base       the probe alone
     flood-1ip  + N flood connections from 127.0.0.1
@@ -33,9 +33,7 @@ when the next request fails, so about one per 1000 probe requests is expected.
 
 from __future__ import annotations
 
-import argparse
 import base64
-import json
 import multiprocessing as mp
 import os
 import socket
@@ -47,9 +45,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import _harness as h
 
 BEFORE_DEFAULT = "34d6e18"  # main before the issue 8 work landed
-WORK = Path("/tmp/edgecache-bench/auth-flood")
 
 
 def _config() -> str:
@@ -204,84 +202,68 @@ def _phase(
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--before", default=BEFORE_DEFAULT)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--phase-seconds", type=float, default=10.0)
-    ap.add_argument("--flooders", type=int, default=50)
-    ap.add_argument("--json")
-    args = ap.parse_args()
-
-    WORK.mkdir(parents=True, exist_ok=True)
-    img = c.build_image(WORK / "image", n_layers=1, layer_mib=1)
-    snap = c.snapshot(args.before, WORK / "before-src")
+    b = h.Bench("auth_flood", __doc__, rounds=3)
+    b.ap.add_argument("--before", default=BEFORE_DEFAULT)
+    b.ap.add_argument("--phase-seconds", type=float, default=10.0)
+    b.ap.add_argument("--flooders", type=int, default=50)
+    a = b.parse()
+    work = a.workdir / "auth-flood"  # the image and the snapshot are kept for the next run
+    work.mkdir(parents=True, exist_ok=True)
+    img = c.build_image(work / "image", n_layers=1, layer_mib=1)
+    snap = c.snapshot(a.before, work / "before-src")
     config = _config()
-    servers = {
-        "before": c.Edgecache(WORK / "before-data", config, src=str(snap)),
-        "now": c.Edgecache(WORK / "now-data", config),
-    }
+    targets = [
+        h.edgecache("before", config=config, src=str(snap)),
+        h.edgecache("now", config=config),
+    ]
     # phase -> (flood sources, whether the flood sends passwords)
     phases: dict[str, tuple[list[str], bool]] = {
         "base": ([], False),
-        "flood-1ip": ([c.LOOPBACK] * args.flooders, True),
-        f"flood-{args.flooders}ip": ([f"127.0.1.{i + 1}" for i in range(args.flooders)], True),
-        "anon-flood": ([c.LOOPBACK] * args.flooders, False),
+        "flood-1ip": ([c.LOOPBACK] * a.flooders, True),
+        f"flood-{a.flooders}ip": ([f"127.0.1.{i + 1}" for i in range(a.flooders)], True),
+        "anon-flood": ([c.LOOPBACK] * a.flooders, False),
     }
-    results: list[dict[str, Any]] = []
-    try:
-        for name, server in servers.items():
-            import shutil
-
-            shutil.rmtree(server.data, ignore_errors=True)
-            server.start()
-            c.push_image(server.port, "bench/small", img)
-            c.log(f"{name}: {server.url}")
-        for rnd in range(args.rounds):
-            order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
-            for name in order:
-                for phase, (sources, password) in phases.items():
-                    c.log(f"round {rnd + 1} {name} {phase} (load {c.loadavg()})")
-                    r = _phase(servers[name], img, sources, password, args.phase_seconds)
-                    results.append({"round": rnd + 1, "target": name, "phase": phase, **r})
-                    c.log(f"  {r}")
-    finally:
-        for server in servers.values():
-            server.stop()
-
-    rows = []
-    for name in servers:
-        for phase in phases:
-            mine = [r for r in results if r["target"] == name and r["phase"] == phase]
-            bases = {r["round"]: r for r in results if r["target"] == name and r["phase"] == "base"}
-            p50 = c.median(r["p50_ms"] for r in mine)
-            p99 = c.median(r["p99_ms"] for r in mine)
-            r50 = c.median(r["p50_ms"] / bases[r["round"]]["p50_ms"] for r in mine)
-            r99 = c.median(r["p99_ms"] / bases[r["round"]]["p99_ms"] for r in mine)
-            flood = mine[-1]["flood_per_s"]
-            rows.append(
-                [
-                    name,
-                    phase,
-                    f"{p50:.1f}",
-                    f"{p99:.1f}",
-                    f"{c.median(r['max_ms'] for r in mine):.0f}",
-                    f"{r50:.2f}x",
-                    f"{r99:.2f}x",
-                    c.median(r["requests"] for r in mine),
-                    sum(len(r["probe_errors"]) for r in mine),
-                    ", ".join(f"{k}: {v}/s" for k, v in flood.items()) or "-",
-                ]
-            )
-    print(f"# auth_flood: {c.machine()}; load {c.loadavg()}")
-    print(f"# before = {args.before} ({snap}), now = {c.edgecache_source()}")
-    print(
-        f"# {args.rounds} rounds x {args.phase_seconds:.0f} s per phase, {args.flooders} "
-        "flood connections; medians over rounds; ratios to the same target's base, same round"
+    with b:
+        b.start(targets)
+        for t in targets:
+            c.push_image(t.port, "bench/small", img)
+            c.log(f"{t.name}: {t.url}")
+        for rnd, _, t in b.schedule(targets):
+            for phase, (sources, password) in phases.items():
+                c.log(f"  {phase} (load {c.loadavg()})")
+                assert isinstance(t.server, c.Edgecache)
+                r = _phase(t.server, img, sources, password, a.phase_seconds)
+                b.record(t.name, rnd, phase, **r)
+                c.log(f"  {r}")
+    rows = [
+        g for t in targets for g in b.groups(lambda name, _: (name, "base")) if g.name == t.name
+    ]
+    table = b.table(
+        [
+            h.name_col(),
+            h.level_col("phase"),
+            h.median_col("p50 ms", "p50_ms", "{:.1f}"),
+            h.median_col("p99 ms", "p99_ms", "{:.1f}"),
+            h.median_col("max ms", "max_ms"),
+            h.ratio_col("p50/base", "p50_ms"),
+            h.ratio_col("p99/base", "p99_ms"),
+            h.median_col("probe reqs", "requests", "{}"),
+            ("reconnects", lambda g: sum(len(e) for e in g.vals("probe_errors"))),
+            (
+                "flood answers (last round)",
+                lambda g: (
+                    ", ".join(f"{k}: {v}/s" for k, v in g.recs[-1]["flood_per_s"].items()) or "-"
+                ),
+            ),
+        ],
+        groups=rows,
     )
-    headers = ["target", "phase", "p50 ms", "p99 ms", "max ms", "p50/base", "p99/base"]
-    print(c.table([*headers, "probe reqs", "reconnects", "flood answers (last round)"], rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    header = b.header(
+        f"before = {a.before} ({snap}), now = the edgecache above; {a.phase_seconds:.0f} s per "
+        f"phase, {a.flooders} flood connections; medians over rounds; ratios to the same "
+        "target's base, same round"
+    )
+    b.report(header, [table])
     return 0
 
 
