@@ -269,7 +269,7 @@ class Bench:
         name: str,
         doc: str | None,
         *,
-        rounds: int,
+        rounds: int | None,
         workdir: bool = True,
         workers: bool = False,
     ) -> None:
@@ -279,9 +279,10 @@ class Bench:
         self.ap = argparse.ArgumentParser(
             description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
-        self.ap.add_argument(
-            "--rounds", type=int, default=rounds, help="rounds (target order alternates by round)"
-        )
+        if rounds is not None:
+            self.ap.add_argument(
+                "--rounds", type=int, default=rounds, help="rounds (target order alternates)"
+            )
         if workdir:
             self.ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
         self.ap.add_argument("--json", type=Path, help="also write every measurement here")
@@ -430,7 +431,6 @@ class Bench:
 
     def report(self, header: Sequence[str], body: Sequence[str], **json_extra: Any) -> None:
         """Print header + body (tables, notes); --json writes the records, --record the text."""
-        body = [part for part in body if part]
         print()
         print("\n".join([*header, *body]))
         a = self.args

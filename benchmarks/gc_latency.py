@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/gc_latency.py [--repos 100] [--manifests 10000]
         [--blobs-per-manifest 10] [--clients 8] [--phase-seconds 10] [--json FILE]
+        [--record [FILE]] [--offline-mark N]
 
 Data: the data directory is populated directly (before the server starts) with the store's own
 code: `Store.open(DIR)`, each blob through `BlobWriter` -> `seal` -> `publish_file` inside
@@ -34,7 +35,6 @@ later runs in the gc phase find nothing to free (a mark over the remaining index
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import http.client
@@ -42,7 +42,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import shutil
 import sys
 import time
 from functools import partial
@@ -51,6 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import _harness as h
 
 # Filled before the client processes fork (inherited, not pickled).
 LIVE_TAGS: list[tuple[str, str, str]] = []  # repo, tag, manifest digest
@@ -282,29 +282,30 @@ def offline_mark(data: Path, rounds: int) -> list[dict[str, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--repos", type=int, default=100)
-    ap.add_argument("--manifests", type=int, default=10000)
-    ap.add_argument("--blobs-per-manifest", type=int, default=10)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--phase-seconds", type=float, default=10.0)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
-    ap.add_argument("--json", type=Path)
-    ap.add_argument(
+    b = h.Bench("gc_latency", __doc__, rounds=None)
+    b.ap.add_argument("--repos", type=int, default=100)
+    b.ap.add_argument("--manifests", type=int, default=10000)
+    b.ap.add_argument("--blobs-per-manifest", type=int, default=10)
+    b.ap.add_argument("--clients", type=int, default=8)
+    b.ap.add_argument("--phase-seconds", type=float, default=10.0)
+    b.ap.add_argument("--seed", type=int, default=1)
+    b.ap.add_argument(
         "--offline-mark",
         type=int,
         metavar="N",
         help="only populate, then time N marks and one sweep (collect) with no server, no load",
     )
-    a = ap.parse_args()
-    global LIVE_TAGS, LIVE_BLOBS
+    a = b.parse()
+    with b:
+        measure(b, a)
 
-    run_dir = a.workdir / f"gc-{int(time.time())}"
+
+def measure(b: h.Bench, a: Any) -> None:
+    global LIVE_TAGS, LIVE_BLOBS
+    run_dir = b.run_dir
     run_dir.mkdir(parents=True)
-    data = run_dir / "data"
+    ec_target = h.edgecache(config="[gc]\ngrace = 0.0\n")
+    data = run_dir / "edgecache"  # where ec_target keeps its data: populated before it starts
     c.log(f"populating {data} (load {c.loadavg()}) ...")
     ctx = mp.get_context("fork")
     pop_out = run_dir / "populate.json"
@@ -326,16 +327,12 @@ def main() -> None:
         p.start()
         marks = q.get()
         p.join()
-        print(f"# gc_latency --offline-mark  {time.strftime('%Y-%m-%dT%H:%M:%S')}")
-        print(f"# edgecache: {c.edgecache_source()}; index {pop['counts']}")
-        print(f"# load average: {c.loadavg()}")
-        for m in marks:
-            print(m)
-        shutil.rmtree(data, ignore_errors=True)
+        header = b.header(f"--offline-mark: index {pop['counts']}")
+        b.report(header, [str(m) for m in marks], populate=pop, marks=marks)
         return
 
-    ec = c.Edgecache(data, config="[gc]\ngrace = 0.0\n").start()
-    result: dict[str, Any] = {"populate": pop, "source": c.edgecache_source()}
+    ec = b.own(ec_target).start(run_dir)
+    result: dict[str, Any] = {"populate": pop}
     try:
         token = (data / "run" / "admin-token").read_text().strip()
         start, stop = ctx.Event(), ctx.Event()
@@ -433,18 +430,14 @@ def main() -> None:
         load_start=load_start,
         load_end=load_end,
     )
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=1))
-
     counts = pop["counts"]
-    print(
-        f"# gc_latency  {time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
-        f"# edgecache: {result['source']}\n"
-        f"# index: {counts['blobs']} blob records ({counts['manifests']} manifests), "
+    header = b.header(
+        f"index: {counts['blobs']} blob records ({counts['manifests']} manifests), "
         f"{pop['deleted_manifests']} manifests deleted before the run; populated in "
-        f"{pop['populate_s']} s; {a.clients} clients, 50/50 manifest by tag / blob\n"
-        f"# load average at start: {load_start}, at end: {load_end}\n"
+        f"{pop['populate_s']} s; {a.clients} clients, 50/50 manifest by tag / blob; "
+        f"load average with the clients connected: {load_start}, at their end: {load_end}"
     )
+    body: list[str] = []
     rows = []
     for kind, lst in runs.items():
         for i, rec in enumerate(lst):
@@ -477,7 +470,7 @@ def main() -> None:
                     json.dumps(rec.get("skipped", {})) if not rec["dry_run"] else "-",
                 ]
             )
-    print(
+    body.append(
         c.table(
             [
                 "run",
@@ -491,7 +484,7 @@ def main() -> None:
             rows,
         )
     )
-    print()
+    body.append("")
     rows = []
 
     def row(label: str, s: dict[str, Any], cpu: Any = "-") -> list[Any]:
@@ -512,7 +505,7 @@ def main() -> None:
     rows.append(row("inside real gc run 1", in_first))
     rows.append(row("  its first dry-run-1 seconds (~mark)", in_first_mark))
     rows.append(row("  the rest (~sweep)", in_first_sweep))
-    print(
+    body.append(
         c.table(
             [
                 "window",
@@ -526,11 +519,11 @@ def main() -> None:
             rows,
         )
     )
-    print()
+    body.append("")
     for kind in ("m", "b"):
         name = {"m": "manifest", "b": "blob"}[kind]
         base99 = base_all[kind]["p99"]
-        print(
+        body.append(
             f"p99 {name}: inside gc run 1 / baseline = "
             f"{in_first[kind]['p99'] / base99:.2f}x, "
             f"whole gc phase / baseline = {by_phase['gc'][kind]['p99'] / base99:.2f}x, "
@@ -538,14 +531,12 @@ def main() -> None:
             f"gc run 1 ~mark / ~sweep part / baseline = {in_first_mark[kind]['p99'] / base99:.2f}x"
             f" / {in_first_sweep[kind]['p99'] / base99:.2f}x"
         )
-    print(
+    body.append(
         f"\nclient errors: {len(client_errors)}; reconnects after hypercorn's 1000-request "
         f"keep-alive limit (not recorded): {reconnects}"
     )
-    for e in client_errors[:10]:
-        print("  " + e)
-    with contextlib.suppress(Exception):
-        shutil.rmtree(data)
+    body += ["  " + e for e in client_errors[:10]]
+    b.report(header, body, **result)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def main() -> int:
         + (f" (all processes; largest {one / c.MiB:.1f} MiB)" if one != total else "")
         for name, (total, one) in peak_rss.items()
     ]
-    b.report(header, [table, *notes, prof_note], peak_rss_bytes=peak_rss)
+    b.report(header, [table, *notes, *([prof_note] if prof_note else [])], peak_rss_bytes=peak_rss)
     return 0
 
 
