@@ -173,9 +173,13 @@ def cold_targets(kinds: str, workers: list[int] | None) -> list[h.Target]:
     return out
 
 
-def ok_pulls(header: str) -> h.Column:
-    """Pulls that completed / pulls started, over the rounds (a row's level = clients)."""
-    return header, lambda g: f"{sum(g.vals('ok'))}/{g.level * len(g.recs)}"
+def leading_columns(ok_header: str) -> list[h.Column]:
+    """clients, target, and pulls that completed / pulls started over the rounds."""
+    return [
+        h.level_col("clients"),
+        h.name_col(),
+        (ok_header, lambda g: f"{sum(g.vals('ok'))}/{g.level * len(g.recs)}"),
+    ]
 
 
 def image_bytes(img: c.Image) -> int:

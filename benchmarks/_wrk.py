@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+import _harness as h
 
 _UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -44,3 +46,34 @@ def wrk(url: str, duration: int, conns: int, threads: int, strict: bool = True) 
         "p99_ms": lat("99%"),
         "errors": "; ".join(errors),
     }
+
+
+def add_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def run(a: argparse.Namespace, url: str, strict: bool = True) -> dict[str, Any]:
+    """One measured wrk run with the options of add_options."""
+    return wrk(url, a.duration, a.connections, a.threads, strict)
+
+
+def describe(a: argparse.Namespace, what: str) -> str:
+    return (
+        f"wrk -c{a.connections} -t{a.threads} -d{a.duration}s --latency "
+        f"-H 'Accept: {c.OCI_MANIFEST}' {what}"
+    )
+
+
+def columns(baseline: str) -> list[h.Column]:
+    """req/s (per round, median, ratio), p50 and p99 latency."""
+    return [
+        h.name_col(),
+        *h.metric("req/s", "rps", baseline=baseline),
+        h.median_col("p50 ms", "p50_ms", "{:.2f}"),
+        h.median_col("p99 ms", "p99_ms", "{:.2f}"),
+    ]
+
+
+CPU_PER_REQUEST = h.median_col("server CPU ms/req", "cpu_ms_per_req", "{:.3f}")

@@ -116,9 +116,7 @@ def main() -> int:
 
     table = b.table(
         [
-            h.level_col("clients"),
-            h.name_col(),
-            p.ok_pulls("ok pulls"),
+            *p.leading_columns("ok pulls"),
             h.per_round("wall s per round", "wall", p.fmt_s),
             h.median_col("median wall s", "wall", p.fmt_s),
             h.ratio_col("wall ratio to registry (median, min-max)", "wall"),

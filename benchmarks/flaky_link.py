@@ -77,9 +77,7 @@ def main() -> int:
 
     table = b.table(
         [
-            h.level_col("clients"),
-            h.name_col(),
-            p.ok_pulls("completed pulls"),
+            *p.leading_columns("completed pulls"),
             h.per_round("wall s (completed) per round", "wall", p.fmt_s),
             h.per_round("s until all clients done", "wall_incl_failures", p.fmt_s),
             h.per_round("client retries", "client_retries", str),

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 import _harness as h
-from _wrk import wrk
+import _wrk
 
 REPO = "bench/manifest"
 MANIFEST = f"/v2/{REPO}/manifests/latest"
@@ -41,9 +41,7 @@ def check(port: int, img: c.Image) -> None:
 
 def main() -> int:
     b = h.Bench("manifest_rate", __doc__, rounds=3, workers=True)
-    b.ap.add_argument("--duration", type=int, default=10)
-    b.ap.add_argument("--connections", type=int, default=64)
-    b.ap.add_argument("--threads", type=int, default=2)
+    _wrk.add_options(b.ap)
     b.ap.add_argument("--no-healthz", action="store_true", help="skip the /healthz floor")
     b.ap.add_argument("--profile", action="store_true", help="py-spy edgecache during extra wrk")
     a = b.parse()
@@ -64,10 +62,10 @@ def main() -> int:
         for t in servers:
             c.push_image(t.port, REPO, img)
             check(t.port, img)
-            wrk(t.url + MANIFEST, 2, a.connections, a.threads)  # warm-up, not measured
+            _wrk.wrk(t.url + MANIFEST, 2, a.connections, a.threads)  # warm-up, not measured
         for rnd, _, t in b.schedule(targets):
             cpu0 = c.cpu_seconds(t.pid)
-            v = wrk(t.url + t.path, a.duration, a.connections, a.threads)
+            v = _wrk.run(a, t.url + t.path)
             v["cpu_ms_per_req"] = (c.cpu_seconds(t.pid) - cpu0) * 1e3 / v["reqs"]
             b.record(t.name, rnd, **v)
             c.log(f"  {v['rps']:.0f} req/s p50 {v['p50_ms']:.2f} ms p99 {v['p99_ms']:.2f} ms")
@@ -75,24 +73,12 @@ def main() -> int:
             e = servers[0]
             prof = c.pyspy_profile(
                 e.pid,
-                lambda: wrk(e.url + MANIFEST, 5, a.connections, a.threads),
+                lambda: _wrk.wrk(e.url + MANIFEST, 5, a.connections, a.threads),
                 10,
                 Path(__file__).resolve().parent / "profile-manifest",
             )
-    table = b.table(
-        [
-            h.name_col(),
-            *h.metric("req/s", "rps", baseline="registry"),
-            h.median_col("p50 ms", "p50_ms", "{:.2f}"),
-            h.median_col("p99 ms", "p99_ms", "{:.2f}"),
-            h.median_col("server CPU ms/req", "cpu_ms_per_req", "{:.3f}"),
-        ],
-        baseline="registry",
-    )
-    header = b.header(
-        f"wrk -c{a.connections} -t{a.threads} -d{a.duration}s --latency "
-        f"-H 'Accept: {c.OCI_MANIFEST}' {MANIFEST} (/healthz for the floor)"
-    )
+    table = b.table([*_wrk.columns("registry"), _wrk.CPU_PER_REQUEST], baseline="registry")
+    header = b.header(_wrk.describe(a, f"{MANIFEST} (/healthz for the floor)"))
     b.report(header, [table, *([f"\n{prof}"] if prof else [])])
     return 0
 

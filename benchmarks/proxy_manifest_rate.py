@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 import _harness as h
 import _pull as p
-from _wrk import wrk
+import _wrk
 
 REPO = "bench/proxymanifest"
 
@@ -71,7 +71,7 @@ def measure(t: h.Target, upstream: c.Registry, a: Any) -> dict[str, Any]:
     path = f"/v2/{t.repo(REPO)}/manifests/latest"
     _, skip = by_method(upstream, 0, UA[t.kind])
     cpu0 = c.cpu_seconds(t.pid)
-    v = wrk(t.url + path, a.duration, a.connections, a.threads, strict=False)
+    v = _wrk.run(a, t.url + path, strict=False)
     # Requests wrk gave up on (timeouts) may still be queued in the server: let them finish
     # (their upstream requests belong to this window).
     time.sleep(3)
@@ -94,9 +94,7 @@ def by_method_per_request(g: h.Group) -> str:
 
 def main() -> int:
     b = h.Bench("proxy_manifest_rate", __doc__, rounds=3)
-    b.ap.add_argument("--duration", type=int, default=10)
-    b.ap.add_argument("--connections", type=int, default=64)
-    b.ap.add_argument("--threads", type=int, default=2)
+    _wrk.add_options(b.ap)
     b.ap.add_argument(
         "--profile", action="store_true", help="py-spy edgecache during extra wrk runs at the end"
     )
@@ -111,7 +109,7 @@ def main() -> int:
         for t in targets:
             path = f"/v2/{t.repo(REPO)}/manifests/latest"
             check(t.port, path, img)
-            wrk(t.url + path, 2, a.connections, a.threads, strict=False)  # warm-up
+            _wrk.wrk(t.url + path, 2, a.connections, a.threads, strict=False)  # warm-up
             time.sleep(3)  # requests the warm-up left queued drain before measuring
         for rnd, _, t in b.schedule(targets):
             v = b.record(t.name, rnd, **measure(t, upstream, a))
@@ -127,27 +125,21 @@ def main() -> int:
             url = f"{ec.url}/v2/{ec.repo(REPO)}/manifests/latest"
             prof = c.pyspy_profile(
                 ec.pid,
-                lambda: wrk(url, 5, a.connections, a.threads, strict=False),
+                lambda: _wrk.wrk(url, 5, a.connections, a.threads, strict=False),
                 10,
                 Path(__file__).resolve().parent / "profile-proxy-manifest",
             )
     table = b.table(
         [
-            h.name_col(),
-            *h.metric("req/s", "rps", baseline="registry"),
-            h.median_col("p50 ms", "p50_ms", "{:.2f}"),
-            h.median_col("p99 ms", "p99_ms", "{:.2f}"),
+            *_wrk.columns("registry"),
             h.per_round("upstream requests per request", "up_per_req", "{:.3f}"),
             ("by method, per client request", by_method_per_request),
             ("wrk errors (per round)", lambda g: " / ".join(e or "0" for e in g.vals("errors"))),
-            h.median_col("server CPU ms/req", "cpu_ms_per_req", "{:.3f}"),
+            _wrk.CPU_PER_REQUEST,
         ],
         baseline="registry",
     )
-    header = b.header(
-        f"wrk -c{a.connections} -t{a.threads} -d{a.duration}s --latency "
-        f"-H 'Accept: {c.OCI_MANIFEST}' <manifest by tag>"
-    )
+    header = b.header(_wrk.describe(a, "<manifest by tag>"))
     b.report(header, [table, *([f"\n{prof}"] if prof else [])])
     return 0
 
