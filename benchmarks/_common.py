@@ -374,6 +374,10 @@ class Proc:
             self.p.kill()
             self.p.wait(5)
 
+    def listening(self) -> bool:
+        self.check()
+        return port_open(self.port)
+
     def check(self) -> None:
         if not self.alive():
             tail = self.log.read_text(errors="replace")[-3000:] if self.log else ""
@@ -462,7 +466,7 @@ class Registry(Proc):
             self.base / "registry.log",
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.base)},
         )
-        wait_for(lambda: (self.check(), port_open(self.port))[1], 30, "docker-registry port")
+        wait_for(self.listening, 30, "docker-registry port")
         self.url = f"http://{LOOPBACK}:{self.port}"
         return self
 
@@ -521,7 +525,7 @@ http {{
         self._spawn(
             ["nginx", "-e", str(b / "error.log"), "-p", str(b), "-c", str(conf)], b / "stdout.log"
         )
-        wait_for(lambda: (self.check(), port_open(self.port))[1], 15, "nginx port")
+        wait_for(self.listening, 15, "nginx port")
         self.url = f"http://{LOOPBACK}:{self.port}"
         return self
 

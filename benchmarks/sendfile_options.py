@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
@@ -48,7 +49,9 @@ def sender(
         conns.append(s)
     fd = os.open(path, os.O_RDONLY)
     size = os.fstat(fd).st_size
-    state = {s.fileno(): [s, 0, per_conn] for s in conns}  # sock, file offset, remaining
+    state: dict[int, list[Any]] = {
+        s.fileno(): [s, 0, per_conn] for s in conns
+    }  # sock, offset, left
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     while state:
