@@ -110,11 +110,12 @@ def main() -> int:
         f"sha256 verify: {verify}; nginx workers: {a.nginx_workers}"
     )
     notes = [
-        f"\n{name} peak RSS during the {max(levels)}-client rounds: {total / c.MiB:.1f} MiB"
+        f"{name} peak RSS during the {max(levels)}-client rounds: {total / c.MiB:.1f} MiB"
         + (f" (all processes; largest {one / c.MiB:.1f} MiB)" if one != total else "")
         for name, (total, one) in peak_rss.items()
     ]
-    b.report(header, [table, *notes, *([prof_note] if prof_note else [])], peak_rss_bytes=peak_rss)
+    body = [table, "", *notes, *([prof_note] if prof_note else [])]
+    b.report(header, body, peak_rss_bytes=peak_rss)
     return 0
 
 
