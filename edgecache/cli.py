@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         from .gc import markchild  # the server's GC mark, in its own process (not for users)
 
         return markchild.main()
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["_worker"]:
+        from .server import workers  # a serving process started by `serve` (not for users)
+
+        return workers.main()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":

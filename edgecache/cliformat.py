@@ -137,12 +137,24 @@ def status(stats: dict[str, Any], url: str) -> str:
     by_repo: dict[str, int] = stats.pop("bytes_by_repository", None) or {}
     version = stats.pop("version", "?")
     now = stats.pop("time", None)
+    workers: list[dict[str, Any]] = stats.pop("workers", None) or []
     head = f"edgecache {version} at {url}" + (f", {date(now)}" if now else "")
     lines = [head, "", *fields(stats)]
+    if workers:
+        rows = [_worker_row(w) for w in workers]
+        lines += ["", *table(["process", "pid", "state", "restarts", "up"], rows)]
     if by_repo:
         rows = [(repo, size(n)) for repo, n in by_repo.items()]
         lines += ["", *table(["repository", "size"], rows)]
     return "\n".join(lines)
+
+
+def _worker_row(w: dict[str, Any]) -> tuple[str, ...]:
+    if w.get("owner"):
+        return ("owner", str(w["pid"]), "serving, fetching, gc, admin", "-", "-")
+    state = "serving" if w.get("serving") else ("starting" if w.get("pid") else "down")
+    up = duration(w["up_seconds"]) if w.get("up_seconds") else "-"
+    return (f"worker {w['worker']}", str(w.get("pid") or "-"), state, str(w["restarts"]), up)
 
 
 def gc_run(record: dict[str, Any], dry_run: bool) -> str:

@@ -32,6 +32,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "alpn": ("list[str]", ["http/1.1", "h2"]),
         "log_level": ("str", "info"),
         "sendfile": ("bool", True),
+        # Serving processes sharing the listening socket and the data directory; 0 = one per
+        # CPU. The first also owns upstream fetches, GC, eviction, the scrub and the admin API;
+        # the others answer what is on disk and ask it for the rest (server/workers.py).
+        "workers": ("int", 0),
         # A client that takes no response bytes for this long (a full socket, or an HTTP/2
         # stream whose flow-control window stays shut) is disconnected; a download that only
         # makes progress is never cut.
@@ -141,6 +145,7 @@ DEFAULT_UPSTREAMS: dict[str, dict[str, Any]] = {
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _ALPN = ("http/1.1", "h2")
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -155,10 +160,21 @@ class ServerConfig:
     send_timeout: float = 60.0
     body_timeout: float = 60.0
     access_log: str = "stderr"
+    workers: int = 0
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def processes(self) -> int:
+        """How many serving processes `workers` means on this machine."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -367,6 +383,10 @@ def load(
         raise ConfigError(
             f"server.alpn = {list(server['alpn'])!r}: expected a non-empty list of "
             f"{' and '.join(_ALPN)}"
+        )
+    if not 0 <= server["workers"] <= MAX_WORKERS:
+        raise ConfigError(
+            f"server.workers = {server['workers']}: expected 0 (one per CPU) to {MAX_WORKERS}"
         )
     if not server["access_log"].strip():
         raise ConfigError(

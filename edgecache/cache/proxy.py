@@ -123,6 +123,11 @@ class ManifestProxy:
         assert isinstance(result, ManifestInfo)
         return ManifestResult(result)
 
+    def tag_age(self, store_repo: str, tag: str) -> float | None:
+        """Seconds since the tag was last confirmed upstream (None: not in memory)."""
+        checked = self._checked.get((store_repo, tag))
+        return None if checked is None else max(0.0, time.monotonic() - checked)
+
     def _remember_resolution(self, store_repo: str, digest: str, tag: str) -> None:
         self._resolved.put((store_repo, digest), tag)
 

@@ -20,6 +20,7 @@ import trio
 from .. import __version__
 from ..oci import errors
 from ..oci.integers import parse_decimal
+from . import metricsum
 from .http import Request
 
 if TYPE_CHECKING:
@@ -58,16 +59,17 @@ async def dispatch(app: App, req: Request) -> None:
 async def status(app: App) -> dict[str, Any]:
     stats = app.store.stats()
     stats["version"] = __version__
-    stats["sendfile_socket_bytes"] = int(
-        app.metrics.registry.get_sample_value("edgecache_sendfile_socket_bytes") or 0
-    )
-    hits, misses = app.metrics.cache_hits, app.metrics.cache_misses
+    summed = await metricsum.totals(app.metrics, app.worker_sockets())
+    stats["sendfile_socket_bytes"] = int(summed.get("edgecache_sendfile_socket_bytes", 0))
+    hits = int(summed.get('edgecache_proxy_requests_total{result="hit"}', 0))
+    misses = int(summed.get('edgecache_proxy_requests_total{result="miss"}', 0))
     stats["proxy_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
     stats["proxy_hits"], stats["proxy_misses"] = hits, misses
     stats.update(await trio.to_thread.run_sync(_content_stats, app))
     stats["gc_runs"] = app.housekeeper.runs
     stats["evicted_images"] = app.housekeeper.evicted_images
     stats["scrub"] = await app.housekeeper.scrub.status()
+    stats["workers"] = app.workers_status()
     return stats
 
 

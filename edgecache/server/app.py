@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from ..cache.fetch import Fetcher
+from ..cache.owner import CLIENT, HOP, TAG_AGE, NeedOwner, OwnerLink
 from ..cache.proxy import ManifestProxy
 from ..cache.routing import Target, resolve
 from ..config import Config
@@ -22,8 +23,9 @@ from ..oci.names import lookup_reference, validate_namespace, validate_repositor
 from ..oci.routes import Route, parse_v2_path
 from ..store import Store
 from ..store.keys import check_keys
+from ..store.scrub import Verdict
 from ..upstream import Upstream
-from . import admin, proxied, pull, push, zerocopy
+from . import admin, local, metricsum, proxied, pull, push, zerocopy
 from .accesslog import AccessLog
 from .auth import Authenticator
 from .http import Request
@@ -70,8 +72,16 @@ class App:
         admin_token: str,
         nursery: trio.Nursery,
         upstreams: Mapping[str, Upstream],
+        owner: OwnerLink | None = None,
     ) -> None:
         self.config = config
+        # Set in a serving process that owns nothing (server/workers.py): it answers what is
+        # on disk and forwards the rest to the owner (cache/owner.py).
+        self.owner = owner
+        self.local = local.LocalAnswers(config.proxy.tag_ttl)
+        # Set in the owner: the Unix sockets of the other serving processes (for /metrics).
+        self.worker_sockets: Callable[[], list[str]] = list
+        self.workers_status: Callable[[], list[dict[str, Any]]] = list
         self.store = store
         self.admin_token = admin_token
         self.upstreams = upstreams
@@ -98,7 +108,7 @@ class App:
         )
         self.metrics.watch_scrub(self.housekeeper.scrub.progress)
         self.housekeeper.scrub.refetch = self._refetch
-        self.manifest_cache.on_corrupt = self.housekeeper.scrub.heal
+        self.manifest_cache.on_corrupt = self.heal
         self.fetcher.on_fetch = self.metrics.upstream_fetch_started
         self.fetcher.on_body = self.metrics.upstream_body_read
         self.ready = False
@@ -109,6 +119,13 @@ class App:
         if not target.proxied:
             return False
         return await self.proxy.refetch(target, self.upstream(target), self.fetcher, digest, kind)
+
+    async def heal(self, verdict: Verdict, kind: str = "manifest") -> bool:
+        """A stored file failed its check: quarantine it and fetch it again (the owner's
+        job: a process that owns nothing hands the whole request to the owner instead)."""
+        if self.owner is not None:
+            raise NeedOwner(f"{kind} {verdict.digest} failed its check")
+        return await self.housekeeper.scrub.heal(verdict, kind=kind)
 
     def _disk_full(self) -> None:
         self.metrics.disk_full.inc()
@@ -126,9 +143,22 @@ class App:
             return
         req = Request.from_scope(scope, receive, send)
         req.body_timeout = self.config.server.body_timeout
+        if scope.get("client") is None:
+            # Only the Unix sockets in <data>/run/ have no client address: a request from
+            # another serving process, answered for it and counted and logged there.
+            req.internal = True
+            host, _, port = req.headers.get(CLIENT, "").partition(" ")
+            if host and port.isdigit():
+                scope["client"] = (host, int(port))
         started = time.monotonic()
         try:
-            await self._dispatch(req)
+            try:
+                await self._dispatch(req)
+            except NeedOwner:
+                assert self.owner is not None and not req.started
+                self.metrics.forwarded.inc()
+                own = await self.owner.forward(req)
+                self.local.learn(req, own.get(TAG_AGE))
         except errors.OCIError as error:
             if not req.started:
                 await req.respond_error(error)
@@ -153,10 +183,12 @@ class App:
             if not req.started:
                 await req.respond_error(errors.InternalError("internal server error"))
         finally:
-            self.metrics.observe(
-                req.extra.get("route", "other"), req.method, req.status, time.monotonic() - started
-            )
-            self.access_log.record(req, time.monotonic() - started)
+            if not req.internal:
+                seconds = time.monotonic() - started
+                self.metrics.observe(
+                    req.extra.get("route", "other"), req.method, req.status, seconds
+                )
+                self.access_log.record(req, seconds)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -185,6 +217,8 @@ class App:
                 error.headers["Allow"] = ", ".join(sorted(allowed))
                 raise error
             req.extra["route"] = route.kind
+            if self.owner is not None and (method != "GET" or route.kind == "upload"):
+                raise NeedOwner("a write")  # before the auth check: the owner makes it
             await self.auth.check(
                 req.method,
                 req.headers.get("authorization"),
@@ -209,7 +243,8 @@ class App:
             # "<upstream>/<repo>" can outgrow the index's key limit: refuse before fetching.
             check_keys(target.store_repo)
             req.headers_out["OCI-Namespace"] = target.upstream.name
-            proxy_handler = PROXY_ROUTES.get((route.kind, method))
+            routes = PROXY_ROUTES if self.owner is None else local.PROXY_ROUTES
+            proxy_handler = routes.get((route.kind, method))
             if proxy_handler is None:
                 raise errors.MethodNotAllowed(
                     f"{route.name} is a read-only cache of upstream {target.upstream.name}; "
@@ -232,10 +267,18 @@ class App:
             return
         if path == "/metrics":
             req.extra["route"] = "metrics"
-            await req.respond(200, {"Content-Type": CONTENT_TYPE}, self.metrics.render())
+            if req.internal and HOP not in req.headers:  # the owner adding up every process's
+                body = self.metrics.render()
+            elif self.owner is not None:
+                raise NeedOwner("the sum of all processes' metrics")
+            else:
+                body = await metricsum.render_all(self.metrics, self.worker_sockets())
+            await req.respond(200, {"Content-Type": CONTENT_TYPE}, body)
             return
         if path.startswith(admin.PREFIX):
             req.extra["route"] = "admin"
+            if self.owner is not None:
+                raise NeedOwner("the admin API")
             self._check_admin(req)
             await admin.dispatch(self, req)
             return

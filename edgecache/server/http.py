@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 
 import trio
 
+from ..cache import owner
 from ..concurrency import unwrapped_errors
 from ..oci import errors
 from . import zerocopy
@@ -47,6 +48,8 @@ class Request:
     # Seconds the request body may stop arriving before the request fails with 408
     # (server.body_timeout; 0 = never).
     body_timeout: float = 60.0
+    # Sent by another serving process over <data>/run/ (cache/owner.py): answered for it.
+    internal: bool = False
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> Request:
@@ -101,6 +104,8 @@ class Request:
         return bytes(body)
 
     async def start(self, status: int, headers: dict[str, str]) -> None:
+        if self.internal and "cache" in self.extra:
+            self.headers_out[owner.CACHE] = self.extra["cache"]  # for the asker's access log
         self.status = status
         self.started = True
         await self.send(

@@ -87,8 +87,27 @@ class Metrics:
             ["event"],
             registry=self.registry,
         )
-        self.cache_hits = 0  # proxied blob and manifest requests answered from the store
-        self.cache_misses = 0  # ... that needed the upstream
+        # A counter, not a plain number: /metrics and status add up every serving process's.
+        self.proxy_requests = Counter(
+            "edgecache_proxy_requests",
+            "Proxied blob and manifest requests, by result: 'hit' (answered from the store) or "
+            "'miss' (needed the upstream).",
+            ["result"],
+            registry=self.registry,
+        )
+
+        self.forwarded = Counter(
+            "edgecache_owner_forwards",
+            "Requests a serving process handed to the process that owns fetches, pushes and "
+            "the admin API (server/workers.py), because it could not answer them from disk.",
+            registry=self.registry,
+        )
+
+    def proxy_hit(self) -> None:
+        self.proxy_requests.labels("hit").inc()
+
+    def proxy_miss(self) -> None:
+        self.proxy_requests.labels("miss").inc()
 
     def upstream_fetch_started(self, upstream: str) -> None:
         self.upstream_fetches.labels(upstream).inc()

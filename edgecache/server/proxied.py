@@ -6,6 +6,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from ..cache import owner
 from ..cache.failures import upstream_failures
 from ..cache.fetch import BlobFetch, reading
 from ..cache.routing import Target
@@ -46,6 +47,10 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
         await req.start(200, headers)
         await req.finish()
         return
+    if req.internal and ref.tag is not None and result.warning is None:
+        age = app.proxy.tag_age(target.store_repo, ref.tag)
+        if age is not None:  # the asking process may answer this tag itself for a while
+            req.headers_out[owner.TAG_AGE] = f"{age:.3f}"
     app.housekeeper.pulled(target.store_repo, result.info.digest)
     await send_manifest(app, req, result.info)
 
@@ -57,7 +62,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     if fetch is None:
         info = app.store.blob(target.store_repo, digest)
         if info is not None and await _send_sound(app, req, info.path, info.size, digest):
-            app.metrics.cache_hits += 1
+            app.metrics.proxy_hit()
             return
         fetch = app.fetcher.inflight.get(digest)  # the bad file's quarantine started one
     upstream = app.upstream(target)
@@ -78,7 +83,7 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     if req.method == "HEAD" and fetch is None:
         await _remote_blob_head(req, upstream, target, digest)
         return
-    app.metrics.cache_misses += 1
+    app.metrics.proxy_miss()
     req.extra["cache"] = "joined" if digest in app.fetcher.inflight else "miss"
     fetch, fd = app.fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
     async with reading(fd):

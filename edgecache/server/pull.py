@@ -138,7 +138,7 @@ def _open(path: os.PathLike[str]) -> tuple[int, FileId]:
 
 async def _quarantine(app: App, digest: str, size: int, file_id: FileId) -> NoReturn:
     problem = f"its file has {file_id[2]} bytes, the index says {size}"
-    await app.housekeeper.scrub.heal(Verdict(digest, 0, problem, file_id), kind="blob")
+    await app.heal(Verdict(digest, 0, problem, file_id), kind="blob")
     raise StoredFileBad(
         f"blob {digest} was corrupt on disk and has been quarantined; push it again "
         "(a proxied one is fetched again from its upstream)",

@@ -13,8 +13,10 @@ from pathlib import Path
 import trio
 from hypercorn.trio import serve as hypercorn_serve
 
+from ..cache.owner import OwnerLink
 from ..config import Config, parse_hostport
 from ..runfiles import public_config
+from ..store import Store
 from ..store.lock import DataDirInUse, DataDirLock
 from ..upstream import Upstream
 from ..usererror import UserError, data_dir_error, open_store
@@ -22,8 +24,12 @@ from . import connguard
 from .accesslog import AccessLog
 from .app import App
 from .startup import banner, listen_socket
+from .workers import Supervisor, WorkerJob, owner_socket, unix_listener
 
 log = logging.getLogger("edgecache.server")
+
+# A worker writes the last-pull times of what it served at least this often (eviction's LRU).
+ACCESS_FLUSH = 10.0
 
 
 def _hypercorn_config(config: Config) -> connguard.GuardedConfig:
@@ -89,8 +95,17 @@ async def serve(config: Config) -> None:
         data_lock.release()
         raise
     hc = _hypercorn_config(config)
-    hc.bind = [f"fd://{sock.detach()}"]
     run_dir = store.layout.run
+    processes = config.server.processes
+    supervisor: Supervisor | None = None
+    if processes > 1:
+        # The workers' copy of the listening socket, and the socket they ask us through.
+        worker_fd = os.dup(sock.fileno())
+        internal = unix_listener(owner_socket(run_dir))
+        supervisor = Supervisor(config, run_dir, worker_fd, processes)
+        _bind(hc, sock.detach(), internal.detach(), worker=False)
+    else:
+        hc.bind = [f"fd://{sock.detach()}"]
     # Hex, not urlsafe base64: a token starting with '-' would be read by argparse as an option
     # in `edgecache status --token TOKEN` (CI hit it once in 64 runs).
     token = secrets.token_hex(32)
@@ -111,11 +126,17 @@ async def serve(config: Config) -> None:
             app = App(config, store, token, nursery, upstreams)
             await nursery.start(app.housekeeper.run)
             nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
-            binds = await nursery.start(_serve_until_signal, app, hc, nursery.cancel_scope)
+            if supervisor is not None:
+                app.worker_sockets = supervisor.sockets
+                app.workers_status = supervisor.status
+                await nursery.start(supervisor.run)
+            binds = await nursery.start(_serve_until_signal, app, hc, nursery, supervisor)
             url = _connectable(binds[0])
             info = {"url": url, "pid": os.getpid(), "tls": config.server.tls}
             _write_private(server_file, json.dumps(info | public_config(config)) + "\n")
-            print(banner(config, binds[0], store.layout.root), file=sys.stderr, flush=True)
+            print(
+                banner(config, binds[0], store.layout.root, processes), file=sys.stderr, flush=True
+            )
     finally:
         with trio.CancelScope(shield=True):
             for upstream in upstreams.values():
@@ -123,22 +144,105 @@ async def serve(config: Config) -> None:
             if app is not None:
                 await app.housekeeper.flush_access()
                 app.access_log.close()
+        if supervisor is not None:
+            os.close(supervisor.listen_fd)
+            owner_socket(run_dir).unlink(missing_ok=True)
         server_file.unlink(missing_ok=True)
         store.close()
         data_lock.release()
 
 
+async def serve_worker(job: WorkerJob) -> None:
+    """One of the owner's workers (server/workers.py): serves until SIGTERM or the owner's end."""
+    config = job.config
+    connguard.install()
+    store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data))
+    hc = _hypercorn_config(config)
+    own = unix_listener(Path(job.own_socket))
+    _bind(hc, job.listen_fd, own.detach(), worker=True)
+    owner = OwnerLink(job.owner_socket)
+    app: App | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            app = App(config, store, "", nursery, {}, owner=owner)
+            nursery.start_soon(_flush_access_loop, app, config.eviction.check_interval)
+            nursery.start_soon(_until_owner_gone, nursery.cancel_scope)
+            await nursery.start(_serve_until_signal, app, hc, nursery, None)
+    finally:
+        with trio.CancelScope(shield=True):
+            if app is not None:
+                await app.housekeeper.flush_access()
+                app.access_log.close()
+        Path(job.own_socket).unlink(missing_ok=True)
+        store.close()
+
+
+class _QuietInternal(logging.Filter):
+    """hypercorn's "Running on" lines for the Unix sockets of <data>/run/ (and, in a worker,
+    for the shared port) tell an operator nothing: the banner says where edgecache listens."""
+
+    def __init__(self, worker: bool) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if not message.startswith("Running on"):
+            return True
+        return not self.worker and "unix:" not in record.getMessage()
+
+
+def _bind(hc: connguard.GuardedConfig, public: int, internal: int, *, worker: bool) -> None:
+    """The listening socket, and a Unix socket of <data>/run/ that is never TLS (hypercorn
+    applies its certificate to every `bind`, and to no `insecure_bind`)."""
+    hc.bind = [f"fd://{public}"]
+    logging.getLogger("hypercorn.error").addFilter(_QuietInternal(worker))
+    if hc.ssl_enabled:
+        hc.insecure_bind = [f"fd://{internal}"]
+    else:
+        hc.bind.append(f"fd://{internal}")
+
+
+async def _flush_access_loop(app: App, interval: float) -> None:
+    """Last-pull times of what this worker served, written to the shared index for eviction
+    (the owner writes its own the same way)."""
+    while True:
+        await trio.sleep(min(interval, ACCESS_FLUSH))
+        try:
+            await app.housekeeper.flush_access()
+        except Exception:
+            log.exception("recording last-pull times failed; will retry")
+
+
+async def _until_owner_gone(scope: trio.CancelScope) -> None:
+    """Our stdin is the owner's pipe: its end means the owner is gone, so are we."""
+    stream = trio.lowlevel.FdStream(os.dup(0))
+    async with stream:
+        while await stream.receive_some(1024):
+            pass
+    log.warning("the owner process is gone; stopping")
+    scope.cancel()
+
+
 async def _serve_until_signal(
     app: App,
     hc: connguard.GuardedConfig,
-    background: trio.CancelScope,
+    background: trio.Nursery,
+    supervisor: Supervisor | None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # A worker leaves SIGINT (a terminal's Ctrl-C reaches the whole process group) to the
+    # owner, which stops the workers itself: so that it never mistakes them for crashed ones.
+    signals_handled = (signal.SIGTERM, signal.SIGINT) if app.owner is None else (signal.SIGTERM,)
+    if app.owner is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with trio.open_signal_receiver(*signals_handled) as signals:
 
         async def shutdown_trigger() -> None:
             async for signum in signals:
                 log.info("signal %s: shutting down", signal.Signals(signum).name)
+                if supervisor is not None:
+                    background.start_soon(supervisor.stop)  # they drain while we do
                 return
 
         await hypercorn_serve(
@@ -147,5 +251,9 @@ async def _serve_until_signal(
             shutdown_trigger=shutdown_trigger,
             task_status=task_status,
         )
+    if app.owner is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # told once; now it cleans up
+    if supervisor is not None:
+        await supervisor.stop()  # every worker has exited before we clean up after them
     # Connections are closed: stop what outlived them (fetches, revalidations).
-    background.cancel()
+    background.cancel_scope.cancel()

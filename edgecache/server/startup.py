@@ -51,7 +51,7 @@ def listen_socket(listen: str) -> socket.socket:
     return sock
 
 
-def banner(config: Config, bound: str, data: Path) -> str:
+def banner(config: Config, bound: str, data: Path, processes: int = 1) -> str:
     """What a new operator needs to know at start: where, what is mirrored, who may push,
     and the one command that points containerd here."""
     data = data.resolve()
@@ -89,6 +89,8 @@ def banner(config: Config, bound: str, data: Path) -> str:
             f"  pushes:      {pushes}",
             f"  pulls:       {'anonymous' if auth.anonymous_pull else 'need a user'}",
             f"  access log:  {config.server.access_log}",
+            f"  processes:   {processes}"
+            + (" (this one fetches, and runs GC and the admin API)" if processes > 1 else ""),
             f"  containerd:  {' '.join(command)}",
         ]
     )
