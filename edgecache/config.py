@@ -35,7 +35,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # Serving processes sharing the listening socket and the data directory; 0 = one per
         # CPU. The first also owns upstream fetches, GC, eviction, the scrub and the admin API;
         # the others answer what is on disk and ask it for the rest (server/workers.py).
-        "workers": ("int", 0),
+        "workers": ("int0", 0),
         # A client that takes no response bytes for this long (a full socket, or an HTTP/2
         # stream whose flow-control window stays shut) is disconnected; a download that only
         # makes progress is never cut.

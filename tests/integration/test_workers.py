@@ -127,34 +127,50 @@ def test_a_cold_blob_is_fetched_once_whichever_processes_ask(
     data = random.Random(2).randbytes(size)
     digest = upstream.push_blob("team/cold", data)
     del data
-    with EdgecacheServer(tmp_path, config_text=config(upstream.url)) as server:
+    host, port = upstream.host.rsplit(":", 1)
+    path = f"/v2/{UPSTREAM}/team/cold/blobs/{digest}"
+    results: list[tuple[int, str] | BaseException] = []
+
+    def pull(server: EdgecacheServer, name: str | None) -> None:
+        try:
+            client = server.client() if name is None else process_client(server, name)
+            with client:
+                results.append(get_digest(client, path))
+        except BaseException as exc:
+            results.append(exc)
+
+    def forwards(server: EdgecacheServer) -> float:
+        return sum(
+            own_metric(server, f"worker-{n}", "edgecache_owner_forwards_total")
+            for n in range(1, WORKERS)
+        )
+
+    with (
+        FaultProxy(host, int(port)) as proxy,
+        EdgecacheServer(tmp_path, config_text=config(proxy.url)) as server,
+    ):
         serving(server)
-        path = f"/v2/{UPSTREAM}/team/cold/blobs/{digest}"
-        results: list[tuple[int, str] | BaseException] = []
-
-        def pull(name: str | None) -> None:
-            try:
-                client = server.client() if name is None else process_client(server, name)
-                with client:
-                    results.append(get_digest(client, path))
-            except BaseException as exc:
-                results.append(exc)
-
-        askers = [None] * 8 + ["worker-1", "worker-2", "worker-1", "owner"]
-        threads = [threading.Thread(target=pull, args=(name,)) for name in askers]
+        first = threading.Thread(target=pull, args=(server, "worker-1"))
+        first.start()
+        wait_for(lambda: proxy.bytes_to_client > MiB, timeout=30, interval=0, what="1 MiB")
+        proxy.stall(open_only=True)  # the one download holds while everyone else asks
+        askers = [None] * 8 + ["worker-1", "worker-2", "owner"]
+        threads = [threading.Thread(target=pull, args=(server, name)) for name in askers]
         for t in threads:
             t.start()
-        for t in threads:
+        # Both workers' sockets, and any TCP connection that landed on a worker, forward.
+        wait_for(lambda: forwards(server) >= 3, timeout=30, what="the workers to ask the owner")
+        assert proxy.holding == 1 and proxy.requests == 1
+        proxy.release()
+        for t in [first, *threads]:
             t.join(timeout=120)
-        assert results == [(size, digest)] * len(askers)
+        assert results == [(size, digest)] * (len(askers) + 1)
         assert upstream.settled_served_bytes(digest, size) == size
-        for name in ("worker-1", "worker-2"):
-            assert own_metric(server, name, "edgecache_owner_forwards_total") >= 1
         with server.client() as client:
             label = f'{{upstream="{UPSTREAM}"}}'
             assert metric(client, "edgecache_upstream_blob_fetches_total", label) == 1
-            # Now on disk: a worker answers it itself, forwarding nothing more.
-            before = own_metric(server, "worker-1", "edgecache_owner_forwards_total")
+        # Now on disk: a worker answers it itself, forwarding nothing more.
+        before = own_metric(server, "worker-1", "edgecache_owner_forwards_total")
         with process_client(server, "worker-1") as client:
             assert get_digest(client, path) == (size, digest)
         assert own_metric(server, "worker-1", "edgecache_owner_forwards_total") == before
