@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import h11
@@ -43,6 +44,9 @@ HOP = PREFIX + "hop"
 CLIENT = PREFIX + "client"
 TAG_AGE = PREFIX + "tag-age"
 CACHE = PREFIX + "cache"
+LIST_AGE = PREFIX + "list-age"
+# A list answer (tags, referrers) the asker keeps is at most this large.
+LIST_KEPT = 1 << 20
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and the ones each side's HTTP stack writes itself.
 _NOT_RELAYED = frozenset(
@@ -62,6 +66,16 @@ _NOT_RELAYED = frozenset(
 RECEIVE = 1 << 20
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the owner said, as far as the asker may reuse it."""
+
+    status: int
+    own: Mapping[str, str]  # the PREFIX headers, which were not relayed
+    headers: Mapping[str, str]  # what was relayed
+    body: bytes | None  # kept only for a list answer (LIST_AGE) of at most LIST_KEPT bytes
+
+
 class NeedOwner(Exception):
     """Raised by a serving process for a request only the owner can answer (a miss, a write,
     the admin API); nothing has been sent to the client yet."""
@@ -72,9 +86,8 @@ class OwnerLink:
         self.socket_path = socket_path
         self.connect_timeout = connect_timeout
 
-    async def forward(self, req: Request) -> Mapping[str, str]:
-        """Send `req` to the owner and relay its answer; returns the owner's own headers
-        (PREFIX ones, lower-case names), which were not relayed."""
+    async def forward(self, req: Request) -> Answer:
+        """Send `req` to the owner and relay its answer."""
         stream: trio.SocketStream | None = None
         with trio.move_on_after(self.connect_timeout):
             try:
@@ -105,6 +118,8 @@ class OwnerLink:
             if req.unread_body and req.scope.get("http_version") in ("1.0", "1.1"):
                 headers["connection"] = "close"  # as Request.respond_error says why
             await req.start(response.status_code, headers)
+            kept = bytearray() if LIST_AGE in own and req.method == "GET" else None
+            complete = False
             # A client that hangs up stops the relay, and so the owner's sending.
             async with req.until_disconnect():
                 while True:
@@ -118,12 +133,18 @@ class OwnerLink:
                             }
                         )
                         req.sent_bytes += len(event.data)
+                        if kept is not None:
+                            kept += event.data
+                            if len(kept) > LIST_KEPT:
+                                kept = None
                     elif isinstance(event, h11.EndOfMessage):
+                        complete = True
                         break
                     else:  # the owner broke the body off: so must we (never a complete answer)
                         raise _unavailable("it broke off the response")
                 await req.finish()
-            return own
+            body = bytes(kept) if kept is not None and complete else None
+            return Answer(response.status_code, own, headers, body)
 
 
 async def _send_request(req: Request, conn: h11.Connection, stream: trio.SocketStream) -> None:

@@ -128,6 +128,14 @@ class ManifestProxy:
         checked = self._checked.get((store_repo, tag))
         return None if checked is None else max(0.0, time.monotonic() - checked)
 
+    def list_age(self, *key: str) -> float | None:
+        """Seconds since a tag list or referrers list (key as _cached_list's) came from
+        upstream; None when it is not cached, a 404, or older than list_ttl."""
+        age = self.lists.age(key)
+        if age is None or age >= self.config.list_ttl or isinstance(self.lists.get(key), _NotFound):
+            return None
+        return age
+
     def _remember_resolution(self, store_repo: str, digest: str, tag: str) -> None:
         self._resolved.put((store_repo, digest), tag)
 

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from ..cache.fetch import Fetcher
-from ..cache.owner import CLIENT, HOP, TAG_AGE, NeedOwner, OwnerLink
+from ..cache.owner import CLIENT, HOP, NeedOwner, OwnerLink
 from ..cache.proxy import ManifestProxy
 from ..cache.routing import Target, resolve
 from ..config import Config
@@ -78,7 +78,7 @@ class App:
         # Set in a serving process that owns nothing (server/workers.py): it answers what is
         # on disk and forwards the rest to the owner (cache/owner.py).
         self.owner = owner
-        self.local = local.LocalAnswers(config.proxy.tag_ttl)
+        self.local = local.LocalAnswers(config.proxy)
         # Set in the owner: the Unix sockets of the other serving processes (for /metrics).
         self.worker_sockets: Callable[[], list[str]] = list
         self.workers_status: Callable[[], list[dict[str, Any]]] = list
@@ -157,8 +157,7 @@ class App:
             except NeedOwner:
                 assert self.owner is not None and not req.started
                 self.metrics.forwarded.inc()
-                own = await self.owner.forward(req)
-                self.local.learn(req, own.get(TAG_AGE))
+                self.local.learn(req, await self.owner.forward(req))
         except errors.OCIError as error:
             if not req.started:
                 await req.respond_error(error)

@@ -1,23 +1,28 @@
 """What a serving process that owns nothing answers itself for proxied repositories.
 
 Such a process (server/workers.py) shares the store with the owner but never talks to an
-upstream: a blob or a manifest by digest that is on disk is served from there; a tag is served
-from disk while the owner's last upstream confirmation of it, learnt from the owner's answer
-(cache/owner.py TAG_AGE), is younger than tag_ttl; everything else (a miss, a tag due for
-revalidation, tag lists and referrers, which the owner caches in memory) raises NeedOwner and
-the request goes to the owner whole. Local repositories need no such care: their reads are
-the store's, in every process.
+upstream:
+- a blob or a manifest by digest that is on disk is served from there;
+- a tag is served from disk while the owner's last upstream confirmation of it, learnt from
+  the owner's answer (cache/owner.py TAG_AGE), is younger than tag_ttl;
+- a tag list or referrers list is the owner's last answer while that is younger than list_ttl
+  (LIST_AGE), as the owner caches lists for as long;
+- everything else (a miss, a tag due for revalidation, a list not seen lately) raises
+  NeedOwner, and the request goes to the owner whole.
+Local repositories need no such care: their reads are the store's, in every process.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..bounded import BoundedCache
-from ..cache.owner import NeedOwner
+from ..cache.owner import LIST_AGE, TAG_AGE, Answer, NeedOwner
 from ..cache.routing import Target
+from ..config import ProxyConfig
 from ..oci import errors
 from ..oci.digest import Digest
 from ..oci.names import Reference
@@ -31,22 +36,39 @@ if TYPE_CHECKING:
 TAGS_REMEMBERED = 50_000  # as cache/proxy.py CHECKED_ENTRIES: a forgotten one costs a forward
 
 
+@dataclass(frozen=True)
+class _List:
+    """The owner's answer to a tag list or referrers request, kept for list_ttl."""
+
+    fetched: float  # monotonic time the owner fetched it from upstream
+    headers: dict[str, str]
+    body: bytes
+
+
 class LocalAnswers:
-    def __init__(self, tag_ttl: float) -> None:
-        self.tag_ttl = tag_ttl
+    def __init__(self, proxy: ProxyConfig) -> None:
+        self.tag_ttl = proxy.tag_ttl
+        self.list_ttl = proxy.list_ttl
         # (store repo, tag) -> monotonic time the owner last confirmed it upstream.
         self.confirmed: BoundedCache[tuple[str, str], float] = BoundedCache(TAGS_REMEMBERED)
+        # (path, query) -> the owner's answer; as bounded as the owner's own list cache.
+        self.lists: BoundedCache[tuple[str, str], _List] = BoundedCache(
+            proxy.list_cache_entries, ttl=proxy.list_ttl
+        )
 
-    def learn(self, req: Request, tag_age: str | None) -> None:
-        """Remember what the owner's answer to a forwarded tag request said about the tag."""
-        key = req.extra.get("tag_key")
-        if key is None or tag_age is None:
-            return
-        try:
-            age = float(tag_age)
-        except ValueError:
-            return
-        self.confirmed.put(key, time.monotonic() - max(0.0, age))
+    def learn(self, req: Request, answer: Answer) -> None:
+        """Keep what the owner's answer says may be answered here for a while."""
+        now = time.monotonic()
+        tag_key = req.extra.get("tag_key")
+        tag_age = _seconds(answer.own.get(TAG_AGE))
+        if tag_key is not None and tag_age is not None:
+            self.confirmed.put(tag_key, now - tag_age)
+        list_key = req.extra.get("list_key")
+        list_age = _seconds(answer.own.get(LIST_AGE))
+        fresh = list_age is not None and list_age < self.list_ttl
+        if list_key is not None and fresh and answer.status == 200 and answer.body is not None:
+            assert list_age is not None
+            self.lists.put(list_key, _List(now - list_age, dict(answer.headers), answer.body))
 
     def fresh(self, store_repo: str, tag: str) -> bool:
         confirmed = self.confirmed.get((store_repo, tag))
@@ -85,13 +107,28 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     app.metrics.proxy_hit()
 
 
-async def _owner_only(app: App, req: Request, route: Route, target: Target) -> None:
-    raise NeedOwner(f"{route.kind} of a proxied repository")
+async def get_list(app: App, req: Request, route: Route, target: Target) -> None:
+    """A tag list or referrers of a proxied repository: the owner's answer while it is younger
+    than list_ttl (the owner caches lists for as long)."""
+    key = (req.path, req.scope.get("query_string", b"").decode("latin-1"))
+    req.extra["list_key"] = key
+    kept = app.local.lists.get(key)
+    if kept is None or time.monotonic() - kept.fetched >= app.local.list_ttl:
+        raise NeedOwner(f"{route.kind} of a proxied repository")
+    headers = {k: v for k, v in kept.headers.items() if k != "content-length"}
+    await req.respond(200, headers, kept.body)
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        return None if text is None else max(0.0, float(text))
+    except ValueError:
+        return None
 
 
 PROXY_ROUTES: dict[tuple[str, str], Callable[[App, Request, Route, Target], Awaitable[None]]] = {
     ("manifest", "GET"): get_manifest,
     ("blob", "GET"): get_blob,
-    ("tags", "GET"): _owner_only,
-    ("referrers", "GET"): _owner_only,
+    ("tags", "GET"): get_list,
+    ("referrers", "GET"): get_list,
 }

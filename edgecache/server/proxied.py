@@ -190,6 +190,7 @@ async def _remote_blob_head(
 
 async def tags_list(app: App, req: Request, route: Route, target: Target) -> None:
     tags = sorted(await app.proxy.tags(target, app.upstream(target)))
+    _list_age(app, req, "tags", target.store_repo)
     n = parse_n(req.query.get("n"))
     page, more = paginate(tags, n, req.query.get("last"))
     headers = {}
@@ -202,7 +203,17 @@ async def referrers(app: App, req: Request, route: Route, target: Target) -> Non
     subject = Digest.parse(route.ref or "")
     wanted = req.query.get("artifactType")
     descriptors = await app.proxy.referrers(target, app.upstream(target), subject, wanted)
+    _list_age(app, req, "referrers", target.store_repo, str(subject))
     headers = {"Content-Type": mediatypes.OCI_INDEX}
     if wanted is not None:
         headers["OCI-Filters-Applied"] = "artifactType"
     await req.respond(200, headers, referrers_index(descriptors))
+
+
+def _list_age(app: App, req: Request, *key: str) -> None:
+    """For a serving process that asked: how old the list is (it may answer it itself until
+    list_ttl; server/local.py)."""
+    if req.internal:
+        age = app.proxy.list_age(*key)
+        if age is not None:
+            req.headers_out[owner.LIST_AGE] = f"{age:.3f}"

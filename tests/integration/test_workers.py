@@ -77,6 +77,11 @@ def own_metric(server: EdgecacheServer, name: str, metric_name: str, labels: str
         return metric(client, metric_name, labels)
 
 
+def fault_proxy(upstream: RunningUpstream) -> FaultProxy:
+    host, port = upstream.host.rsplit(":", 1)
+    return FaultProxy(host, int(port))
+
+
 def get_digest(client: httpx.Client, path: str) -> tuple[int, str]:
     h = hashlib.sha256()
     with client.stream("GET", path) as response:
@@ -124,10 +129,7 @@ def test_a_cold_blob_is_fetched_once_whichever_processes_ask(
     upstream: RunningUpstream, tmp_path: Path
 ) -> None:
     size = 24 * MiB
-    data = random.Random(2).randbytes(size)
-    digest = upstream.push_blob("team/cold", data)
-    del data
-    host, port = upstream.host.rsplit(":", 1)
+    digest = upstream.push_blob("team/cold", random.Random(2).randbytes(size))
     path = f"/v2/{UPSTREAM}/team/cold/blobs/{digest}"
     results: list[tuple[int, str] | BaseException] = []
 
@@ -146,7 +148,7 @@ def test_a_cold_blob_is_fetched_once_whichever_processes_ask(
         )
 
     with (
-        FaultProxy(host, int(port)) as proxy,
+        fault_proxy(upstream) as proxy,
         EdgecacheServer(tmp_path, config_text=config(proxy.url)) as server,
     ):
         serving(server)
@@ -180,10 +182,7 @@ def test_a_worker_streams_the_owners_download_as_bytes_arrive(
     upstream: RunningUpstream, tmp_path: Path
 ) -> None:
     size = 16 * MiB
-    data = random.Random(3).randbytes(size)
-    digest = upstream.push_blob("team/slow", data)
-    del data
-    host, port = upstream.host.rsplit(":", 1)
+    digest = upstream.push_blob("team/slow", random.Random(3).randbytes(size))
     path = f"/v2/{UPSTREAM}/team/slow/blobs/{digest}"
     joiner: list[tuple[int, str]] = []
 
@@ -192,7 +191,7 @@ def test_a_worker_streams_the_owners_download_as_bytes_arrive(
             joiner.append(get_digest(client, path))
 
     with (
-        FaultProxy(host, int(port)) as proxy,
+        fault_proxy(upstream) as proxy,
         EdgecacheServer(tmp_path, config_text=config(proxy.url)) as server,
     ):
         serving(server)
@@ -348,3 +347,41 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def test_warm_tags_and_lists_are_answered_by_the_worker_itself(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    """A worker asks the owner once, then answers a tag (until tag_ttl), the tag list and the
+    referrers (until list_ttl) itself, with the owner's bytes."""
+    config_blob = b'{"architecture":"amd64","os":"linux"}'
+    layer = random.Random(7).randbytes(4096)
+    upstream.push_blob("team/lists", config_blob)
+    upstream.push_blob("team/lists", layer)
+    manifest = oci_manifest(config_blob, [layer])
+    digest = upstream.push_manifest("team/lists", "v1", manifest)
+    text = config(upstream.url) + "[proxy]\ntag_ttl = 300.0\n"
+    with EdgecacheServer(tmp_path, config_text=text) as server:
+        serving(server)
+        base = f"/v2/{UPSTREAM}/team/lists"
+        paths = [
+            f"{base}/manifests/v1",
+            f"{base}/tags/list",
+            f"{base}/referrers/{digest}",
+            f"{base}/referrers/{digest}?artifactType=application/example",
+        ]
+        headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        with process_client(server, "worker-1", headers=headers) as client:
+            first = [client.get(p) for p in paths]
+            asked = own_metric(server, "worker-1", "edgecache_owner_forwards_total")
+            again = [client.get(p) for p in paths]
+            assert own_metric(server, "worker-1", "edgecache_owner_forwards_total") == asked
+        assert asked == len(paths)
+        for one, two in zip(first, again, strict=True):
+            assert one.status_code == two.status_code == 200, (one.text, two.text)
+            assert one.content == two.content
+            assert one.headers["content-type"] == two.headers["content-type"]
+        assert first[0].content == manifest
+        assert first[1].json() == {"name": f"{UPSTREAM}/team/lists", "tags": ["v1"]}
+        assert again[3].headers["oci-filters-applied"] == "artifactType"
+        assert upstream.request_count("/team/lists/tags/list") == 1
