@@ -259,6 +259,9 @@ def default_edgecache_argv() -> list[str]:
     return [str(Path(sys.executable).parent / "edgecache")]
 
 
+TEST_WORKERS = 2
+
+
 def _clean_env(env: Mapping[str, str] | None) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("EDGECACHE_")}
     if env:
@@ -298,6 +301,10 @@ class EdgecacheServer(_ManagedProcess):
             self.config_path = self.data.parent / "edgecache.toml"
             self.config_path.write_text(config_text)
         self.env = _clean_env(env)
+        if "workers" not in (config_text or "") and "EDGECACHE_SERVER_WORKERS" not in self.env:
+            # Every test server has an owner and a worker (the default, one per CPU, would
+            # make the suite depend on the machine): every test crosses processes.
+            self.env["EDGECACHE_SERVER_WORKERS"] = str(TEST_WORKERS)
         self.listen = listen
         self.startup_timeout = startup_timeout
         self.info: dict[str, Any] = {}

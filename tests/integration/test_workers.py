@@ -385,3 +385,14 @@ def test_warm_tags_and_lists_are_answered_by_the_worker_itself(
         assert first[1].json() == {"name": f"{UPSTREAM}/team/lists", "tags": ["v1"]}
         assert again[3].headers["oci-filters-applied"] == "artifactType"
         assert upstream.request_count("/team/lists/tags/list") == 1
+
+
+def test_by_default_one_process_per_cpu(tmp_path: Path) -> None:
+    text = anonymous_push_config("[server]\nworkers = 0\n")  # the default, said explicitly
+    with EdgecacheServer(tmp_path, config_text=text) as server:
+        rows = serving(server)
+        assert len(rows) == len(os.sched_getaffinity(0))
+        assert f"processes:   {len(rows)}" in server.log_text()
+        status = server.cli("status", "--data", str(server.data))
+        assert status.returncode == 0, status.stderr
+        assert ("worker 1" in status.stdout) == (len(rows) > 1), status.stdout
