@@ -18,6 +18,10 @@ Layout of a data directory (this docstring is the one place it is written down):
     <data>/run/admin-token        admin API bearer token, mode 0600, new at every start
     <data>/run/lock               flock held by the running server (or fsck --repair) for its
                                   lifetime; holds the holder's pid (store/lock.py)
+    <data>/run/owner.sock         Unix socket (0600) of the process that owns fetches, pushes
+                                  and the admin API, for the other serving processes
+    <data>/run/worker-N.sock      Unix socket (0600) of worker N (server/workers.py); the
+                                  owner reads its /metrics there. Both kinds while serving
 
 LMDB named databases (keys are UTF-8; values are compact JSON)::
 
