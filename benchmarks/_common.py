@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -283,9 +284,16 @@ def push_image(
     tag: str = "latest",
     blobs: list[tuple[str, int]] | None = None,
     manifest: bool = True,
+    tls: bool = False,
 ) -> None:
     """Monolithic raw-HTTP push (POST upload, PUT ?digest= with the file as body)."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=120, blocksize=4 * MiB)
+    conn = (
+        http.client.HTTPSConnection(
+            LOOPBACK, port, timeout=120, blocksize=4 * MiB, context=client_tls_context([])
+        )
+        if tls
+        else http.client.HTTPConnection(LOOPBACK, port, timeout=120, blocksize=4 * MiB)
+    )
     for digest, size in blobs if blobs is not None else img.blobs:
         conn.request("HEAD", f"/v2/{repo}/blobs/{digest}")
         r = conn.getresponse()
@@ -428,6 +436,13 @@ class Edgecache(Proc):
         self.url = info["url"]
         self.port = int(self.url.rsplit(":", 1)[1].rstrip("/"))
         assert int(info["pid"]) == self.pid, info
+        # With [server] workers = N, measure only once all N processes accept connections.
+        workers = re.search(r"^workers = (\d+)", self.config or "", re.MULTILINE)
+        sockets = [
+            self.data / "run" / f"worker-{n}.sock"
+            for n in range(1, int(workers.group(1)) if workers else 1)
+        ]
+        wait_for(lambda: all(p.exists() for p in sockets), 30, "edgecache workers")
         return self
 
 
@@ -467,8 +482,39 @@ class Registry(Proc):
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.base)},
         )
         wait_for(self.listening, 30, "docker-registry port")
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.url = f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
         return self
+
+
+def make_cert(d: Path) -> tuple[Path, Path]:
+    """A self-signed EC certificate for localhost and 127.0.0.1: (cert, key)."""
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
     def access_log(self) -> list[dict[str, Any]]:
         """The "response completed" entries of a json_log registry (method, uri, written...)."""
@@ -485,18 +531,31 @@ class Registry(Proc):
 
 
 class Nginx(Proc):
-    """nginx serving /v2/<repo>/blobs/sha256:<hex> straight from the OCI layout's files."""
+    """nginx serving /v2/<repo>/blobs/sha256:<hex> straight from the OCI layout's files
+    (over TLS with `tls` = (cert, key): HTTP/1.1 and h2 offered, sendfile then unused)."""
 
     name = "nginx"
 
-    def __init__(self, base: Path, blob_dir: Path, workers: str = "auto") -> None:
+    def __init__(
+        self,
+        base: Path,
+        blob_dir: Path,
+        workers: str = "auto",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         super().__init__()
-        self.base, self.blob_dir, self.workers = base, blob_dir, workers
+        self.base, self.blob_dir, self.workers, self.tls = base, blob_dir, workers, tls
 
     def start(self) -> Nginx:
         self.base.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         b = self.base
+        listen_tls = ""
+        if self.tls is not None:
+            cert, key = self.tls
+            listen_tls = (
+                f" ssl http2;\n        ssl_certificate {cert};\n        ssl_certificate_key {key}"
+            )
         conf = b / "nginx.conf"
         conf.write_text(f"""
 daemon off;
@@ -515,7 +574,7 @@ http {{
     types {{ }}
     default_type application/octet-stream;
     server {{
-        listen {LOOPBACK}:{self.port};
+        listen {LOOPBACK}:{self.port}{listen_tls};
         location ~ "^/v2/.+/blobs/sha256:(?<hex>[0-9a-f]{{64}})$" {{
             alias {self.blob_dir}/$hex;
         }}

@@ -144,8 +144,13 @@ def registry(name: str = "registry", *, json_log: bool = False) -> Target:
     return Target(name, lambda d, up: c.Registry(d, proxy_remote=up, json_log=json_log))
 
 
-def nginx(blob_dir: Path, workers: str = "auto", name: str = "nginx") -> Target:
-    return Target(name, lambda d, _up: c.Nginx(d, blob_dir, workers))
+def nginx(
+    blob_dir: Path,
+    workers: str = "auto",
+    name: str = "nginx",
+    tls: tuple[Path, Path] | None = None,
+) -> Target:
+    return Target(name, lambda d, _up: c.Nginx(d, blob_dir, workers, tls))
 
 
 def edgecache_knows(section: str, key: str) -> bool:

@@ -1,8 +1,8 @@
 """Warm blob serving: full pulls of a ~1 GiB image, edgecache vs nginx (sendfile) vs registry.
 
     .venv/bin/python benchmarks/warm_blobs.py [--layers 8 --layer-mib 128] [--clients 1,16]
-        [--rounds 3] [--no-verify] [--profile] [--workers 1,N] [--workdir /tmp/edgecache-bench]
-        [--json FILE] [--record [FILE]]
+        [--rounds 3] [--no-verify] [--profile] [--workers 1,N] [--tls]
+        [--workdir /tmp/edgecache-bench] [--json FILE] [--record [FILE]]
 
 The image (N layers of random bytes + config + manifest) is written as an OCI layout, pushed
 with raw HTTP into edgecache (plain HTTP/1.1, so blobs go through os.sendfile) and into
@@ -20,6 +20,9 @@ Peak RSS of each edgecache during the highest-concurrency rounds is sampled from
 /proc/<pid>/status (VmRSS every 50 ms, and VmHWM after resetting it via clear_refs), summed
 over its processes (and the largest one given) when it runs workers. --workers 1,2: one
 edgecache per `[server] workers` value, each a target of its own.
+With --tls, HTTP/1.1 over TLS (a self-signed EC P-256 certificate, ALPN http/1.1; the clients
+and the ciphers are the same for every target): nginx (`listen ssl`, its workers) against
+edgecache with `[server] tls_cert/tls_key`, where sendfile cannot apply; no registry target.
 With --profile, one extra unmeasured edgecache round runs under py-spy (flame graph
 benchmarks/profile-warm.svg and a text summary benchmarks/profile-warm.txt).
 """
@@ -51,22 +54,26 @@ def main() -> int:
         "--profile", action="store_true", help="py-spy an extra 16-client edgecache round"
     )
     b.ap.add_argument("--profile-seconds", type=int, default=10)
+    b.ap.add_argument("--tls", action="store_true", help="HTTP/1.1 over TLS (no registry)")
     a = b.parse()
     verify = not a.no_verify
     levels = [int(x) for x in a.clients.split(",")]
     c.log(f"building image ({a.layers} x {a.layer_mib} MiB) in {a.workdir / 'layout'}")
     img = c.build_image(a.workdir / "layout", a.layers, a.layer_mib)
+    tls = c.make_cert(a.workdir / "tls") if a.tls else None
+    tls_config = f'[server]\ntls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n' if tls else ""
+    alpn = ["http/1.1"] if tls else None
     kinds = {
-        "nginx": lambda: [h.nginx(img.layout / "blobs" / "sha256", a.nginx_workers)],
-        "edgecache": lambda: h.edgecaches(b.workers),
-        "registry": lambda: [h.registry()],
+        "nginx": lambda: [h.nginx(img.layout / "blobs" / "sha256", a.nginx_workers, tls=tls)],
+        "edgecache": lambda: h.edgecaches(b.workers, config=tls_config),
+        "registry": lambda: [] if tls else [h.registry()],
     }
     targets = [t for kind in a.targets.split(",") for t in kinds[kind]()]
     peak_rss: dict[str, tuple[int, int]] = {}  # edgecache target -> (total, largest process)
 
     def pull(t: h.Target, n: int) -> dict[str, float]:
         cpu0 = c.cpu_seconds(t.pid)
-        secs, nbytes = c.run_clients(c.pull_blobs, [(t.port, REPO, img.layers, verify)] * n)
+        secs, nbytes = c.run_clients(c.pull_blobs, [(t.port, REPO, img.layers, verify, alpn)] * n)
         if nbytes != n * img.total:
             raise RuntimeError(f"{t.name}: got {nbytes} bytes, expected {n * img.total}")
         # Server CPU seconds per GiB served: robust to other load on the box.
@@ -78,7 +85,7 @@ def main() -> int:
         b.start(targets)
         for t in targets:
             if t.kind != "nginx":
-                c.push_image(t.port, REPO, img)
+                c.push_image(t.port, REPO, img, tls=tls is not None)
         for t in targets:  # warm-up (page cache, connections, imports), not measured
             c.log(f"warm-up {t.name}: {pull(t, 1)['mbps']:.0f} MB/s")
         for rnd, n, t in b.schedule(targets, levels):
@@ -108,6 +115,7 @@ def main() -> int:
     header = b.header(
         f"image: {a.layers} layers x {a.layer_mib} MiB = {img.total / c.MiB:.0f} MiB; "
         f"sha256 verify: {verify}; nginx workers: {a.nginx_workers}"
+        + ("; HTTP/1.1 over TLS (EC P-256, self-signed)" if tls else "")
     )
     notes = [
         f"{name} peak RSS during the {max(levels)}-client rounds: {total / c.MiB:.1f} MiB"
