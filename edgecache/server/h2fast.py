@@ -26,18 +26,22 @@ FastH2Protocol and calls install(); tests/integration/test_h2fast.py proves the 
 from __future__ import annotations
 
 import contextlib
+import struct
 from importlib.metadata import version
 
 import h2.exceptions
 import hypercorn.protocol as hc_protocol
 import hypercorn.protocol.h2 as hc_h2
 import priority
+from hypercorn.events import RawData
 
 PINNED = "0.18.0"  # the hypercorn whose h2.py (StreamBuffer, H2Protocol._send_data) was read
 # Bytes one visit of the send task may write for one stream: large enough that the per-write
 # cost (a trip through the event loop, an SSL write, a send call) is spread over 64 frames,
 # small enough that other streams of the connection get their turn every ~1 MiB.
 WRITE_MAX = 1 << 20
+_HEAD = struct.Struct(">IBI")  # a frame header: length (24 bits) and type, flags, stream id
+_DATA = 0x0
 
 
 class FastStreamBuffer(hc_h2.StreamBuffer):
@@ -73,13 +77,12 @@ class FastH2Protocol(hc_h2.H2Protocol):
                 self.priority.block(stream_id)
             ended = buffer.complete
             if data or ended:
-                frames = self._frame(stream_id, data, ended)
+                wire = self._frame(stream_id, data, ended)
                 if ended:
                     del self.stream_buffers[stream_id]
                     self.priority.remove_stream(stream_id)
                 FastH2Protocol.data_writes += 1
-                FastH2Protocol.data_frames += frames
-                await self._flush()
+                await self.send(RawData(data=wire))  # type: ignore[arg-type]  # bytearray: no copy
         except (h2.exceptions.StreamClosedError, KeyError, h2.exceptions.ProtocolError):
             # The stream or connection closed while this one waited to send: drop it, as
             # hypercorn does.
@@ -88,21 +91,38 @@ class FastH2Protocol(hc_h2.H2Protocol):
             with contextlib.suppress(priority.MissingStreamError):
                 self.priority.remove_stream(stream_id)
 
-    def _frame(self, stream_id: int, data: bytes | bytearray, end: bool) -> int:
-        """Queue `data` in frames of the peer's maximum size; END_STREAM on the last."""
-        if not data:
-            self.connection.end_stream(stream_id)
-            return 1
+    def _frame(self, stream_id: int, data: bytes | bytearray, end: bool) -> bytearray:
+        """What h2 had queued, then `data` as DATA frames of the peer's maximum size with
+        END_STREAM on the last when `end`: the bytes of one write.
+
+        The last frame is h2's own (send_data checks the stream's state and window, moves
+        END_STREAM through the state machine); the ones before it are framed here and only
+        counted against the stream's and the connection's windows, as h2's send_data does:
+        h2 costs ~25 us per frame, a third of the CPU of an h2 download over TLS (measured).
+        """
         size = self.connection.max_outbound_frame_size
-        count = 0
+        cut = (len(data) - 1) // size * size if data else 0  # where h2's last frame starts
         with memoryview(data) as view:
-            for start in range(0, len(view), size):
-                last = start + size >= len(view)
-                self.connection.send_data(
-                    stream_id, view[start : start + size], end_stream=end and last
-                )
-                count += 1
-        return count
+            if data:
+                self.connection.send_data(stream_id, view[cut:], end_stream=end)
+            else:
+                self.connection.end_stream(stream_id)
+            queued = self.connection.data_to_send()  # ends with that last frame
+            tail = len(data) - cut + _HEAD.size
+            wire = bytearray(cut + cut // size * _HEAD.size + len(queued))
+            wire[: len(queued) - tail] = queued[: len(queued) - tail]
+            at = len(queued) - tail
+            for start in range(0, cut, size):
+                _HEAD.pack_into(wire, at, size << 8 | _DATA, 0, stream_id)
+                at += _HEAD.size
+                wire[at : at + size] = view[start : start + size]
+                at += size
+            wire[at:] = queued[len(queued) - tail :]
+        if cut:
+            self.connection.outbound_flow_control_window -= cut
+            self.connection.streams[stream_id].outbound_flow_control_window -= cut
+        FastH2Protocol.data_frames += cut // size + 1
+        return wire
 
 
 def install() -> None:
