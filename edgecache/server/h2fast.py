@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections import deque
 from importlib.metadata import version
+from typing import Any, cast
 
 import h2.exceptions
 import hypercorn.protocol as hc_protocol
@@ -44,14 +46,68 @@ _HEAD = struct.Struct(">IBI")  # a frame header: length (24 bits) and type, flag
 _DATA = 0x0
 
 
-class FastStreamBuffer(hc_h2.StreamBuffer):
-    async def pop(self, max_length: int) -> bytes:
-        if max_length >= len(self.buffer):
-            data = bytes(self.buffer) if len(self.buffer) < 4096 else self.buffer
-            self.buffer = bytearray()
+class _Chunks:
+    """A stream's queued body: the app's chunks as they came (hypercorn copies each into one
+    bytearray), and their total length, which is what everyone else reads (len())."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes | memoryview] = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def take(self, limit: int) -> bytes | memoryview:
+        """Up to `limit` bytes from the front: a whole chunk or a slice of one uncopied, or
+        several small ones joined."""
+        first = self.chunks[0]
+        if len(first) > limit:
+            with memoryview(first) as view:
+                self.chunks[0] = view[limit:]
+                out: bytes | memoryview = view[:limit]
+        elif len(self.chunks) == 1 or len(first) + len(self.chunks[1]) > limit:
+            out = self.chunks.popleft()
         else:
-            data = self.buffer[:max_length]
-            del self.buffer[:max_length]
+            parts = []
+            left = limit
+            while self.chunks and len(self.chunks[0]) <= left:
+                left -= len(self.chunks[0])
+                parts.append(self.chunks.popleft())
+            out = b"".join(parts)
+        self.size -= len(out)
+        return out
+
+
+class FastStreamBuffer(hc_h2.StreamBuffer):
+    def __init__(self, event_class: Any) -> None:
+        super().__init__(event_class)
+        self.buffer = _Chunks()  # type: ignore[assignment]
+
+    async def close(self) -> None:
+        self._complete = True
+        self.buffer = _Chunks()  # type: ignore[assignment]
+        await self._is_empty.set()
+        await self._paused.set()
+
+    async def push(self, data: bytes) -> None:
+        if self._complete:
+            raise hc_h2.BufferCompleteError()
+        cast(_Chunks, self.buffer).append(data)
+        await self._is_empty.clear()
+        if len(self.buffer) >= hc_h2.BUFFER_HIGH_WATER:
+            await self._paused.wait()
+            await self._paused.clear()
+
+    async def pop(self, max_length: int) -> bytes:
+        queued = cast(_Chunks, self.buffer)
+        data = queued.take(max_length) if max_length > 0 and queued else b""
         # hypercorn releases the producer only when a pop came out short (len(data) < low
         # water): with large pops it then waits for an extra empty visit, and with a window
         # opened a few bytes at a time it lets the producer add a chunk per visit. Here it is
@@ -60,7 +116,7 @@ class FastStreamBuffer(hc_h2.StreamBuffer):
             await self._paused.set()
         if not self.buffer:
             await self._is_empty.set()
-        return data  # type: ignore[return-value]  # bytes or a bytearray no one else holds
+        return data  # type: ignore[return-value]  # bytes or an uncopied memoryview
 
 
 class FastH2Protocol(hc_h2.H2Protocol):
@@ -82,7 +138,7 @@ class FastH2Protocol(hc_h2.H2Protocol):
                     del self.stream_buffers[stream_id]
                     self.priority.remove_stream(stream_id)
                 FastH2Protocol.data_writes += 1
-                await self.send(RawData(data=wire))  # type: ignore[arg-type]  # bytearray: no copy
+                await self.send(RawData(data=wire))
         except (h2.exceptions.StreamClosedError, KeyError, h2.exceptions.ProtocolError):
             # The stream or connection closed while this one waited to send: drop it, as
             # hypercorn does.
@@ -91,7 +147,7 @@ class FastH2Protocol(hc_h2.H2Protocol):
             with contextlib.suppress(priority.MissingStreamError):
                 self.priority.remove_stream(stream_id)
 
-    def _frame(self, stream_id: int, data: bytes | bytearray, end: bool) -> bytearray:
+    def _frame(self, stream_id: int, data: bytes | memoryview, end: bool) -> bytes:
         """What h2 had queued, then `data` as DATA frames of the peer's maximum size with
         END_STREAM on the last when `end`: the bytes of one write.
 
@@ -107,17 +163,14 @@ class FastH2Protocol(hc_h2.H2Protocol):
                 self.connection.send_data(stream_id, view[cut:], end_stream=end)
             else:
                 self.connection.end_stream(stream_id)
-            queued = self.connection.data_to_send()  # ends with that last frame
-            tail = len(data) - cut + _HEAD.size
-            wire = bytearray(cut + cut // size * _HEAD.size + len(queued))
-            wire[: len(queued) - tail] = queued[: len(queued) - tail]
-            at = len(queued) - tail
+            queued = memoryview(self.connection.data_to_send())  # ends with that last frame
+            last = len(queued) - (len(data) - cut + _HEAD.size)
+            head = _HEAD.pack(size << 8 | _DATA, 0, stream_id)  # the same for each full frame
+            parts: list[bytes | memoryview] = [queued[:last]]
             for start in range(0, cut, size):
-                _HEAD.pack_into(wire, at, size << 8 | _DATA, 0, stream_id)
-                at += _HEAD.size
-                wire[at : at + size] = view[start : start + size]
-                at += size
-            wire[at:] = queued[len(queued) - tail :]
+                parts += (head, view[start : start + size])
+            parts.append(queued[last:])
+            wire = b"".join(parts)
         if cut:
             self.connection.outbound_flow_control_window -= cut
             self.connection.streams[stream_id].outbound_flow_control_window -= cut
