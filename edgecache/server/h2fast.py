@@ -8,17 +8,20 @@ header's spill-over) and socket send. A 1 MiB body chunk thus costs 64 trips thr
 event loop, and large blobs went at 0.14-0.22x of HTTP/1.1 over TLS (RESULTS.md, issue 9).
 
 How: `FastH2Protocol._send_data` takes everything the stream's flow-control window (stream and
-connection, as h2 accounts them) allows, up to WRITE_MAX, cuts it into frames of the peer's
-SETTINGS_MAX_FRAME_SIZE with h2's own send_data (so h2 keeps the windows and stream states),
-puts END_STREAM on the last frame when the body is complete, and flushes once: one socket (or
-SSL) write per visit instead of one per frame. `FastStreamBuffer.pop` hands the buffer over
-without a copy when it is taken whole, and lets the app produce its next chunk as soon as the
-buffer runs low, so reading the next chunk overlaps the write of this one; the buffer never
-holds more than about one app chunk, even with a client that opens its window byte by byte.
+connection, as h2 accounts them) allows, up to WRITE_MAX, cuts it into DATA frames of the
+peer's SETTINGS_MAX_FRAME_SIZE, puts END_STREAM on the last frame when the body is complete,
+and writes once: one socket (or SSL) write per visit instead of one per frame. The last frame
+of a write is made by h2's send_data (state and window checks, END_STREAM); the ones before it
+are packed here and counted against h2's windows, because h2 spends ~25 us per frame.
+`FastStreamBuffer` queues the app's chunks without copying them into one bytearray, and lets
+the app produce its next chunk as soon as the buffer runs low, so reading the next chunk
+overlaps the write of this one; it never holds more than about one app chunk, even with a
+client that opens its window byte by byte.
 
 Nothing else changes: a client that opens no window still stalls the stream (connguard's send
 deadline then resets it), priorities still pick the stream. hypercorn is pinned in
-pyproject.toml and install() refuses another version; server/connguard.py extends
+pyproject.toml and install() refuses another hypercorn, or an h2 other than 4.x (whose
+outbound_flow_control_window attributes this counts against); server/connguard.py extends
 FastH2Protocol and calls install(); tests/integration/test_h2fast.py proves the path is taken
 (TLS records on the wire) and that frame size and windows are respected.
 """
@@ -120,7 +123,7 @@ class FastStreamBuffer(hc_h2.StreamBuffer):
 
 
 class FastH2Protocol(hc_h2.H2Protocol):
-    # Process-wide counts, for the benchmark and the curious (frames per write is the point).
+    # Process-wide counts (frames per write is the point), ready for /metrics to export.
     data_writes = 0
     data_frames = 0
 
@@ -180,11 +183,12 @@ class FastH2Protocol(hc_h2.H2Protocol):
 
 def install() -> None:
     """Swap the classes into hypercorn's modules (the trio worker looks them up there);
-    idempotent. Raises on another hypercorn than the one this was written against."""
-    found = version("hypercorn")
-    if found != PINNED:
+    idempotent. Raises on another hypercorn or h2 than the ones this was written against."""
+    found = version("hypercorn"), version("h2")
+    if found[0] != PINNED or found[1].split(".")[0] != "4":
         raise RuntimeError(
-            f"edgecache's h2 send path was written for hypercorn {PINNED}, not {found}"
+            f"edgecache's h2 send path was written for hypercorn {PINNED} and h2 4.x, "
+            f"not hypercorn {found[0]} and h2 {found[1]}"
         )
     hc_h2.StreamBuffer = FastStreamBuffer  # type: ignore[misc]
     hc_protocol.H2Protocol = FastH2Protocol  # type: ignore[misc]
