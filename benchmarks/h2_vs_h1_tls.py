@@ -1,23 +1,30 @@
-"""HTTP/2 over TLS vs HTTP/1.1 over TLS for a large blob from edgecache (decides the ALPN default).
+"""HTTP/2 vs HTTP/1.1 for a large blob from edgecache, over TLS or plain TCP (decides ALPN).
 
     .venv/bin/python benchmarks/h2_vs_h1_tls.py [--blob-mib 256] [--clients 1,4] [--rounds 3]
-        [--profile] [--workdir /tmp/edgecache-bench]
+        [--transport tls|plain] [--client python|h2load|both]
+        [--profile [--profile-proto h1|h2]] [--workdir /tmp/edgecache-bench]
 
 One blob of random bytes is pushed over plain HTTP, then edgecache is restarted on the same
-data dir with `[server] tls_cert/tls_key` (self-signed EC cert made with openssl). Over TLS the
-server cannot use sendfile: blobs go through its pread-chunk path for both protocols.
+data dir, with `[server] tls_cert/tls_key` (self-signed EC cert made with openssl) for
+--transport tls. Over TLS the server cannot use sendfile: blobs go through its pread-chunk path
+for both protocols. With --transport plain, HTTP/1.1 gets sendfile and h2c (prior knowledge)
+the pread-chunk path: the issue's "h2c at >= 0.8x of plain HTTP/1.1 with the same client".
 
-- h1 client: raw ssl socket, ALPN ["http/1.1"] only, recv_into reused buffers, sha256 in a
-  second thread (benchmarks/_common.py H1Client).
-- h2 client: the `h2` package over an ssl socket, ALPN ["h2"] only, flow control like Go's
-  net/http2 transport: SETTINGS_INITIAL_WINDOW_SIZE 4 MiB per stream, connection window raised
-  to 1 GiB, WINDOW_UPDATE as soon as half a window has been consumed (h2's window manager,
-  data acknowledged right after each read), sha256 in a second thread.
+- python clients (--client python): h1 is a raw socket (ALPN ["http/1.1"] only over TLS),
+  recv_into reused buffers, sha256 in a second thread (benchmarks/_common.py H1Client). h2 is
+  the `h2` package over a socket (ALPN ["h2"] only), flow control like Go's net/http2
+  transport: SETTINGS_INITIAL_WINDOW_SIZE 4 MiB per stream, connection window raised to 1 GiB,
+  WINDOW_UPDATE once half a window is consumed (h2's window manager), sha256 in a second
+  thread. Its parsing in Python costs more CPU than the server's sending: with it the ratio
+  measures the clients as much as the server.
+- h2load (--client h2load): nghttp2's h2load, one program for both protocols (--h1, or
+  --npn-list=h2 so that ALPN cannot pick http/1.1), its default windows (1 GiB), no digest
+  check; the run fails unless h2load reports the intended protocol.
 
 Each client is its own process and connection and GETs the blob once; N clients run at once.
-Rounds interleaved (h1, h2, h1, ...). Ratio = median over rounds of h2 / h1.
-With --profile, extra rounds (max clients, --profile-proto h1|h2) run under py-spy:
-benchmarks/profile-tls-<proto>.{svg,collapsed,txt}
+Rounds interleaved (h1, h2, h1, ...). Ratio = median over rounds of h2 / h1 (the same client
+kind). With --profile, extra rounds (max clients, --profile-proto h1|h2, the first client kind
+of that protocol) run under py-spy: benchmarks/profile-<transport>-<proto>.{svg,collapsed,txt}
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import datetime
 import hashlib
 import queue
+import re
 import shutil
 import socket
 import subprocess
@@ -85,15 +93,24 @@ def _hasher(q: queue.Queue[Any], h: Any) -> None:
 
 
 def h2_pull(
-    port: int, path: str, digest: str, verify: bool, *, prepare: bool = False, prepared: Any = None
+    port: int,
+    path: str,
+    digest: str,
+    verify: bool,
+    tls: bool,
+    *,
+    prepare: bool = False,
+    prepared: Any = None,
 ) -> Any:
     if prepare:
         s = socket.create_connection((c.LOOPBACK, port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * c.MiB)
-        ss = c.client_tls_context(["h2"]).wrap_socket(s, server_hostname="localhost")
-        if ss.selected_alpn_protocol() != "h2":
-            raise RuntimeError(f"ALPN gave {ss.selected_alpn_protocol()!r}, not h2")
+        ss = s
+        if tls:
+            ss = c.client_tls_context(["h2"]).wrap_socket(s, server_hostname="localhost")
+            if ss.selected_alpn_protocol() != "h2":
+                raise RuntimeError(f"ALPN gave {ss.selected_alpn_protocol()!r}, not h2")
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
@@ -117,7 +134,7 @@ def h2_pull(
         sid,
         [
             (":method", "GET"),
-            (":scheme", "https"),
+            (":scheme", "https" if tls else "http"),
             (":authority", f"localhost:{port}"),
             (":path", path),
             ("user-agent", "edgecache-bench-h2"),
@@ -167,11 +184,34 @@ def h2_pull(
     return total
 
 
+def h2load(h1: bool, url: str, n: int, size: int) -> tuple[float, int]:
+    """nghttp2's h2load: n connections, one GET each; (seconds, body bytes) as it reports them."""
+    argv = ["h2load", "-n", str(n), "-c", str(n), "-m", "1"]
+    # Over TLS, h2 only in ALPN: offered both, the server's order would decide.
+    proto = ["--h1"] if h1 else ["--npn-list=h2"]
+    out = subprocess.run([*argv, *proto, url], check=True, capture_output=True, text=True).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+    secs = re.search(r"finished in ([\d.]+)(m?s),", out)
+    spoken = re.search(r"Application protocol: (\S+)", out)
+    want = "http/1.1" if h1 else ("h2" if url.startswith("https:") else "h2c")
+    if not done or not secs or int(done.group(1)) != n or not spoken or spoken[1] != want:
+        raise RuntimeError(f"h2load failed or spoke another protocol than {want}:\n{out}")
+    t = float(secs.group(1)) / (1000 if secs.group(2) == "ms" else 1)
+    return t, n * size
+
+
 def h1_pull(
-    port: int, path: str, digest: str, verify: bool, *, prepare: bool = False, prepared: Any = None
+    port: int,
+    path: str,
+    digest: str,
+    verify: bool,
+    tls: bool,
+    *,
+    prepare: bool = False,
+    prepared: Any = None,
 ) -> Any:
     if prepare:
-        return c.H1Client(c.LOOPBACK, port, c.client_tls_context(["http/1.1"]))
+        return c.H1Client(c.LOOPBACK, port, c.client_tls_context(["http/1.1"]) if tls else None)
     cl: c.H1Client = prepared
     n = cl.get(path, digest, verify)
     cl.close()
@@ -185,6 +225,18 @@ def main() -> int:
     ap.add_argument("--blob-mib", type=int, default=256)
     ap.add_argument("--clients", default="1,4")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--transport",
+        choices=["tls", "plain"],
+        default="tls",
+        help="plain: h2c (prior knowledge) vs plain HTTP/1.1 (sendfile for h1)",
+    )
+    ap.add_argument(
+        "--client",
+        choices=["python", "h2load", "both"],
+        default="python",
+        help="python: the Go-like h2 client and H1Client; h2load: nghttp2's h2load (--h1 for h1)",
+    )
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument(
         "--profile", action="store_true", help="py-spy an extra h1-over-TLS round (pread path)"
@@ -194,6 +246,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/edgecache-bench"))
     a = ap.parse_args()
     verify = not a.no_verify
+    tls = a.transport == "tls"
     levels = [int(x) for x in a.clients.split(",")]
     a.workdir.mkdir(parents=True, exist_ok=True)
     run_dir = a.workdir / f"tls-{int(time.time())}"
@@ -209,16 +262,31 @@ def main() -> int:
         c.push_image(plain.port, REPO, img)
     finally:
         plain.stop()
-    edge = c.Edgecache(data, config=f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n').start()
-    assert edge.url.startswith("https://"), edge.url
-    # What a client offering both (in Go's / curl's order: h2 first) is given by the default `alpn`.
-    ctx = c.client_tls_context(["h2", "http/1.1"])
-    with (
-        socket.create_connection((c.LOOPBACK, edge.port)) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as t,
-    ):
-        negotiated = t.selected_alpn_protocol()
-    clients = {"h1": h1_pull, "h2": h2_pull}
+    config = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n' if tls else None
+    edge = c.Edgecache(data, config=config).start()
+    assert edge.url.startswith("https://" if tls else "http://"), edge.url
+    negotiated: str | None = "(no TLS)"
+    if tls:
+        # What a client offering both (Go's / curl's order: h2 first) gets from the default alpn.
+        ctx = c.client_tls_context(["h2", "http/1.1"])
+        with (
+            socket.create_connection((c.LOOPBACK, edge.port)) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as t,
+        ):
+            negotiated = t.selected_alpn_protocol()
+    url = f"{edge.url}{path}"
+
+    def python_client(fn: Any) -> Any:
+        return lambda n: c.run_clients(fn, [(edge.port, path, digest, verify, tls)] * n)
+
+    # name -> (run n clients: (seconds, bytes), the h1 row it is compared with)
+    clients: dict[str, tuple[Any, str]] = {}
+    if a.client in ("python", "both"):
+        clients["h1"] = (python_client(h1_pull), "h1")
+        clients["h2"] = (python_client(h2_pull), "h1")
+    if a.client in ("h2load", "both"):
+        clients["h1 h2load"] = (lambda n: h2load(True, url, n, size), "h1 h2load")
+        clients["h2 h2load"] = (lambda n: h2load(False, url, n, size), "h1 h2load")
     res: dict[int, dict[str, list[float]]] = {}
     prof = ""
     try:
@@ -226,7 +294,7 @@ def main() -> int:
 
         def pull(proto: str, n: int) -> float:
             cpu0 = c.cpu_seconds(edge.pid)
-            secs, nbytes = c.run_clients(clients[proto], [(edge.port, path, digest, verify)] * n)
+            secs, nbytes = clients[proto][0](n)
             if nbytes != n * size:
                 raise RuntimeError(f"{proto}: {nbytes} bytes, expected {n * size}")
             cpu.setdefault(f"{n}:{proto}", []).append(
@@ -244,11 +312,12 @@ def main() -> int:
                     res[n][proto].append(v)
                     c.log(f"clients={n} round={r + 1} {proto}: {v:.0f} MB/s")
         if a.profile:
+            proto = next(p for p in clients if p.startswith(a.profile_proto))
             prof = c.pyspy_profile(
                 edge.pid,
-                lambda: pull(a.profile_proto, max(levels)),
+                lambda: pull(proto, max(levels)),
                 a.profile_seconds,
-                HERE / f"profile-tls-{a.profile_proto}",
+                HERE / f"profile-{a.transport}-{a.profile_proto}",
             )
     finally:
         edge.stop()
@@ -256,9 +325,9 @@ def main() -> int:
 
     rows = []
     for n in levels:
-        for proto in clients:
+        for proto, (_, base) in clients.items():
             vals = res[n][proto]
-            ratio = c.median(v / b for v, b in zip(vals, res[n]["h1"], strict=False))
+            ratio = c.median(v / b for v, b in zip(vals, res[n][base], strict=False))
             rows.append(
                 [
                     n,
@@ -269,14 +338,15 @@ def main() -> int:
                     f"{c.median(cpu[f'{n}:{proto}'][-a.rounds :]):.2f}",
                 ]
             )
+    body = "TLS (pread path for both)" if tls else "plain TCP (h1: sendfile; h2c: pread path)"
     print()
     print(f"# h2_vs_h1_tls  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# {c.machine()}")
     print(f"# edgecache: {c.edgecache_source()}")
     print(
-        f"# blob {a.blob_mib} MiB over TLS (pread path), each client one connection, one GET; "
-        f"sha256 verify: {verify}; h2 windows: stream {STREAM_WINDOW >> 20} MiB, "
-        f"connection {CONN_WINDOW >> 20} MiB; "
+        f"# blob {a.blob_mib} MiB over {body}, each client one connection, one GET; "
+        f"sha256 verify (python clients): {verify}; python h2 windows: stream "
+        f"{STREAM_WINDOW >> 20} MiB, connection {CONN_WINDOW >> 20} MiB; h2load: its defaults; "
         f"{a.rounds} rounds interleaved; load average at end: {c.loadavg()}"
     )
     print(f"# server default alpn; a client offering [h2, http/1.1] negotiated: {negotiated}")

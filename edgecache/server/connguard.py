@@ -51,7 +51,7 @@ from hypercorn.protocol.events import Body, EndBody, Response, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.http_stream import ASGIHTTPState
 
-from . import zerocopy
+from . import h2fast, zerocopy
 
 # Seconds an HTTP/2 connection stays open after its final GOAWAY (see _close_soon).
 GOAWAY_GRACE = 2.0
@@ -109,7 +109,7 @@ class ResetConnection(Event):
     """From a protocol to its TCP server: end the connection with RST, now."""
 
 
-class GuardedH2Protocol(hc_h2.H2Protocol):
+class GuardedH2Protocol(h2fast.FastH2Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._send_timeout = _send_timeout(self.config)
@@ -291,6 +291,7 @@ def install() -> None:
     """Swap the guarded classes into hypercorn's modules (the trio worker looks them up
     there); idempotent. Includes zerocopy's sendfile path."""
     zerocopy.install()
+    h2fast.install()  # coalesced DATA frames; GuardedH2Protocol extends its class
     hc_h11.HTTPStream = GuardedHTTPStream  # type: ignore[misc]
     hc_h2.HTTPStream = GuardedHTTPStream  # type: ignore[misc]
     hc_protocol.H11Protocol = GuardedH11Protocol  # type: ignore[misc]
