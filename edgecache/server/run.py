@@ -23,7 +23,7 @@ from ..usererror import UserError, data_dir_error, open_store
 from . import connguard
 from .accesslog import AccessLog
 from .app import App
-from .startup import banner, listen_socket
+from .startup import banner, bound_address, listen_socket
 from .workers import Supervisor, WorkerJob, owner_socket, unix_listener
 
 log = logging.getLogger("edgecache.server")
@@ -87,7 +87,12 @@ async def serve(config: Config) -> None:
         store = await trio.to_thread.run_sync(lambda: open_store(data, sweep=True))
         try:
             AccessLog(config.server.access_log).close()  # a bad path fails here, not per request
-            sock = listen_socket(config.server.listen)
+            # One socket per serving process, spread by the kernel: a socket shared by all was
+            # drained by whichever process woke first (4 connections at once went to one
+            # process in 8 tries out of 10).
+            sock = listen_socket(
+                config.server.listen, reuseport="first" if config.server.processes > 1 else ""
+            )
         except BaseException:
             store.close()
             raise
@@ -99,10 +104,9 @@ async def serve(config: Config) -> None:
     processes = config.server.processes
     supervisor: Supervisor | None = None
     if processes > 1:
-        # The workers' copy of the listening socket, and the socket they ask us through.
-        worker_fd = os.dup(sock.fileno())
+        # The address the workers bind too, and the socket they ask us through.
         internal = unix_listener(owner_socket(run_dir))
-        supervisor = Supervisor(config, run_dir, worker_fd, processes)
+        supervisor = Supervisor(config, run_dir, bound_address(sock), processes)
         _bind(hc, sock.detach(), internal.detach(), worker=False)
     else:
         hc.bind = [f"fd://{sock.detach()}"]
@@ -145,7 +149,6 @@ async def serve(config: Config) -> None:
                 await app.housekeeper.flush_access()
                 app.access_log.close()
         if supervisor is not None:
-            os.close(supervisor.listen_fd)
             owner_socket(run_dir).unlink(missing_ok=True)
         server_file.unlink(missing_ok=True)
         store.close()
@@ -159,7 +162,8 @@ async def serve_worker(job: WorkerJob) -> None:
     store = await trio.to_thread.run_sync(lambda: Store.open(config.server.data))
     hc = _hypercorn_config(config)
     own = unix_listener(Path(job.own_socket))
-    _bind(hc, job.listen_fd, own.detach(), worker=True)
+    public = listen_socket(job.listen, reuseport="join")
+    _bind(hc, public.detach(), own.detach(), worker=True)
     owner = OwnerLink(job.owner_socket)
     app: App | None = None
     try:

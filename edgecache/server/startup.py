@@ -25,8 +25,17 @@ _BIND_HINTS = {
 }
 
 
-def listen_socket(listen: str) -> socket.socket:
-    """The bound listening socket for `listen`, or a UserError that says why not."""
+def listen_socket(listen: str, *, reuseport: str = "") -> socket.socket:
+    """The bound listening socket for `listen`, or a UserError that says why not.
+
+    `reuseport` "first" or "join": each serving process binds its own socket to the one
+    address (server/workers.py), and the kernel spreads new connections over them evenly. The
+    first binds without SO_REUSEPORT once before: another program (or another edgecache)
+    already on the port must be refused as "in use", not silently share its connections."""
+    if reuseport == "first":
+        probe = listen_socket(listen)
+        listen = bound_address(probe)  # the port chosen for port 0
+        probe.close()
     host, port = parse_hostport(listen)
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -43,12 +52,20 @@ def listen_socket(listen: str) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if reuseport:  # before the bind, on every socket that shares the address
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as exc:
         sock.close()
         hint = _BIND_HINTS.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
         raise UserError(f"cannot listen on {listen}: {hint}") from None
     return sock
+
+
+def bound_address(sock: socket.socket) -> str:
+    """host:port of a bound socket, as `listen` takes it (the port chosen for port 0)."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def banner(config: Config, bound: str, data: Path, processes: int = 1) -> str:

@@ -1,23 +1,28 @@
-"""Several serving processes for one `edgecache serve`: one data directory, one socket, every core.
+"""Several serving processes for one `edgecache serve`: one data directory, one port, every core.
 
 `[server] workers` processes serve (0: one per CPU). The first, the owner, is the one the
 operator started: it holds the data-directory lock and alone talks to upstreams, accepts
 pushes, and runs GC, eviction, the scrub and the admin API. It starts the others as
-`edgecache _worker` (the same executable, as gc/markchild.py does), which inherit the
-listening socket: the kernel hands each new connection to whichever process accepts it, and
-that process answers what is on disk (blobs by sendfile, manifests, tags, referrers of local
-repositories, proxied content whose tags are fresh; server/local.py). For the rest it asks the
-owner and relays the answer (cache/owner.py): so there is one upstream fetch per blob however
-many processes want it, and joiners stream as bytes arrive. LMDB is made for several processes
-on one environment: every process reads the index directly and a worker writes only last-pull
-times. GC cannot pull a file from under a worker: a worker serves from a descriptor it opened,
-which an unlink does not touch, and writes nothing but through the owner.
+`edgecache _worker` (the same executable, as gc/markchild.py does).
+
+Every process binds the one address with SO_REUSEPORT, and the kernel spreads new connections
+over their sockets. (One socket shared by all, the first design, went to whichever process
+woke first, which then took every connection waiting: 4 connections opened at once all went
+to one process in 8 tries out of 10.) The process that accepts a connection answers what is
+on disk: blobs by sendfile, manifests, tags, referrers of local repositories, proxied content
+whose tags are fresh (server/local.py). For the rest it asks the owner and relays the answer
+(cache/owner.py): so there is one upstream fetch per blob however many processes want it, and
+joiners stream as bytes arrive. LMDB is made for several processes on one environment: every
+process reads the index directly and a worker writes only last-pull times. GC cannot pull a
+file from under a worker: a worker serves from a descriptor it opened, which an unlink does
+not touch, and writes nothing but through the owner.
 
 Each worker gets its job as a pickle on stdin, which then stays open: when the owner dies, even
 by SIGKILL, the worker reads end-of-file and shuts down rather than serving on alone. A worker
 also listens on <data>/run/worker-N.sock, where the owner asks it for its /metrics. A worker
 that exits is started again (after a pause if it keeps dying young); the others, and their
-connections, are not touched. SIGTERM to the owner drains every process.
+connections, are not touched (connections still waiting in its accept queue are reset by the
+kernel, as at any crash). SIGTERM to the owner drains every process.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ GRACE = 7.0
 class WorkerJob:
     number: int
     config: Config
-    listen_fd: int
+    listen: str  # host:port the owner bound, with SO_REUSEPORT: so does the worker
     owner_socket: str
     own_socket: str
 
@@ -99,10 +104,10 @@ class _Worker:
 class Supervisor:
     """Starts workers 1..count-1, starts again any that exits, and stops them all."""
 
-    def __init__(self, config: Config, run_dir: Path, listen_fd: int, count: int) -> None:
+    def __init__(self, config: Config, run_dir: Path, listen: str, count: int) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.listen_fd = listen_fd
+        self.listen = listen
         self.workers = [_Worker(n) for n in range(1, count)]
         self.stopping = False
         self._told: set[trio.Process] = set()  # sent SIGTERM already
@@ -138,7 +143,7 @@ class Supervisor:
             job = WorkerJob(
                 worker.number,
                 self.config,
-                self.listen_fd,
+                self.listen,
                 str(owner_socket(self.run_dir)),
                 str(worker_socket(self.run_dir, worker.number)),
             )
@@ -163,9 +168,7 @@ class Supervisor:
         payload = pickle.dumps(job)
         Path(job.own_socket).unlink(missing_ok=True)  # a killed one's: not "serving" yet
         try:
-            process = await trio.lowlevel.open_process(
-                child_argv(), stdin=subprocess.PIPE, pass_fds=(self.listen_fd,)
-            )
+            process = await trio.lowlevel.open_process(child_argv(), stdin=subprocess.PIPE)
         except OSError as exc:
             log.error("cannot start worker %d: %s", worker.number, exc)
             return -1
@@ -224,6 +227,7 @@ def read_job() -> WorkerJob:
 
 def main() -> int:
     """`edgecache _worker`: serve as one of the owner's workers until told to stop."""
+    from ..usererror import UserError
     from .run import serve_worker
 
     try:
@@ -236,5 +240,9 @@ def main() -> int:
         format=f"%(asctime)s %(levelname)s %(name)s[w{job.number}]: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    trio.run(serve_worker, job)
+    try:
+        trio.run(serve_worker, job)
+    except UserError as exc:  # e.g. its address taken meanwhile: the owner starts it again
+        log.error("worker %d: %s", job.number, exc)
+        return 1
     return 0

@@ -152,6 +152,7 @@ def test_a_cold_blob_is_fetched_once_whichever_processes_ask(
         EdgecacheServer(tmp_path, config_text=config(proxy.url)) as server,
     ):
         serving(server)
+        asked = forwards(server)  # the status requests above may have crossed processes
         first = threading.Thread(target=pull, args=(server, "worker-1"))
         first.start()
         wait_for(lambda: proxy.bytes_to_client > MiB, timeout=30, interval=0, what="1 MiB")
@@ -161,7 +162,9 @@ def test_a_cold_blob_is_fetched_once_whichever_processes_ask(
         for t in threads:
             t.start()
         # Both workers' sockets, and any TCP connection that landed on a worker, forward.
-        wait_for(lambda: forwards(server) >= 3, timeout=30, what="the workers to ask the owner")
+        wait_for(
+            lambda: forwards(server) >= asked + 3, timeout=30, what="the workers to ask the owner"
+        )
         assert proxy.holding == 1 and proxy.requests == 1
         proxy.release()
         for t in [first, *threads]:
@@ -218,10 +221,11 @@ def test_a_worker_streams_the_owners_download_as_bytes_arrive(
             assert proxy.holding == 1
             # Another worker joins the same download: no new upstream request.
             requests = proxy.requests
+            asked = own_metric(server, "worker-2", "edgecache_owner_forwards_total")
             t = threading.Thread(target=join, args=(server,))
             t.start()
             wait_for(
-                lambda: own_metric(server, "worker-2", "edgecache_owner_forwards_total") >= 1,
+                lambda: own_metric(server, "worker-2", "edgecache_owner_forwards_total") > asked,
                 timeout=30,
                 what="worker-2 to ask the owner",
             )
@@ -371,12 +375,13 @@ def test_warm_tags_and_lists_are_answered_by_the_worker_itself(
             f"{base}/referrers/{digest}?artifactType=application/example",
         ]
         headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        forwarded = own_metric(server, "worker-1", "edgecache_owner_forwards_total")
         with process_client(server, "worker-1", headers=headers) as client:
             first = [client.get(p) for p in paths]
             asked = own_metric(server, "worker-1", "edgecache_owner_forwards_total")
             again = [client.get(p) for p in paths]
             assert own_metric(server, "worker-1", "edgecache_owner_forwards_total") == asked
-        assert asked == len(paths)
+        assert asked - forwarded == len(paths)
         for one, two in zip(first, again, strict=True):
             assert one.status_code == two.status_code == 200, (one.text, two.text)
             assert one.content == two.content
