@@ -482,7 +482,7 @@ class Registry(Proc):
             {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.base)},
         )
         wait_for(self.listening, 30, "docker-registry port")
-        self.url = f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
+        self.url = f"http://{LOOPBACK}:{self.port}"
         return self
 
 
@@ -585,7 +585,7 @@ http {{
             ["nginx", "-e", str(b / "error.log"), "-p", str(b), "-c", str(conf)], b / "stdout.log"
         )
         wait_for(self.listening, 15, "nginx port")
-        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.url = f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
         return self
 
 
