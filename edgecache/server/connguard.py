@@ -202,6 +202,24 @@ class GuardedH2Protocol(h2fast.FastH2Protocol):
             self._draining = True
         await self._finish_draining()
 
+    def _frame(self, stream_id: int, data: bytes | memoryview, end: bool) -> bytes:
+        wire = super()._frame(stream_id, data, end)
+        if (
+            end
+            and self._draining
+            and not self._finished
+            and set(self.stream_buffers) == {stream_id}
+        ):
+            # The last response of a draining connection: its GOAWAY goes in the same write
+            # as its END_STREAM. Sent after it (the next flush), a sequential client (httpx)
+            # could read the response, send its next request on this connection first, and
+            # get REFUSED_STREAM, which it does not retry (seen once in ~10 loaded runs).
+            self._finished = True
+            self.connection.close_connection(last_stream_id=self._last_accepted)
+            wire += self.connection.data_to_send()
+            self.task_group.spawn(self._close_soon)
+        return wire
+
     async def _finish_draining(self) -> None:
         # GOAWAY only once the streams in flight are done: after a GOAWAY, clients built on
         # the h2 package (httpx) refuse every further frame, so an early one would break the
