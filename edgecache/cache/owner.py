@@ -142,6 +142,7 @@ class OwnerLink:
                         break
                     else:  # the owner broke the body off: so must we (never a complete answer)
                         raise _unavailable("it broke off the response")
+            if complete and not req.disconnected:
                 await req.finish()
             body = bytes(kept) if kept is not None and complete else None
             return Answer(response.status_code, own, headers, body)

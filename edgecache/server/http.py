@@ -50,6 +50,7 @@ class Request:
     body_timeout: float = 60.0
     # Sent by another serving process over <data>/run/ (cache/owner.py): answered for it.
     internal: bool = False
+    disconnected: bool = False  # seen by until_disconnect()
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> Request:
@@ -200,6 +201,10 @@ class Request:
 
         hypercorn silently drops what is sent after a disconnect, so without this a hung-up
         client would be "served" to the end (and cost disk reads and wake-ups until then).
+        End the response (finish()) after the block, not in it: ending it can make hypercorn
+        close the stream (a client that asked for Connection: close), which tells the watcher
+        "disconnect", whose cancel would then land inside hypercorn's own closing of the
+        connection and leave it open for good.
         """
         with unwrapped_errors():
             async with trio.open_nursery() as nursery:
@@ -207,6 +212,7 @@ class Request:
                 async def watch() -> None:
                     while (await self.receive())["type"] != "http.disconnect":
                         pass
+                    self.disconnected = True
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch)

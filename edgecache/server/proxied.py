@@ -106,6 +106,8 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
             return
         async with req.until_disconnect():
             await _stream_growing(app, req, fetch, fd, start, end)
+        if not req.disconnected:
+            await req.finish()
         app.metrics.served("inflight", req.sent_bytes)
 
 
@@ -129,10 +131,11 @@ async def _stream_growing(
     sendfile where the connection allows it).
 
     The end of the body waits for the digest: the last byte of a sized body (the
-    terminating chunk of an unsized one) goes only once the download is verified and
-    published. A failure before that raises, and the server breaks the connection instead
-    of finishing the response (server/connguard.py): a client never holds a complete 200
-    of bytes that did not verify, even if it does not check the digest itself.
+    terminating chunk of an unsized one, sent by the caller's finish()) goes only once the
+    download is verified and published. A failure before that raises, and the server breaks
+    the connection instead of finishing the response (server/connguard.py): a client never
+    holds a complete 200 of bytes that did not verify, even if it does not check the digest
+    itself.
     """
     generation = fetch.generation
     offset = start
@@ -152,7 +155,6 @@ async def _stream_growing(
             break
         else:
             await fetch.changed()
-    await req.finish()
 
 
 def _unverified(headers: dict[str, str]) -> dict[str, str]:

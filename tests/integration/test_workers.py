@@ -13,6 +13,7 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -401,3 +402,38 @@ def test_by_default_one_process_per_cpu(tmp_path: Path) -> None:
         status = server.cli("status", "--data", str(server.data))
         assert status.returncode == 0, status.stderr
         assert ("worker 1" in status.stdout) == (len(rows) > 1), status.stdout
+
+
+def test_connection_close_ends_relayed_and_streamed_answers(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    """A client's Connection: close is honoured when a worker relays the owner's answer, and
+    when the owner streams a download in progress (both used to leave the connection open:
+    ending the response inside the disconnect watch cancelled hypercorn's own close)."""
+    size = 4 * MiB
+    digest = upstream.push_blob("team/close", random.Random(8).randbytes(size))
+    with EdgecacheServer(tmp_path, config_text=config(upstream.url)) as server:
+        serving(server)
+        push = b"POST /v2/team/close/blobs/uploads/ HTTP/1.1\r\nHost: e\r\nContent-Length: 0\r\n"
+        cold = f"GET /v2/{UPSTREAM}/team/close/blobs/{digest} HTTP/1.1\r\nHost: e\r\n".encode()
+        for name, request, status in (
+            ("worker-1", push, b"202"),  # relayed from the owner
+            ("owner", cold, b"200"),  # streamed while it downloads
+            ("worker-2", cold, b"200"),  # on disk by now: sendfile
+        ):
+            answer = _until_closed(server.data / "run" / f"{name}.sock", request)
+            assert answer.split(b" ", 2)[1] == status, (name, answer[:200])
+        assert hashlib.sha256(answer.split(b"\r\n\r\n", 1)[1]).hexdigest() == digest[7:]
+
+
+def _until_closed(path: Path, request: bytes) -> bytes:
+    """Send `request` (+ Connection: close) on a Unix socket; everything until the server
+    closes the connection (a socket timeout fails the test)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(request + b"Connection: close\r\n\r\n")
+        answer = bytearray()
+        while chunk := sock.recv(1 << 20):
+            answer += chunk
+    return bytes(answer)
