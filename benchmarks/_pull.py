@@ -206,9 +206,11 @@ def edgecache_config(upstream_url: str, **keys: Any) -> str:
     return f'[upstreams.{UP_NAME}]\nurl = "{upstream_url}"\n{extra}'
 
 
-def metrics(port: int) -> dict[str, float]:
+def metrics(port: int, tls: bool = False) -> dict[str, float]:
     """edgecache's /metrics, summed by metric name (labels dropped)."""
-    text = urllib.request.urlopen(f"http://{c.LOOPBACK}:{port}/metrics", timeout=10).read()
+    url = f"{'https' if tls else 'http'}://{c.LOOPBACK}:{port}/metrics"
+    context = c.client_tls_context([]) if tls else None
+    text = urllib.request.urlopen(url, timeout=10, context=context).read()
     out: dict[str, float] = {}
     for line in text.decode().splitlines():
         m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})? (\S+)$", line)

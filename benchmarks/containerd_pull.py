@@ -1,7 +1,7 @@
 """A real containerd pull through edgecache, cold and warm, as a ratio to pulling directly.
 
     .venv/bin/python benchmarks/containerd_pull.py [--rounds 3] [--layers 4] [--layer-mib 48]
-        [--fetch-only] [--workdir /tmp/edgecache-bench] [--json FILE] [--record [FILE]]
+        [--fetch-only] [--tls] [--workdir /tmp/edgecache-bench] [--json FILE] [--record [FILE]]
 
 Upstream: a plain docker-registry holding an image of uncompressed tar layers (each one file of
 random bytes, so they unpack). containerd 1.6 (tests/support.py `Containerd`: own root, state
@@ -17,6 +17,10 @@ really served the pull (containerd silently falls back to `server`) is checked f
 /metrics (blob GETs answered). Rounds alternate the order of direct and the edgecache pair
 (_harness.py; cold always before warm); ratios are per round, then the median.
 Targets (issue 3): cold <= 1.1x direct, warm <= 1.0x direct.
+With --tls, two edgecaches over TLS (a self-signed EC certificate, given to containerd as the
+hosts.toml `ca`) instead of one over plain HTTP: `[server] alpn` with http/1.1 first (the
+default) and with h2 first, which containerd's Go client then takes (issue 9: which ALPN
+order to ship).
 """
 
 from __future__ import annotations
@@ -113,8 +117,9 @@ def build_tar_image(layout: Path, n_layers: int, layer_mib: int) -> c.Image:
     return c.Image(layout, cfg, layers, manifest, mdig)
 
 
-def blob_gets(port: int) -> int:
-    text = urllib.request.urlopen(f"http://{c.LOOPBACK}:{port}/metrics", timeout=10).read()
+def blob_gets(url: str) -> int:
+    context = c.client_tls_context([]) if url.startswith("https") else None
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10, context=context).read()
     total = 0.0
     for labels, value in _SAMPLE.findall(text.decode()):
         f = dict(re.findall(r'(\w+)="([^"]*)"', labels))
@@ -166,7 +171,7 @@ def ctr_pull(ref: str, hosts_dir: Path, timeout: float, fetch_only: str = "") ->
         shutil.rmtree(base, ignore_errors=True)
 
 
-GOALS = {"direct": "-", "edgecache cold": "<= 1.1x", "edgecache warm": "<= 1.0x"}
+GOALS = {"direct": "-", "cold": "<= 1.1x", "warm": "<= 1.0x"}
 
 
 def main() -> int:
@@ -179,6 +184,7 @@ def main() -> int:
         action="store_true",
         help="`ctr content fetch` (download only) instead of `ctr images pull` (+ unpack)",
     )
+    b.ap.add_argument("--tls", action="store_true", help="over TLS, http/1.1 or h2 first")
     a = b.parse()
     img = build_tar_image(a.workdir / f"layout-tar-{a.layers}x{a.layer_mib}", a.layers, a.layer_mib)
     size = p.image_bytes(img)
@@ -193,33 +199,47 @@ def main() -> int:
         (direct_dir / "hosts.toml").write_text(f'server = "http://{host}"\n')
         # Unmeasured warm-up: page cache of the upstream's files, containerd binaries.
         ctr_pull(ref, direct_dir.parent, a.timeout, fo)
-        ec = h.edgecache(upstream_name=host)
-        for rnd, _, t in b.schedule(["direct", ec]):
+        if a.tls:
+            cert, key = c.make_cert(b.run_dir / "tls")
+            tls = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+            caches = [
+                h.edgecache(f"edgecache {first}-first", upstream_name=host, config=tls + alpn)
+                for first, alpn in (
+                    ("h1", 'alpn = ["http/1.1", "h2"]\n'),
+                    ("h2", 'alpn = ["h2", "http/1.1"]\n'),
+                )
+            ]
+            ca = ["--ca-file", str(cert)]
+        else:
+            caches, ca = [h.edgecache(upstream_name=host)], []
+        for rnd, _, t in b.schedule(["direct", *caches]):
             if t == "direct":
                 b.record("direct", rnd, seconds=ctr_pull(ref, direct_dir.parent, a.timeout, fo))
                 c.log(f"  {b.records[-1]['seconds']:.2f} s")
                 continue
-            with ec.running(b.run_dir / f"ec{rnd}", upstream.url) as srv:
+            assert isinstance(t, h.Target)
+            slug = t.name.replace(" ", "-")
+            with t.running(b.run_dir / f"{slug}{rnd}", upstream.url) as srv:
                 assert isinstance(srv, c.Edgecache) and srv.config_path is not None
-                hosts = b.run_dir / f"hosts-ec{rnd}"
+                hosts = b.run_dir / f"hosts-{slug}{rnd}"
                 subprocess.run(
                     [
                         c.EDGECACHE, "mirror-config", "containerd", "--url", srv.url,
-                        "--config", str(srv.config_path), "--write", str(hosts),
+                        "--config", str(srv.config_path), "--write", str(hosts), *ca,
                     ],
                     check=True, capture_output=True, text=True,
                 )  # fmt: skip
-                for label in ("edgecache cold", "edgecache warm"):
-                    before = blob_gets(srv.port)
+                for label in (f"{t.name} cold", f"{t.name} warm"):
+                    before = blob_gets(srv.url)
                     secs = ctr_pull(ref, hosts, a.timeout, fo)
-                    served = blob_gets(srv.port) - before
+                    served = blob_gets(srv.url) - before
                     c.log(f"  {label}: {secs:.2f} s, edgecache answered {served} blob GETs")
                     if served < len(img.blobs):
                         raise RuntimeError(
                             f"{label}: edgecache served {served} blob GETs < "
                             f"{len(img.blobs)}: containerd fell back to the upstream"
                         )
-                    m = p.metrics(srv.port)  # cumulative: after warm, cold + warm
+                    m = p.metrics(srv.port, tls=a.tls)  # cumulative: after warm, cold + warm
                     b.record(
                         label,
                         rnd,
@@ -231,14 +251,14 @@ def main() -> int:
         [
             h.name_col("pull"),
             *h.metric("seconds", "seconds", "{:.2f}", baseline="direct"),
-            ("target", lambda g: GOALS[g.name]),
+            ("target", lambda g: GOALS[g.name.rsplit(" ", 1)[-1]]),
         ],
         baseline="direct",
     )
     ups = " / ".join(
         f"{(r['upstream_bytes'] or 0) / size:.3f}"
         for r in b.records
-        if r["target"] == "edgecache warm"
+        if r["target"].endswith(" warm")
     )
     header = b.header(
         f"ctr 1.6 {'content fetch' if fo else 'images pull --snapshotter native'}; "

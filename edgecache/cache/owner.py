@@ -216,5 +216,8 @@ async def _next(conn: h11.Connection, stream: trio.SocketStream) -> object:
             raise _unavailable("it sent a malformed or incomplete response") from None
         if event is not h11.NEED_DATA:
             return event  # an event, or PAUSED: never after a whole response (one per connection)
-        data = await stream.receive_some(RECEIVE)
+        try:
+            data = await stream.receive_some(RECEIVE)
+        except trio.BrokenResourceError:  # reset: the owner died (its answer is lost)
+            raise _unavailable("it went away") from None
         conn.receive_data(data)  # b"": the end of the stream, which h11 judges

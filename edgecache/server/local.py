@@ -14,6 +14,7 @@ Local repositories need no such care: their reads are the store's, in every proc
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -121,9 +122,10 @@ async def get_list(app: App, req: Request, route: Route, target: Target) -> None
 
 def _seconds(text: str | None) -> float | None:
     try:
-        return None if text is None else max(0.0, float(text))
+        value = float(text) if text is not None else math.nan
     except ValueError:
         return None
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 PROXY_ROUTES: dict[tuple[str, str], Callable[[App, Request, Route, Target], Awaitable[None]]] = {

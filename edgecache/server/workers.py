@@ -167,12 +167,13 @@ class Supervisor:
     async def _run_once(self, worker: _Worker, job: WorkerJob) -> int:
         payload = pickle.dumps(job)
         Path(job.own_socket).unlink(missing_ok=True)  # a killed one's: not "serving" yet
+        worker.started = time.monotonic()  # also when it cannot start: then it pauses too
         try:
             process = await trio.lowlevel.open_process(child_argv(), stdin=subprocess.PIPE)
         except OSError as exc:
             log.error("cannot start worker %d: %s", worker.number, exc)
             return -1
-        worker.process, worker.started = process, time.monotonic()
+        worker.process = process
         assert process.stdin is not None
         try:
             with contextlib.suppress(trio.BrokenResourceError):  # it died at once: see wait()
@@ -183,6 +184,7 @@ class Supervisor:
                 if process.returncode is None:  # cancelled: the owner is going away
                     await _end(process, GRACE, self._told)
                 await process.stdin.aclose()
+            self._told.discard(process)
 
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its connections) and wait for them to exit."""
