@@ -57,35 +57,6 @@ STREAM_WINDOW = 4 * c.MiB  # Go: transportDefaultStreamFlow
 CONN_WINDOW = 1 << 30  # Go: transportDefaultConnFlow
 
 
-def make_cert(d: Path) -> tuple[Path, Path]:
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def _hasher(q: queue.Queue[Any], h: Any) -> None:
     while (item := q.get()) is not None:
         for chunk in item:
@@ -254,7 +225,7 @@ def main() -> int:
     img = c.build_image(a.workdir / f"layout-{a.blob_mib}", 1, a.blob_mib)
     digest, size = img.layers[0]
     path = f"/v2/{REPO}/blobs/{digest}"
-    cert, key = make_cert(run_dir)
+    cert, key = c.make_cert(run_dir)
     data = run_dir / "edgecache"
 
     plain = c.Edgecache(data).start()
