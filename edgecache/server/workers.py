@@ -18,7 +18,9 @@ file from under a worker: a worker serves from a descriptor it opened, which an 
 not touch, and writes nothing but through the owner.
 
 Each worker gets its job as a pickle on stdin, which then stays open: when the owner dies, even
-by SIGKILL, the worker reads end-of-file and shuts down rather than serving on alone. A worker
+by SIGKILL, the worker reads end-of-file and shuts down rather than serving on alone. (Not
+PR_SET_PDEATHSIG: trio starts processes from a worker thread, and that signal follows the end
+of the thread, not of the process: it stopped healthy workers once trio retired the thread.) A worker
 also listens on <data>/run/worker-N.sock, where the owner asks it for its /metrics. A worker
 that exits is started again (after a pause if it keeps dying young); the others, and their
 connections, are not touched (connections still waiting in its accept queue are reset by the
@@ -28,7 +30,6 @@ kernel, as at any crash). SIGTERM to the owner drains every process.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
@@ -56,7 +57,6 @@ MAX_PAUSE = 30.0
 # How long a worker may drain its connections after SIGTERM: hypercorn's graceful_timeout
 # (server/run.py) and a margin.
 GRACE = 7.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -220,17 +220,6 @@ def _exit_text(code: int) -> str:
     return f"exit code {code}"
 
 
-def _end_with_parent() -> None:
-    """SIGTERM when our parent dies (Linux's PR_SET_PDEATHSIG). Our stdin's end says so too,
-    but the parent of a worker of the one-file binary is PyInstaller's boot loader: a SIGKILL
-    of it would otherwise leave this process serving on, untracked, until the owner ends."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the end of stdin still stops us
-
-
 def read_job() -> WorkerJob:
     """The job the owner wrote on our stdin (length-prefixed pickle: both ends are us)."""
     stdin = sys.stdin.buffer
@@ -254,7 +243,6 @@ def main() -> int:
         level=job.config.server.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s[w{job.number}]: %(message)s",
     )
-    _end_with_parent()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         trio.run(serve_worker, job)
