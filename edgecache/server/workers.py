@@ -20,9 +20,9 @@ not touch, and writes nothing but through the owner.
 Each worker gets its job as a pickle on stdin, which then stays open: when the owner dies, even
 by SIGKILL, the worker reads end-of-file and shuts down rather than serving on alone. (Not
 PR_SET_PDEATHSIG: trio starts processes from a worker thread, and that signal follows the end
-of the thread, not of the process: it stopped healthy workers once trio retired the thread.) A worker
-also listens on <data>/run/worker-N.sock, where the owner asks it for its /metrics. A worker
-that exits is started again (after a pause if it keeps dying young); the others, and their
+of the thread, not of the process: it stopped healthy workers once trio retired the thread.)
+A worker also listens on <data>/run/worker-N.sock, where the owner asks it for its /metrics. A
+worker that exits is started again (after a pause if it keeps dying young); the others, and their
 connections, are not touched (connections still waiting in its accept queue are reset by the
 kernel, as at any crash). SIGTERM to the owner drains every process.
 """
