@@ -15,7 +15,6 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import re
 import shutil
 import signal
 import socket
@@ -25,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -436,13 +436,19 @@ class Edgecache(Proc):
         self.url = info["url"]
         self.port = int(self.url.rsplit(":", 1)[1].rstrip("/"))
         assert int(info["pid"]) == self.pid, info
-        # With [server] workers = N, measure only once all N processes accept connections.
-        workers = re.search(r"^workers = (\d+)", self.config or "", re.MULTILINE)
-        sockets = [
-            self.data / "run" / f"worker-{n}.sock"
-            for n in range(1, int(workers.group(1)) if workers else 1)
-        ]
-        wait_for(lambda: all(p.exists() for p in sockets), 30, "edgecache workers")
+        # Measure only once every serving process ([server] workers) accepts connections.
+        token = (self.data / "run" / "admin-token").read_text().strip()
+
+        def all_serving() -> bool:
+            request = urllib.request.Request(
+                f"{self.url}/_edgecache/admin/status", headers={"Authorization": f"Bearer {token}"}
+            )
+            context = client_tls_context([]) if self.url.startswith("https") else None
+            with urllib.request.urlopen(request, timeout=10, context=context) as r:
+                rows = json.loads(r.read()).get("workers") or []
+            return all(row.get("owner") or row.get("serving") for row in rows)
+
+        wait_for(all_serving, 30, "every edgecache worker")
         return self
 
 

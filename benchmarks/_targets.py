@@ -54,7 +54,9 @@ class Target:
             return self.server
         assert self.factory is not None, self.name
         slug = "".join(ch if ch.isalnum() else "-" for ch in self.name)
-        self.proc = self.factory(workdir / slug, upstream).start()
+        # Known before it starts: a start that fails half-way is still stopped by the harness.
+        self.proc = self.factory(workdir / slug, upstream)
+        self.proc.start()
         return self.proc
 
     def stop(self) -> None:

@@ -39,7 +39,9 @@ class MarkJob:
 def child_argv() -> list[str]:
     if getattr(sys, "frozen", False):  # the pyinstaller binary runs itself
         return [sys.executable, COMMAND]
-    return [sys.executable, "-m", "edgecache", COMMAND]
+    # -P: not the working directory first on sys.path, where a directory named "edgecache" (a
+    # data directory, say) would be imported instead of this package.
+    return [sys.executable, "-P", "-m", "edgecache", COMMAND]
 
 
 async def mark_in_child(job: MarkJob) -> tuple[Plan, dict[str, Any]]:

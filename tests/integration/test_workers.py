@@ -437,3 +437,16 @@ def _until_closed(path: Path, request: bytes) -> bytes:
         while chunk := sock.recv(1 << 20):
             answer += chunk
     return bytes(answer)
+
+
+def test_a_directory_named_edgecache_in_the_working_directory_is_not_imported(
+    tmp_path: Path,
+) -> None:
+    """The server's children (workers, the GC mark) run `python -m edgecache` from the
+    server's working directory, where the data directory may well be called "edgecache"."""
+    text = anonymous_push_config(f"[server]\nworkers = {WORKERS}\n")
+    with EdgecacheServer(tmp_path, config_text=text, data=tmp_path / "edgecache") as server:
+        assert len(serving(server)) == WORKERS
+        with server.client() as client:
+            push_blob(client, "team/cwd", b"x" * 1000)
+        assert admin(server, "POST", "gc")["freed"]["objects"] == 0
