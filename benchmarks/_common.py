@@ -538,7 +538,8 @@ def make_cert(d: Path) -> tuple[Path, Path]:
 
 class Nginx(Proc):
     """nginx serving /v2/<repo>/blobs/sha256:<hex> straight from the OCI layout's files
-    (over TLS with `tls` = (cert, key): HTTP/1.1 and h2 offered, sendfile then unused)."""
+    (over TLS with `tls` = (cert, key): HTTP/1.1 and h2 offered, sendfile then unused; with
+    `h2c`, also h2c with prior knowledge on a second port, h2c_port)."""
 
     name = "nginx"
 
@@ -548,9 +549,11 @@ class Nginx(Proc):
         blob_dir: Path,
         workers: str = "auto",
         tls: tuple[Path, Path] | None = None,
+        h2c: bool = False,
     ) -> None:
         super().__init__()
         self.base, self.blob_dir, self.workers, self.tls = base, blob_dir, workers, tls
+        self.h2c_port = free_port() if h2c else 0
 
     def start(self) -> Nginx:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -581,6 +584,7 @@ http {{
     default_type application/octet-stream;
     server {{
         listen {LOOPBACK}:{self.port}{listen_tls};
+        {f"listen {LOOPBACK}:{self.h2c_port} http2;" if self.h2c_port else ""}
         location ~ "^/v2/.+/blobs/sha256:(?<hex>[0-9a-f]{{64}})$" {{
             alias {self.blob_dir}/$hex;
         }}

@@ -210,6 +210,12 @@ def main() -> int:
     )
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument(
+        "--nginx",
+        action="store_true",
+        help="with h2load: also nginx (h1 and h2 or h2c) in the same rounds, the reference for "
+        "what the client allows",
+    )
+    ap.add_argument(
         "--profile", action="store_true", help="py-spy an extra h1-over-TLS round (pread path)"
     )
     ap.add_argument("--profile-proto", choices=["h1", "h2"], default="h1")
@@ -258,18 +264,37 @@ def main() -> int:
     if a.client in ("h2load", "both"):
         clients["h1 h2load"] = (lambda n: h2load(True, url, n, size), "h1 h2load")
         clients["h2 h2load"] = (lambda n: h2load(False, url, n, size), "h1 h2load")
+    pids = {proto: edge.pid for proto in clients}
+    ref: c.Nginx | None = None
+    if a.nginx:
+        if a.client == "python":
+            raise SystemExit("--nginx needs --client h2load")
+        ref = c.Nginx(
+            run_dir / "nginx",
+            img.layout / "blobs" / "sha256",
+            "2",
+            tls=(cert, key) if tls else None,
+            h2c=not tls,
+        ).start()
+        ref_h2 = f"http://{c.LOOPBACK}:{ref.h2c_port}{path}" if not tls else f"{ref.url}{path}"
+        clients["nginx h1 h2load"] = (
+            lambda n: h2load(True, f"{ref.url}{path}", n, size),
+            "nginx h1 h2load",
+        )
+        clients["nginx h2 h2load"] = (lambda n: h2load(False, ref_h2, n, size), "nginx h1 h2load")
+        pids["nginx h1 h2load"] = pids["nginx h2 h2load"] = ref.pid
     res: dict[int, dict[str, list[float]]] = {}
     prof = ""
     try:
         cpu: dict[str, list[float]] = {}
 
         def pull(proto: str, n: int) -> float:
-            cpu0 = c.cpu_seconds(edge.pid)
+            cpu0 = c.cpu_seconds(pids[proto])
             secs, nbytes = clients[proto][0](n)
             if nbytes != n * size:
                 raise RuntimeError(f"{proto}: {nbytes} bytes, expected {n * size}")
             cpu.setdefault(f"{n}:{proto}", []).append(
-                (c.cpu_seconds(edge.pid) - cpu0) / (nbytes / (1 << 30))
+                (c.cpu_seconds(pids[proto]) - cpu0) / (nbytes / (1 << 30))
             )
             return nbytes / secs / 1e6
 
@@ -292,6 +317,8 @@ def main() -> int:
             )
     finally:
         edge.stop()
+        if ref is not None:
+            ref.stop()
     shutil.rmtree(run_dir, ignore_errors=True)
 
     rows = []
@@ -299,6 +326,12 @@ def main() -> int:
         for proto, (_, base) in clients.items():
             vals = res[n][proto]
             ratio = c.median(v / b for v, b in zip(vals, res[n][base], strict=False))
+            same = f"nginx {proto}"  # the same protocol from nginx, in the same rounds
+            versus = (
+                f"{c.median(v / b for v, b in zip(vals, res[n][same], strict=False)):.2f}x"
+                if same in res[n]
+                else ""
+            )
             rows.append(
                 [
                     n,
@@ -306,10 +339,11 @@ def main() -> int:
                     " / ".join(f"{v:.0f}" for v in vals),
                     f"{c.median(vals):.0f}",
                     f"{ratio:.2f}x",
+                    *([versus] if ref is not None else []),
                     f"{c.median(cpu[f'{n}:{proto}'][-a.rounds :]):.2f}",
                 ]
             )
-    body = "TLS (pread path for both)" if tls else "plain TCP (h1: sendfile; h2c: pread path)"
+    body = "TLS (pread path for both)" if tls else "plain TCP (h1: sendfile; h2c: mapped pages)"
     print()
     print(f"# h2_vs_h1_tls  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# {c.machine()}")
@@ -329,6 +363,7 @@ def main() -> int:
                 "MB/s per round",
                 "median MB/s",
                 "ratio to h1",
+                *(["ratio to nginx"] if ref is not None else []),
                 "server CPU s/GiB",
             ],
             rows,

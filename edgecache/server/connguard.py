@@ -125,7 +125,10 @@ class GuardedH2Protocol(h2fast.FastH2Protocol):
         if isinstance(event, AbortResponse):
             await self._reset(event.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
             return
-        if isinstance(event, Body | EndBody) and event.stream_id in self.stream_buffers:
+        if (
+            isinstance(event, Body | EndBody | zerocopy.FileBody)
+            and event.stream_id in self.stream_buffers
+        ):
             deadline = trio.current_time() + self._send_timeout
             with trio.CancelScope(deadline=deadline) as scope:
                 self._deadlines[event.stream_id] = scope
@@ -202,8 +205,10 @@ class GuardedH2Protocol(h2fast.FastH2Protocol):
             self._draining = True
         await self._finish_draining()
 
-    def _frame(self, stream_id: int, data: bytes | memoryview, end: bool) -> bytes:
-        wire = super()._frame(stream_id, data, end)
+    def _frame(
+        self, stream_id: int, data: bytes | memoryview | h2fast._Mapped, end: bool
+    ) -> list[bytes | memoryview]:
+        parts = super()._frame(stream_id, data, end)
         if (
             end
             and self._draining
@@ -216,9 +221,9 @@ class GuardedH2Protocol(h2fast.FastH2Protocol):
             # get REFUSED_STREAM, which it does not retry (seen once in ~10 loaded runs).
             self._finished = True
             self.connection.close_connection(last_stream_id=self._last_accepted)
-            wire += self.connection.data_to_send()
+            parts.append(self.connection.data_to_send())
             self.task_group.spawn(self._close_soon)
-        return wire
+        return parts
 
     async def _finish_draining(self) -> None:
         # GOAWAY only once the streams in flight are done: after a GOAWAY, clients built on

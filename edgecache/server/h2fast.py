@@ -29,6 +29,8 @@ FastH2Protocol and calls install(); tests/integration/test_h2fast.py proves the 
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import struct
 from collections import deque
 from importlib.metadata import version
@@ -39,53 +41,149 @@ import hypercorn.protocol as hc_protocol
 import hypercorn.protocol.h2 as hc_h2
 import priority
 from hypercorn.events import RawData
+from hypercorn.protocol.events import Body
+from hypercorn.protocol.events import Event as StreamEvent
+
+from . import zerocopy
 
 PINNED = "0.18.0"  # the hypercorn whose h2.py (StreamBuffer, H2Protocol._send_data) was read
 # Bytes one visit of the send task may write for one stream: large enough that the per-write
 # cost (a trip through the event loop, an SSL write, a send call) is spread over 64 frames,
 # small enough that other streams of the connection get their turn every ~1 MiB.
 WRITE_MAX = 1 << 20
+# The same for h2c, whose write is one sendmsg of the pieces (no join, no TLS records to cut):
+# the cost of a visit is spread over 256 frames.
+SENDMSG_MAX = 4 << 20
 _HEAD = struct.Struct(">IBI")  # a frame header: length (24 bits) and type, flags, stream id
 _DATA = 0x0
+_END_STREAM = 0x1
+# A mapped file is mapped this much at a time, and the pages a write has sent are dropped from
+# the mapping (not from the page cache) before the next: RSS stays flat in the blob's size.
+MAP_WINDOW = 4 << 20
+
+
+class _Mapped:
+    """Body bytes that are pages of a mapped file: only the kernel may read them."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
+class _FileRegion:
+    """Part of a stored file queued as a stream's body, mapped MAP_WINDOW at a time.
+
+    This process never reads the mapped bytes: they go to sendmsg, which copies them into the
+    socket in the kernel. A file cut short or a disk error then fails that call (EFAULT), and
+    the connection is reset; read here, they would be a SIGBUS that ends the whole process.
+    The mapping needs no descriptor: the app may close its file once the body is queued.
+    """
+
+    __slots__ = ("_base", "_dropped", "count", "map", "offset", "view")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.offset, self.count = offset, count
+        # One mapping of the whole region (address space only); the pages the send has
+        # passed are dropped from it as it moves on (drop_sent), so the resident set stays
+        # within about MAP_WINDOW per stream whatever the blob's size.
+        self._base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        self._dropped = self._base  # the file offset up to which pages were dropped
+        self.map: mmap.mmap | None = mmap.mmap(
+            fd, offset + count - self._base, prot=mmap.PROT_READ, offset=self._base
+        )
+        self.view = memoryview(self.map)[offset - self._base :]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def take(self, limit: int) -> _Mapped:
+        self.drop_sent()
+        n = min(limit, self.count)
+        out = _Mapped(self.view[:n])
+        self.view = self.view[n:]
+        self.offset += n
+        self.count -= n
+        return out
+
+    def drop_sent(self) -> None:
+        """Unmap (MADV_DONTNEED: the page cache keeps them) the pages before the offset,
+        once a window's worth have been sent (each take's bytes are sent before the next)."""
+        page = mmap.PAGESIZE
+        upto = self.offset - self.offset % page
+        if self.map is not None and upto - self._dropped >= MAP_WINDOW:
+            self.map.madvise(mmap.MADV_DONTNEED, self._dropped - self._base, upto - self._dropped)
+            self._dropped = upto
+
+    def release(self) -> None:
+        """Forget the mapping; it is unmapped when the last piece taken from it is sent."""
+        self.view.release()
+        self.map = None
+        self.count = 0
 
 
 class _Chunks:
     """A stream's queued body: the app's chunks as they came (hypercorn copies each into one
-    bytearray), and their total length, which is what everyone else reads (len())."""
+    bytearray) and mapped file regions, and their total length, which is what everyone else
+    reads (len())."""
 
     __slots__ = ("chunks", "size")
 
     def __init__(self) -> None:
-        self.chunks: deque[bytes | memoryview] = deque()
+        self.chunks: deque[bytes | memoryview | _FileRegion] = deque()
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def append(self, data: bytes) -> None:
-        if data:
+    def append(self, data: bytes | _FileRegion) -> None:
+        if len(data):
             self.chunks.append(data)
             self.size += len(data)
 
-    def take(self, limit: int) -> bytes | memoryview:
-        """Up to `limit` bytes from the front: a whole chunk or a slice of one uncopied, or
-        several small ones joined."""
+    def take(self, limit: int) -> bytes | memoryview | _Mapped:
+        """Up to `limit` bytes from the front: a whole chunk or a slice of one uncopied, a
+        piece of a mapped region, or several small chunks joined."""
         first = self.chunks[0]
-        if len(first) > limit:
+        out: bytes | memoryview | _Mapped
+        if isinstance(first, _FileRegion):
+            out = first.take(limit)
+            if not first:
+                self.chunks.popleft()
+                first.release()
+        elif len(first) > limit:
             with memoryview(first) as view:
                 self.chunks[0] = view[limit:]
-                out: bytes | memoryview = view[:limit]
-        elif len(self.chunks) == 1 or len(first) + len(self.chunks[1]) > limit:
-            out = self.chunks.popleft()
+                out = view[:limit]
+        elif (
+            len(self.chunks) == 1
+            or isinstance(self.chunks[1], _FileRegion)
+            or len(first) + len(self.chunks[1]) > limit
+        ):
+            out = self.chunks.popleft()  # type: ignore[assignment]  # not a region (above)
         else:
             parts = []
             left = limit
-            while self.chunks and len(self.chunks[0]) <= left:
+            while (
+                self.chunks
+                and not isinstance(self.chunks[0], _FileRegion)
+                and len(self.chunks[0]) <= left
+            ):
                 left -= len(self.chunks[0])
                 parts.append(self.chunks.popleft())
-            out = b"".join(parts)
+            out = b"".join(parts)  # type: ignore[arg-type]  # bytes and memoryviews only
         self.size -= len(out)
         return out
+
+    def discard(self) -> None:
+        for chunk in self.chunks:
+            if isinstance(chunk, _FileRegion):
+                chunk.release()
+        self.chunks.clear()
+        self.size = 0
 
 
 class FastStreamBuffer(hc_h2.StreamBuffer):
@@ -95,14 +193,20 @@ class FastStreamBuffer(hc_h2.StreamBuffer):
 
     async def close(self) -> None:
         self._complete = True
-        self.buffer = _Chunks()  # type: ignore[assignment]
+        cast(_Chunks, self.buffer).discard()
         await self._is_empty.set()
         await self._paused.set()
 
-    async def push(self, data: bytes) -> None:
+    async def push(  # type: ignore[override]
+        self, data: bytes | _FileRegion, last: bool = False
+    ) -> None:
+        """Queue `data`; `last`: nothing follows, so that the send task that takes the last
+        of it knows to end the stream on that frame (the app's EndBody would come only once
+        this push returns, after the buffer ran low: too late for the last write)."""
         if self._complete:
             raise hc_h2.BufferCompleteError()
         cast(_Chunks, self.buffer).append(data)
+        self._complete = last
         await self._is_empty.clear()
         if len(self.buffer) >= hc_h2.BUFFER_HIGH_WATER:
             await self._paused.wait()
@@ -126,22 +230,54 @@ class FastH2Protocol(hc_h2.H2Protocol):
     # Process-wide counts (frames per write is the point), ready for /metrics to export.
     data_writes = 0
     data_frames = 0
+    mapped_bytes = 0  # body bytes sent from a mapped file (the h2c zero-copy path)
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if isinstance(event, zerocopy.FileBody):
+            await self._push_file(event)
+            return
+        await super().stream_send(event)
+
+    async def _push_file(self, event: zerocopy.FileBody) -> None:
+        """Queue part of a file as body (the app's zerocopysend, offered on h2c only): mapped,
+        so that the send task hands its pages to sendmsg without reading them itself."""
+        buffer = self.stream_buffers.get(event.stream_id)
+        if buffer is None:
+            return  # the stream is gone (reset, or the connection closed)
+        try:
+            region: _FileRegion | None = _FileRegion(event.fd, event.offset, event.count)
+        except (OSError, ValueError):
+            region = None  # not mappable: sent as read chunks below
+        if region is not None:
+            self.priority.unblock(event.stream_id)
+            await self.has_data.set()
+            await cast(FastStreamBuffer, buffer).push(region, last=event.last)
+            return
+        end = event.offset + event.count
+        for start in range(event.offset, end, zerocopy.MAX_CALL):
+            data = os.pread(event.fd, min(zerocopy.MAX_CALL, end - start), start)
+            if not data:
+                raise OSError("file shorter than the announced Content-Length")
+            await self.stream_send(Body(stream_id=event.stream_id, data=data))
 
     async def _send_data(self, stream_id: int) -> None:
         try:
             buffer = self.stream_buffers[stream_id]
             window = self.connection.local_flow_control_window(stream_id)
-            data = await buffer.pop(max(0, min(window, WRITE_MAX)))
+            data = await buffer.pop(max(0, min(window, WRITE_MAX if self.ssl else SENDMSG_MAX)))
             if not data:
                 self.priority.block(stream_id)
             ended = buffer.complete
             if data or ended:
-                wire = self._frame(stream_id, data, ended)
+                parts = self._frame(stream_id, data, ended)
                 if ended:
                     del self.stream_buffers[stream_id]
                     self.priority.remove_stream(stream_id)
                 FastH2Protocol.data_writes += 1
-                await self.send(RawData(data=wire))
+                if self.ssl:  # one SSL write: TLS records are cut from contiguous bytes
+                    await self.send(RawData(data=b"".join(parts)))
+                else:  # one sendmsg of the pieces, uncopied
+                    await self.send(zerocopy.SendParts(parts))
         except (h2.exceptions.StreamClosedError, KeyError, h2.exceptions.ProtocolError):
             # The stream or connection closed while this one waited to send: drop it, as
             # hypercorn does.
@@ -150,35 +286,47 @@ class FastH2Protocol(hc_h2.H2Protocol):
             with contextlib.suppress(priority.MissingStreamError):
                 self.priority.remove_stream(stream_id)
 
-    def _frame(self, stream_id: int, data: bytes | memoryview, end: bool) -> bytes:
+    def _frame(
+        self, stream_id: int, data: bytes | memoryview | _Mapped, end: bool
+    ) -> list[bytes | memoryview]:
         """What h2 had queued, then `data` as DATA frames of the peer's maximum size with
-        END_STREAM on the last when `end`: the bytes of one write.
+        END_STREAM on the last when `end`: the pieces of one write.
 
-        The last frame is h2's own (send_data checks the stream's state and window, moves
-        END_STREAM through the state machine); the ones before it are framed here and only
-        counted against the stream's and the connection's windows, as h2's send_data does:
-        h2 costs ~25 us per frame, a third of the CPU of an h2 download over TLS (measured).
+        h2 validates and accounts, the frames are packed here: h2's send_data of an empty
+        frame checks the stream's state and moves END_STREAM through its state machine; that
+        empty frame is then left out (END_STREAM goes on the last frame packed here), and the
+        data is counted against the stream's and the connection's windows as h2's send_data
+        does. h2 costs ~25 us per frame, a third of the CPU of an h2 download over TLS
+        (measured), and framing the last piece through h2 would copy it (for a mapped file:
+        read it in this process, where a file cut short is a SIGBUS, not an error).
         """
         size = self.connection.max_outbound_frame_size
-        cut = (len(data) - 1) // size * size if data else 0  # where h2's last frame starts
-        with memoryview(data) as view:
-            if data:
-                self.connection.send_data(stream_id, view[cut:], end_stream=end)
-            else:
-                self.connection.end_stream(stream_id)
-            queued = memoryview(self.connection.data_to_send())  # ends with that last frame
-            last = len(queued) - (len(data) - cut + _HEAD.size)
+        body = data.view if isinstance(data, _Mapped) else memoryview(data)
+        length = len(body)
+        self.connection.send_data(stream_id, b"", end_stream=end)
+        queued = self.connection.data_to_send()
+        empty = _HEAD.pack(_DATA, _END_STREAM if end else 0, stream_id)
+        parts: list[bytes | memoryview] = []
+        stripped = bool(length) and queued.endswith(empty)
+        if stripped:
+            queued = queued[: -len(empty)]
+        if queued and (stripped or not length):
+            parts.append(queued)
+        if length:
             head = _HEAD.pack(size << 8 | _DATA, 0, stream_id)  # the same for each full frame
-            parts: list[bytes | memoryview] = [queued[:last]]
-            for start in range(0, cut, size):
-                parts += (head, view[start : start + size])
-            parts.append(queued[last:])
-            wire = b"".join(parts)
-        if cut:
-            self.connection.outbound_flow_control_window -= cut
-            self.connection.streams[stream_id].outbound_flow_control_window -= cut
-        FastH2Protocol.data_frames += cut // size + 1
-        return wire
+            last = (length - 1) // size * size
+            for start in range(0, last, size):
+                parts += (head, body[start : start + size])
+            flags = _END_STREAM if end and stripped else 0
+            parts += (_HEAD.pack((length - last) << 8 | _DATA, flags, stream_id), body[last:])
+            self.connection.outbound_flow_control_window -= length
+            self.connection.streams[stream_id].outbound_flow_control_window -= length
+            FastH2Protocol.data_frames += last // size + 1
+            if isinstance(data, _Mapped):
+                FastH2Protocol.mapped_bytes += length
+            if queued and not stripped:  # never seen: h2's frame, END_STREAM and all, goes last
+                parts.append(queued)
+        return parts
 
 
 def install() -> None:

@@ -166,12 +166,17 @@ class Request:
         if self.method == "HEAD" or count == 0:
             await self.finish()
             return "none"
-        used = await self.send_part(fd, offset, count, use_zerocopy)
-        await self.finish()
+        used = await self.send_part(fd, offset, count, use_zerocopy, last=True)
+        if used == "pread":
+            await self.finish()
         return used
 
-    async def send_part(self, fd: int, offset: int, count: int, use_zerocopy: bool) -> str:
-        """Send bytes of an open file as more body to come; returns the path used."""
+    async def send_part(
+        self, fd: int, offset: int, count: int, use_zerocopy: bool, *, last: bool = False
+    ) -> str:
+        """Send bytes of an open file as more body to come (`last`: the end of the body, when
+        the zero-copy path is taken: then h2c can put END_STREAM on the last frame); returns
+        the path used."""
         if use_zerocopy and self.zerocopy:
             await self.send(
                 {
@@ -179,11 +184,11 @@ class Request:
                     "file": fd,
                     "offset": offset,
                     "count": count,
-                    "more_body": True,
+                    "more_body": not last,
                 }
             )
             self.sent_bytes += count
-            return "sendfile"
+            return "sendfile" if self.scope.get("http_version") != "2" else "mmap"
         end = offset + count
         while offset < end:
             size = min(READ_CHUNK, end - offset)

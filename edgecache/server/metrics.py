@@ -32,7 +32,8 @@ class Metrics:
         )
         self.served_bytes = Counter(
             "edgecache_served_bytes",
-            "Body bytes of blobs and manifests served, by serving path (sendfile or pread).",
+            "Body bytes of blobs and manifests served, by serving path: sendfile (HTTP/1.1), "
+            "mmap (h2c), pread (TLS), memory (manifests), inflight (a download in progress).",
             ["path"],
             registry=self.registry,
         )

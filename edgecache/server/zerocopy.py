@@ -52,6 +52,7 @@ MAX_CALL = 1 << 20
 # message, two trips through the send path for ~1 KiB (py-spy: the send path was 27% of the
 # CPU of a /healthz request). The app sends such a body at once after the head (http.py).
 COALESCE_MAX = 64 << 10
+IOV_MAX = 1024  # pieces per sendmsg call (Linux's UIO_MAXIOV)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class FileBody(StreamEvent):
     fd: int
     offset: int
     count: int
+    last: bool = False  # the end of the body (no more_body)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,15 @@ class SendFile(Event):
     fd: int
     offset: int
     count: int
+
+
+@dataclass(frozen=True)
+class SendParts(Event):
+    """Pieces of one write, sent as they are by sendmsg (h2c's frame headers and the body
+    pieces between them, server/h2fast.py): no join, and mapped file pages are read only
+    by the kernel."""
+
+    parts: list[bytes | memoryview]
 
 
 class _FileSlice:
@@ -101,7 +112,9 @@ class ZeroCopyHTTPStream(HTTPStream):
             return
         await super().handle(event)
         scope = getattr(self, "scope", None)
-        if scope is not None and self.scheme == "http" and scope["http_version"] == "1.1":
+        if scope is not None and self.scheme == "http" and scope["http_version"] in ("1.1", "2"):
+            # HTTP/1.1: sendfile. h2c: a mapped file, its pages between the frame headers
+            # in one sendmsg (server/h2fast.py). Never under TLS.
             scope["extensions"][EXTENSION] = {}
 
     async def app_send(self, message: Any) -> None:
@@ -112,7 +125,9 @@ class ZeroCopyHTTPStream(HTTPStream):
             fd = fd if isinstance(fd, int) else fd.fileno()
             count = int(message["count"])
             if self.scope["method"] != "HEAD" and count:
-                await self.send(FileBody(self.stream_id, fd, int(message.get("offset", 0)), count))
+                last = not message.get("more_body", False)
+                offset = int(message.get("offset", 0))
+                await self.send(FileBody(self.stream_id, fd, offset, count, last))
             if not message.get("more_body", False):
                 await self._send_closed()
             return
@@ -201,6 +216,14 @@ class ZeroCopyTCPServer(TCPServer):
                     await reset_connection(self.stream)
                     await self.protocol.handle(Closed())
             return
+        if isinstance(event, SendParts):
+            async with self.send_lock:
+                try:
+                    await self._sendmsg(event.parts)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    await reset_connection(self.stream)  # as for a failed sendfile, above
+                    await self.protocol.handle(Closed())
+            return
         if isinstance(event, Closed):
             # hypercorn closes (send_eof) without its send lock. When a response that ends
             # with Connection: close meets a request body h11 rejects (a bad chunk header),
@@ -234,6 +257,27 @@ class ZeroCopyTCPServer(TCPServer):
             remaining -= sent
             ZeroCopyTCPServer.sent_bytes += sent
             await trio.lowlevel.checkpoint()
+
+    async def _sendmsg(self, parts: list[bytes | memoryview]) -> None:
+        sock = self.stream.socket  # plain TCP only (h2fast sends SendParts without TLS)
+        pending = [part for part in parts if len(part)]
+        first = 0  # pending[:first] are sent
+        while first < len(pending):
+            batch = pending[first : first + IOV_MAX] if first or len(pending) > IOV_MAX else pending
+            with trio.move_on_after(self.send_timeout) as waited:
+                sent = await sock.sendmsg(batch)
+            if waited.cancelled_caught:
+                raise trio.BrokenResourceError(
+                    f"the client took no bytes for {self.send_timeout:g}s"
+                )
+            while sent:
+                size = len(pending[first])
+                if sent >= size:
+                    sent -= size
+                    first += 1
+                else:
+                    pending[first] = memoryview(pending[first])[sent:]
+                    sent = 0
 
 
 async def reset_connection(stream: Any) -> None:

@@ -28,6 +28,7 @@ import h2.events
 import h2.settings
 import pytest
 
+from tests.integration.test_workers import serving
 from tests.support import EdgecacheServer, anonymous_push_config, make_tls_cert
 
 MiB = 1 << 20
@@ -276,3 +277,81 @@ def test_small_window_stalls_the_stream_within_the_peer_frame_size(
     assert got.stalls == SIZE // DEFAULT_WINDOW  # the server waited at every window's end
     # END_STREAM is on the last DATA frame, not on an empty frame sent after it.
     assert got.last_frame_ends_stream
+
+
+def test_h2c_with_go_windows_sends_the_file_in_full_frames(h2c_served: Served, blob: bytes) -> None:
+    """h2c sends a stored blob from mapped pages, one sendmsg of frame headers and page ranges
+    per visit (up to 4 MiB): the frames are still the peer's size, in order, and END_STREAM
+    rides on the last one."""
+    server, context, path = h2c_served
+    wire = Wire(server.port, context)
+    try:
+        got = fetch(wire, path, stream_window=4 * MiB, conn_window=1 << 30)
+    finally:
+        wire.close()
+    assert digest_of(got.body) == digest_of(blob)
+    assert set(got.frames[:-1]) == {16384}, "every frame but the last is full"
+    assert got.last_frame_ends_stream
+
+
+def test_h2c_file_cut_short_mid_body_resets_the_connection_and_no_process_dies(
+    tmp_path: Path, tls_files: tuple[Path, Path, Path], blob: bytes
+) -> None:
+    """The mapped pages are read only by the kernel: a file cut short while it is being sent
+    (a disk going bad, a hand in the data directory) fails that sendmsg with EFAULT, and the
+    connection is reset. Read by Python instead, it would be a SIGBUS, the end of the process
+    and of every connection it serves."""
+    for served in _serve(tmp_path, tls_files, blob, tls=False):
+        server, context, path = served
+        before = {row["pid"]: row.get("restarts") for row in serving(server)}
+        digest = path.rsplit("/", 1)[1].removeprefix("sha256:")
+        stored = server.data / "blobs" / "sha256" / digest[:2] / digest
+        wire = Wire(server.port, context)
+        try:
+            conn, stream_id = _start_get(wire, path)
+            got = 0
+            while got < DEFAULT_WINDOW:  # the server stops here: the window is used up
+                for event in conn.receive_data(wire.recv()):
+                    if isinstance(event, h2.events.DataReceived):
+                        got += event.flow_controlled_length
+            assert got == DEFAULT_WINDOW
+            os.truncate(stored, 0)
+            conn.increment_flow_control_window(SIZE, stream_id)
+            conn.increment_flow_control_window(SIZE)
+            wire.send(conn.data_to_send())
+            ended = _read_until_closed(wire, conn)
+        finally:
+            wire.close()
+        assert not ended, "the body must not look complete"
+        assert {row["pid"]: row.get("restarts") for row in serving(server)} == before
+        with server.client() as client:
+            assert client.get("/v2/").status_code == 200
+
+
+def _start_get(wire: Wire, path: str) -> tuple[h2.connection.H2Connection, int]:
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", path)],
+        end_stream=True,
+    )
+    wire.send(conn.data_to_send())
+    return conn, stream_id
+
+
+def _read_until_closed(wire: Wire, conn: h2.connection.H2Connection) -> bool:
+    """Read until the server closes the connection; whether a stream ended (END_STREAM)."""
+    ended = False
+    while True:
+        try:
+            data = wire.sock.recv(MiB)
+        except ConnectionResetError:
+            return ended
+        if not data:
+            return ended
+        for event in conn.receive_data(data):
+            ended = ended or isinstance(event, h2.events.StreamEnded)
