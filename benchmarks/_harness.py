@@ -163,7 +163,16 @@ class Bench:
                 help="run edgecache once per [server] workers value, as separate targets "
                 "(e.g. 1,2); without it, one edgecache with its default",
             )
+            self.ap.add_argument(
+                "--compare",
+                metavar="REV",
+                action="append",
+                default=[],
+                help="also measure the edgecache of git revision REV (a snapshot), as targets "
+                "'edgecache@REV', in the same rounds; repeatable",
+            )
         self.workers: list[int] | None = None
+        self.compare: list[tuple[str, Path]] = []
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         a = self.ap.parse_args(argv)
@@ -180,7 +189,17 @@ class Bench:
         if getattr(a, "workdir", None) is not None:
             a.workdir.mkdir(parents=True, exist_ok=True)
             self.run_dir: Path = a.workdir / f"{self.name}-{int(time.time())}"
+        for rev in getattr(a, "compare", []):
+            self.compare.append((rev, c.snapshot(rev, a.workdir / f"src-{rev}")))
         return a
+
+    def edgecaches(self, name: str = "edgecache", **kw: Any) -> list[Target]:
+        """The edgecache targets of this run: the code under test, one per --workers value,
+        then the same for each --compare revision ("edgecache@REV w=N")."""
+        targets = edgecaches(self.workers, name, **kw)
+        for rev, src in self.compare:
+            targets += edgecaches(self.workers, f"{name}@{rev}", src=str(src), **kw)
+        return targets
 
     # ---- processes: everything started through the Bench is stopped when the run ends
 

@@ -1,7 +1,7 @@
 """Small-request rate: GET manifest by tag, 64 connections (wrk), edgecache vs docker-registry.
 
     .venv/bin/python benchmarks/manifest_rate.py [--duration 10] [--connections 64]
-        [--threads 2] [--rounds 3] [--workers 1,N] [--workdir /tmp/edgecache-bench]
+        [--threads 2] [--rounds 3] [--workers 1,N] [--compare REV] [--workdir DIR]
         [--json FILE] [--record [FILE]]
 
 A small image (2 layers of 1 MiB) is pushed with raw HTTP into both servers; then
@@ -46,7 +46,7 @@ def main() -> int:
     b.ap.add_argument("--profile", action="store_true", help="py-spy edgecache during extra wrk")
     a = b.parse()
     img = c.build_image(a.workdir / "layout-small", 2, 1)
-    servers = [*h.edgecaches(b.workers), h.registry()]
+    servers = [*b.edgecaches(), h.registry()]
     for t in servers:
         t.path = MANIFEST
     targets = list(servers)

@@ -65,7 +65,7 @@ def main() -> int:
     alpn = ["http/1.1"] if tls else None
     kinds = {
         "nginx": lambda: [h.nginx(img.layout / "blobs" / "sha256", a.nginx_workers, tls=tls)],
-        "edgecache": lambda: h.edgecaches(b.workers, config=tls_config),
+        "edgecache": lambda: b.edgecaches(config=tls_config),
         "registry": lambda: [] if tls else [h.registry()],
     }
     targets = [t for kind in a.targets.split(",") for t in kinds[kind]()]

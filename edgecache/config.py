@@ -43,6 +43,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "send_timeout": ("float", 60.0),
         # A request body that stops arriving for this long gets 408 and the connection closed.
         "body_timeout": ("float", 60.0),
+        # A connection with no request in progress (HTTP keep-alive) is closed after this
+        # many seconds; more than 0.
+        "idle_timeout": ("float", 75.0),
         # One line per request (server/accesslog.py): "stderr", "off", or a file to append to.
         "access_log": ("str", "stderr"),
     },
@@ -160,6 +163,7 @@ class ServerConfig:
     sendfile: bool
     send_timeout: float = 60.0
     body_timeout: float = 60.0
+    idle_timeout: float = 75.0
     access_log: str = "stderr"
     workers: int = 0
 
@@ -417,6 +421,11 @@ def load(
         eviction=EvictionConfig(**values["eviction"]),
         scrub=ScrubConfig(**values["scrub"]),
     )
+    if config.server.idle_timeout <= 0:
+        raise ConfigError(
+            f"server.idle_timeout = {config.server.idle_timeout:g}: expected more than 0 "
+            "seconds (an idle connection must be closed some time)"
+        )
     eviction = config.eviction
     if eviction.low_watermark >= eviction.high_watermark:
         raise ConfigError(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h2.errors
 import h2.events
@@ -52,6 +52,7 @@ from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.http_stream import ASGIHTTPState
 
 from . import h2fast, zerocopy
+from .idletimer import IdleTimer
 
 # Seconds an HTTP/2 connection stays open after its final GOAWAY (see _close_soon).
 GOAWAY_GRACE = 2.0
@@ -302,6 +303,19 @@ class GuardedTCPServer(zerocopy.ZeroCopyTCPServer):
             stream = DeadlineSocketStream(stream, timeout)
         super().__init__(app, config, context, state, stream)
         self.send_timeout = timeout
+        # No task started and cancelled per request (server/idletimer.py).
+        self.idle_task = IdleTimer(  # type: ignore[assignment]
+            config.keep_alive_timeout, context.terminated, self._initiate_server_close
+        )
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            # Nothing more comes from the client: the keep-alive timer has nothing to close
+            # (hypercorn's own idle task kept each closed connection's task for the whole
+            # keep_alive_timeout, 75 s).
+            cast(IdleTimer, self.idle_task).cancel()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, ResetConnection):

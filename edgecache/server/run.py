@@ -46,7 +46,7 @@ def _hypercorn_config(config: Config) -> connguard.GuardedConfig:
     # also cut a long download to a client that sends nothing meanwhile: the deadlines are on
     # sends instead (a client that takes no bytes; connguard.py) and on request bodies (a
     # client that stops sending one; http.py).
-    hc.keep_alive_timeout = 75
+    hc.keep_alive_timeout = config.server.idle_timeout
     hc.read_timeout = None
     hc.send_timeout = config.server.send_timeout
     hc.graceful_timeout = 5

@@ -45,6 +45,7 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
         ('[server]\nlog_level = "loud"\n', "server.log_level = 'loud'"),
         ('[server]\ntls_cert = "/nonexistent.pem"\n', "expected both or neither"),
         ("[limits]\nmax_manifest_size = -1\n", "expected a positive size in bytes"),
+        ("[server]\nidle_timeout = 0\n", "server.idle_timeout = 0: expected more than 0"),
         ('[auth.users]\nalice = "plain"\n', "auth.users.alice = <hidden>: expected a bcrypt hash"),
         ("[server\n", "not valid TOML"),
     ],
