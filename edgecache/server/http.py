@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -27,6 +28,35 @@ WRITE_BATCH = 1 << 20
 # The pread fallback (TLS, h2): measured 4-8 MiB chunks faster than 1 MiB, but every
 # concurrent client holds one chunk in memory; 1 MiB keeps RSS flat with many clients.
 READ_CHUNK = 1 << 20
+
+
+class CachedReader:
+    """Reads what the page cache holds without blocking (preadv with RWF_NOWAIT), on the
+    event loop's thread: a warm blob over TLS then costs no thread hand-off per chunk
+    (py-spy: ~11% of the CPU of a TLS download). What is not cached yet comes back empty,
+    and the caller reads it on a thread, so a slow disk never stalls the other connections.
+    One buffer per response: each chunk is a view of it, which HTTP/1.x writes before the
+    next read (server/zerocopy.py BufferBody) and HTTP/2 copies as it queues it."""
+
+    supported = hasattr(os, "RWF_NOWAIT")  # False once the filesystem refuses the flag
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size) if CachedReader.supported else bytearray()
+
+    def read(self, fd: int, size: int, offset: int) -> memoryview | bytes:
+        if not CachedReader.supported:
+            return b""
+        with memoryview(self.buffer) as view:
+            try:
+                n = os.preadv(fd, [view[:size]], offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                return b""
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                CachedReader.supported = False
+                return b""
+            return view[:n]  # valid until the next read: HTTP/1.x sends it uncopied
 
 
 @dataclass
@@ -190,9 +220,12 @@ class Request:
             self.sent_bytes += count
             return "sendfile" if self.scope.get("http_version") != "2" else "mmap"
         end = offset + count
+        cached = CachedReader(min(READ_CHUNK, count))
         while offset < end:
             size = min(READ_CHUNK, end - offset)
-            data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
+            data = cached.read(fd, size, offset)
+            if not data:  # not in the page cache: read from the disk on a thread
+                data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
             if not data:
                 raise OSError("file shorter than its index entry")
             offset += len(data)

@@ -64,6 +64,13 @@ class FileBody(StreamEvent):
 
 
 @dataclass(frozen=True)
+class BufferBody(StreamEvent):
+    """Body bytes in a buffer the app reuses once the send returns (HTTP/1.x only)."""
+
+    data: memoryview
+
+
+@dataclass(frozen=True)
 class SendFile(Event):
     fd: int
     offset: int
@@ -118,6 +125,22 @@ class ZeroCopyHTTPStream(HTTPStream):
             scope["extensions"][EXTENSION] = {}
 
     async def app_send(self, message: Any) -> None:
+        if (
+            message is not None
+            and message.get("type") == "http.response.body"
+            and isinstance(message.get("body"), memoryview)
+            and self.state == ASGIHTTPState.RESPONSE
+            and self.scope["http_version"] in ("1.0", "1.1")
+        ):
+            # A body chunk in the app's reused read buffer (http.py CachedReader): HTTP/1.x
+            # writes it before this returns, so it goes out uncopied (hypercorn would make
+            # bytes of it). HTTP/2 queues it, and gets the copy below.
+            body = message["body"]
+            if self.scope["method"] != "HEAD" and len(body):
+                await self.send(BufferBody(self.stream_id, body))
+            if not message.get("more_body", False):
+                await self._send_closed()
+            return
         if message is not None and message.get("type") == EXTENSION:
             if self.state != ASGIHTTPState.RESPONSE:
                 raise RuntimeError("zerocopysend before http.response.start")
@@ -163,6 +186,14 @@ class ZeroCopyH11Protocol(hc_h11.H11Protocol):
             return
         if held:
             await self.send(hc_h11.RawData(data=held))
+        if isinstance(event, BufferBody):
+            assert isinstance(self.connection, h11.Connection)
+            # As a FileBody: h11 frames it (Content-Length or chunked) without joining it
+            # into new bytes, and each piece is written before this returns.
+            chunk = h11.Data(data=event.data)  # type: ignore[arg-type]  # any buffer works
+            for piece in self.connection.send_with_data_passthrough(chunk) or ():
+                await self.send(hc_h11.RawData(data=piece))
+            return
         if isinstance(event, FileBody):
             assert isinstance(self.connection, h11.Connection)
             pieces = self.connection.send_with_data_passthrough(

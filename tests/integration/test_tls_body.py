@@ -1,0 +1,108 @@
+"""Blob bodies over TLS (the read path, server/http.py CachedReader and zerocopy.BufferBody).
+
+Over TLS there is no sendfile: a warm blob is read from the page cache without blocking on the
+event loop's thread (preadv with RWF_NOWAIT) into one buffer per response, which HTTP/1.1
+writes uncopied; what the page cache does not hold is read on a thread. Both paths, and the
+framings a body can take, must give the client exactly the stored bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_zerocopy import sample
+from tests.support import EdgecacheServer, anonymous_push_config, make_tls_cert, push_blob
+
+MiB = 1 << 20
+SIZE = 3 * MiB + 12345  # several 1 MiB chunks and a short one
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[EdgecacheServer, ssl.SSLContext]]:
+    base = tmp_path_factory.mktemp("tls-body")
+    ca, cert, key = make_tls_cert(base / "tls")
+    extra = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    context = ssl.create_default_context(cafile=str(ca))
+    with EdgecacheServer(base, config_text=anonymous_push_config(extra)) as server:
+        yield server, context
+
+
+@pytest.fixture(scope="module")
+def pushed(tls_server: tuple[EdgecacheServer, ssl.SSLContext]) -> tuple[bytes, str]:
+    server, context = tls_server
+    blob = os.urandom(SIZE)
+    with server.client(verify=context) as client:
+        return blob, push_blob(client, "tls/body", blob)
+
+
+def _stored(server: EdgecacheServer, digest: str) -> Path:
+    hexdigest = digest.removeprefix("sha256:")
+    return server.data / "blobs" / "sha256" / hexdigest[:2] / hexdigest
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["page-cache", "from-disk"])
+def test_whole_blob_over_tls_http11(
+    tls_server: tuple[EdgecacheServer, ssl.SSLContext], pushed: tuple[bytes, str], cached: bool
+) -> None:
+    server, context = tls_server
+    blob, digest = pushed
+    if not cached:
+        _drop_from_page_cache(_stored(server, digest))
+    with httpx.Client(base_url=server.url, verify=context, http2=False, timeout=60) as client:
+        before = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
+        r = client.get(f"/v2/tls/body/blobs/{digest}")
+        assert r.http_version == "HTTP/1.1"
+        assert r.status_code == 200
+        assert r.content == blob
+        # The connection carries the next request: the framing matched the body exactly.
+        again = client.get(
+            f"/v2/tls/body/blobs/{digest}", headers={"Range": "bytes=1048570-2097160"}
+        )
+        assert again.status_code == 206
+        assert again.content == blob[1048570:2097161]
+        after = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
+    assert after - before == SIZE + len(again.content)
+
+
+def test_head_over_tls_sends_no_body(
+    tls_server: tuple[EdgecacheServer, ssl.SSLContext], pushed: tuple[bytes, str]
+) -> None:
+    server, context = tls_server
+    _, digest = pushed
+    with httpx.Client(base_url=server.url, verify=context, timeout=60) as client:
+        r = client.head(f"/v2/tls/body/blobs/{digest}")
+        assert r.status_code == 200
+        assert r.headers["content-length"] == str(SIZE)
+        assert r.content == b""
+        assert client.get("/v2/").status_code == 200  # no stray body bytes on the connection
+
+
+def test_whole_blob_over_tls_h2(
+    tls_server: tuple[EdgecacheServer, ssl.SSLContext], pushed: tuple[bytes, str]
+) -> None:
+    """HTTP/2 queues body chunks: they are copied out of the reused buffer as they queue."""
+    server, context = tls_server
+    blob, digest = pushed
+    with httpx.Client(
+        base_url=server.url, verify=context, http1=False, http2=True, timeout=60
+    ) as client:
+        r = client.get(f"/v2/tls/body/blobs/{digest}")
+        assert r.http_version == "HTTP/2"
+        assert r.content == blob
