@@ -50,6 +50,7 @@ import h2.settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
+from _targets import with_workers
 
 REPO = "bench/tls"
 HERE = Path(__file__).resolve().parent
@@ -210,6 +211,9 @@ def main() -> int:
     )
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument(
+        "--workers", type=int, help="edgecache's [server] workers (default: its own, one per CPU)"
+    )
+    ap.add_argument(
         "--nginx",
         action="store_true",
         help="with h2load: also nginx (h1 and h2 or h2c) in the same rounds, the reference for "
@@ -239,8 +243,10 @@ def main() -> int:
         c.push_image(plain.port, REPO, img)
     finally:
         plain.stop()
-    config = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n' if tls else None
-    edge = c.Edgecache(data, config=config).start()
+    config = f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n' if tls else ""
+    if a.workers is not None:
+        config = with_workers(config, a.workers)
+    edge = c.Edgecache(data, config=config or None).start()
     assert edge.url.startswith("https://" if tls else "http://"), edge.url
     negotiated: str | None = "(no TLS)"
     if tls:
@@ -347,7 +353,7 @@ def main() -> int:
     print()
     print(f"# h2_vs_h1_tls  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# {c.machine()}")
-    print(f"# edgecache: {c.edgecache_source()}")
+    print(f"# edgecache: {c.edgecache_source()}; workers: {a.workers or 'default (one per CPU)'}")
     print(
         f"# blob {a.blob_mib} MiB over {body}, each client one connection, one GET; "
         f"sha256 verify (python clients): {verify}; python h2 windows: stream "
