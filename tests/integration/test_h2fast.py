@@ -246,16 +246,22 @@ def served(request: pytest.FixtureRequest) -> Served:
     return served
 
 
-def test_tls_body_goes_out_in_full_records(tls_served: Served, blob: bytes) -> None:
-    """With Go's windows (4 MiB per stream, 1 GiB per connection) the frames of a write share
-    TLS records: about one record per 16 KiB frame, not two (hypercorn's frame per write)."""
-    server, context, path = tls_served
+def fetch_with_go_windows(served: Served, blob: bytes) -> Fetched:
+    """The blob with Go's windows (4 MiB per stream, 1 GiB per connection), checked whole."""
+    server, context, path = served
     wire = Wire(server.port, context)
     try:
         got = fetch(wire, path, stream_window=4 * MiB, conn_window=1 << 30)
     finally:
         wire.close()
     assert digest_of(got.body) == digest_of(blob)
+    return got
+
+
+def test_tls_body_goes_out_in_full_records(tls_served: Served, blob: bytes) -> None:
+    """With Go's windows the frames of a write share TLS records: about one record per 16 KiB
+    frame, not two (hypercorn's frame per write)."""
+    got = fetch_with_go_windows(tls_served, blob)
     # Each write ends with one short record; writes carry up to 1 MiB (64 frames).
     assert got.records <= len(got.frames) * 1.1 + 8, (got.records, len(got.frames))
     assert max(got.frames) == 16384
@@ -283,13 +289,7 @@ def test_h2c_with_go_windows_sends_the_file_in_full_frames(h2c_served: Served, b
     """h2c sends a stored blob from mapped pages, one sendmsg of frame headers and page ranges
     per visit (up to 4 MiB): the frames are still the peer's size, in order, and END_STREAM
     rides on the last one."""
-    server, context, path = h2c_served
-    wire = Wire(server.port, context)
-    try:
-        got = fetch(wire, path, stream_window=4 * MiB, conn_window=1 << 30)
-    finally:
-        wire.close()
-    assert digest_of(got.body) == digest_of(blob)
+    got = fetch_with_go_windows(h2c_served, blob)
     assert set(got.frames[:-1]) == {16384}, "every frame but the last is full"
     assert got.last_frame_ends_stream
 
