@@ -36,10 +36,12 @@ from collections import deque
 from importlib.metadata import version
 from typing import Any, cast
 
+import h2.errors
 import h2.exceptions
 import hypercorn.protocol as hc_protocol
 import hypercorn.protocol.h2 as hc_h2
 import priority
+import trio
 from hypercorn.events import RawData
 from hypercorn.protocol.events import Body
 from hypercorn.protocol.events import Event as StreamEvent
@@ -125,6 +127,70 @@ class _FileRegion:
         self.count = 0
 
 
+class _OpenFile:
+    """A descriptor of its own for a queued file body (the app closes its own once the body
+    is queued), closed when the last holder lets go: the queued region and each piece being
+    read. Never closed under a read in flight on a thread, so never reused under one."""
+
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = os.dup(fd)
+        self.refs = 1
+
+    def retain(self) -> _OpenFile:
+        self.refs += 1
+        return self
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            os.close(self.fd)
+
+    def __del__(self) -> None:  # a buffer dropped with its connection, unreleased
+        if self.refs > 0:
+            self.refs = 0
+            os.close(self.fd)
+
+
+class _Unread:
+    """A piece of a queued file not read yet: the send task reads it straight into the
+    write's buffer, between the frame headers (one copy of the bytes in this process)."""
+
+    __slots__ = ("count", "file", "offset")
+
+    def __init__(self, file: _OpenFile, offset: int, count: int) -> None:
+        self.file, self.offset, self.count = file, offset, count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class _FileRead:
+    """Part of a stored file queued as a stream's body over TLS, where the bytes must pass
+    through this process to be encrypted: read when the send task frames them (_Unread)."""
+
+    __slots__ = ("count", "file", "offset")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.file = _OpenFile(fd)
+        self.offset, self.count = offset, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def take(self, limit: int) -> _Unread:
+        n = min(limit, self.count)
+        out = _Unread(self.file.retain(), self.offset, n)
+        self.offset += n
+        self.count -= n
+        return out
+
+    def release(self) -> None:
+        self.count = 0
+        self.file.release()
+
+
 class _Chunks:
     """A stream's queued body: the app's chunks as they came (hypercorn copies each into one
     bytearray) and mapped file regions, and their total length, which is what everyone else
@@ -133,23 +199,23 @@ class _Chunks:
     __slots__ = ("chunks", "size")
 
     def __init__(self) -> None:
-        self.chunks: deque[bytes | memoryview | _FileRegion] = deque()
+        self.chunks: deque[bytes | memoryview | _FileRegion | _FileRead] = deque()
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def append(self, data: bytes | _FileRegion) -> None:
+    def append(self, data: bytes | _FileRegion | _FileRead) -> None:
         if len(data):
             self.chunks.append(data)
             self.size += len(data)
 
-    def take(self, limit: int) -> bytes | memoryview | _Mapped:
+    def take(self, limit: int) -> bytes | memoryview | _Mapped | _Unread:
         """Up to `limit` bytes from the front: a whole chunk or a slice of one uncopied, a
-        piece of a mapped region, or several small chunks joined."""
+        piece of a file region (mapped, or to read), or several small chunks joined."""
         first = self.chunks[0]
-        out: bytes | memoryview | _Mapped
-        if isinstance(first, _FileRegion):
+        out: bytes | memoryview | _Mapped | _Unread
+        if isinstance(first, _FileRegion | _FileRead):
             out = first.take(limit)
             if not first:
                 self.chunks.popleft()
@@ -160,7 +226,7 @@ class _Chunks:
                 out = view[:limit]
         elif (
             len(self.chunks) == 1
-            or isinstance(self.chunks[1], _FileRegion)
+            or isinstance(self.chunks[1], _FileRegion | _FileRead)
             or len(first) + len(self.chunks[1]) > limit
         ):
             out = self.chunks.popleft()  # type: ignore[assignment]  # not a region (above)
@@ -169,7 +235,7 @@ class _Chunks:
             left = limit
             while (
                 self.chunks
-                and not isinstance(self.chunks[0], _FileRegion)
+                and not isinstance(self.chunks[0], _FileRegion | _FileRead)
                 and len(self.chunks[0]) <= left
             ):
                 left -= len(self.chunks[0])
@@ -180,7 +246,7 @@ class _Chunks:
 
     def discard(self) -> None:
         for chunk in self.chunks:
-            if isinstance(chunk, _FileRegion):
+            if isinstance(chunk, _FileRegion | _FileRead):
                 chunk.release()
         self.chunks.clear()
         self.size = 0
@@ -198,7 +264,7 @@ class FastStreamBuffer(hc_h2.StreamBuffer):
         await self._paused.set()
 
     async def push(  # type: ignore[override]
-        self, data: bytes | _FileRegion, last: bool = False
+        self, data: bytes | _FileRegion | _FileRead, last: bool = False
     ) -> None:
         """Queue `data`; `last`: nothing follows, so that the send task that takes the last
         of it knows to end the stream on that frame (the app's EndBody would come only once
@@ -239,13 +305,18 @@ class FastH2Protocol(hc_h2.H2Protocol):
         await super().stream_send(event)
 
     async def _push_file(self, event: zerocopy.FileBody) -> None:
-        """Queue part of a file as body (the app's zerocopysend, offered on h2c only): mapped,
-        so that the send task hands its pages to sendmsg without reading them itself."""
+        """Queue part of a file as body (the app's zerocopysend). h2c: mapped, so that the
+        send task hands its pages to sendmsg without reading them itself. TLS: the send task
+        reads the file straight into its write buffer between the frame headers."""
         buffer = self.stream_buffers.get(event.stream_id)
         if buffer is None:
             return  # the stream is gone (reset, or the connection closed)
+        region: _FileRegion | _FileRead | None
         try:
-            region: _FileRegion | None = _FileRegion(event.fd, event.offset, event.count)
+            if self.ssl:
+                region = _FileRead(event.fd, event.offset, event.count)
+            else:
+                region = _FileRegion(event.fd, event.offset, event.count)
         except (OSError, ValueError):
             region = None  # not mappable: sent as read chunks below
         if region is not None:
@@ -268,7 +339,9 @@ class FastH2Protocol(hc_h2.H2Protocol):
             if not data:
                 self.priority.block(stream_id)
             ended = buffer.complete
-            if data or ended:
+            if isinstance(data, _Unread):
+                await self._send_unread(stream_id, data, ended)
+            elif data or ended:
                 parts = self._frame(stream_id, data, ended)
                 if ended:
                     del self.stream_buffers[stream_id]
@@ -285,6 +358,66 @@ class FastH2Protocol(hc_h2.H2Protocol):
                 await self.stream_buffers.pop(stream_id).close()
             with contextlib.suppress(priority.MissingStreamError):
                 self.priority.remove_stream(stream_id)
+
+    async def _send_unread(self, stream_id: int, unread: _Unread, end: bool) -> None:
+        """A piece of a file over TLS: laid out as DATA frames in one buffer, the file read
+        into the frames' payloads (what the page cache holds on this thread, the rest on a
+        worker thread), then h2 consulted and the buffer written: one copy of the bytes
+        before OpenSSL's, where bytes chunks cost three (a read, a copy into the queue, a
+        join). h2's state is only touched once the bytes are in: nothing else is sent for
+        the stream in between."""
+        size = self.connection.max_outbound_frame_size
+        length = unread.count
+        wire = bytearray(length + (length + size - 1) // size * _HEAD.size)
+        view = memoryview(wire)
+        slots = []
+        at = last_head = 0
+        for start in range(0, length, size):
+            n = min(size, length - start)
+            _HEAD.pack_into(wire, at, n << 8 | _DATA, 0, stream_id)
+            slots.append(view[at + _HEAD.size : at + _HEAD.size + n])
+            last_head = at
+            at += _HEAD.size + n
+        try:
+            await _read_into(unread.file.fd, slots, unread.offset)
+        except OSError:
+            # Cut short on disk, or a read error: the body can no longer be what its head
+            # announced. The stream is reset (never END_STREAM), the connection lives on.
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+            buffer = self.stream_buffers.pop(stream_id, None)
+            if buffer is not None:
+                await buffer.close()
+            with contextlib.suppress(priority.MissingStreamError):
+                self.priority.remove_stream(stream_id)
+            await self._flush()
+            return
+        finally:
+            unread.file.release()
+        if self.connection.local_flow_control_window(stream_id) < length:
+            # The peer shrank its window (SETTINGS) during the read: nothing for it but a reset.
+            raise h2.exceptions.ProtocolError("window shrank under a queued write")
+        self.connection.send_data(stream_id, b"", end_stream=end)
+        queued = self.connection.data_to_send()
+        empty = _HEAD.pack(_DATA, _END_STREAM if end else 0, stream_id)
+        stripped = queued.endswith(empty)
+        if stripped:
+            queued = queued[: -len(empty)]
+            if end:  # END_STREAM on the last frame packed here (its flags byte)
+                wire[last_head + 4] = _END_STREAM
+        self.connection.outbound_flow_control_window -= length
+        self.connection.streams[stream_id].outbound_flow_control_window -= length
+        FastH2Protocol.data_frames += len(slots)
+        FastH2Protocol.data_writes += 1
+        if end:
+            self.stream_buffers.pop(stream_id, None)
+            with contextlib.suppress(priority.MissingStreamError):
+                self.priority.remove_stream(stream_id)
+        if queued and stripped:
+            await self.send(RawData(data=queued))  # h2's frames before (a SETTINGS ACK...)
+        await self.send(RawData(data=wire))  # type: ignore[arg-type]  # any buffer is sent
+        if queued and not stripped:  # never seen: h2's frame, END_STREAM and all, goes last
+            await self.send(RawData(data=queued))
 
     def _frame(
         self, stream_id: int, data: bytes | memoryview | _Mapped, end: bool
@@ -327,6 +460,31 @@ class FastH2Protocol(hc_h2.H2Protocol):
             if queued and not stripped:  # never seen: h2's frame, END_STREAM and all, goes last
                 parts.append(queued)
         return parts
+
+
+async def _read_into(fd: int, views: list[memoryview], offset: int) -> None:
+    """Fill `views`, in order, with the file's bytes from `offset`: what the page cache holds
+    now on this thread, the rest on a worker thread. A file shorter than that: OSError."""
+    total = sum(len(v) for v in views)
+    done = zerocopy.read_cached(fd, views[: zerocopy.IOV_MAX], offset)
+    while done < total:
+        rest = _skip(views, done)[: zerocopy.IOV_MAX]
+        n = await trio.to_thread.run_sync(os.preadv, fd, rest, offset + done)
+        if n == 0:
+            raise OSError("file shorter than the announced Content-Length")
+        done += n
+
+
+def _skip(views: list[memoryview], n: int) -> list[memoryview]:
+    """`views` without their first `n` bytes."""
+    out = []
+    for v in views:
+        if n >= len(v):
+            n -= len(v)
+            continue
+        out.append(v[n:])
+        n = 0
+    return out
 
 
 def install() -> None:

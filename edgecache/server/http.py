@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -31,32 +30,20 @@ READ_CHUNK = 1 << 20
 
 
 class CachedReader:
-    """Reads what the page cache holds without blocking (preadv with RWF_NOWAIT), on the
-    event loop's thread: a warm blob over TLS then costs no thread hand-off per chunk
-    (py-spy: ~11% of the CPU of a TLS download). What is not cached yet comes back empty,
-    and the caller reads it on a thread, so a slow disk never stalls the other connections.
-    One buffer per response: each chunk is a view of it, which HTTP/1.x writes before the
-    next read (server/zerocopy.py BufferBody) and HTTP/2 copies as it queues it."""
-
-    supported = hasattr(os, "RWF_NOWAIT")  # False once the filesystem refuses the flag
+    """Reads what the page cache holds without blocking (zerocopy.read_cached), on the event
+    loop's thread: a warm blob over TLS then costs no thread hand-off per chunk (py-spy: ~11%
+    of the CPU of a TLS download). What is not cached yet comes back empty, and the caller
+    reads it on a thread, so a slow disk never stalls the other connections. One buffer per
+    response: each chunk is a view of it, which HTTP/1.x writes before the next read
+    (server/zerocopy.py BufferBody) and HTTP/2 copies as it queues it."""
 
     def __init__(self, size: int) -> None:
-        self.buffer = bytearray(size) if CachedReader.supported else bytearray()
+        self.buffer = bytearray(size)
 
     def read(self, fd: int, size: int, offset: int) -> memoryview | bytes:
-        if not CachedReader.supported:
-            return b""
-        with memoryview(self.buffer) as view:
-            try:
-                n = os.preadv(fd, [view[:size]], offset, os.RWF_NOWAIT)
-            except BlockingIOError:
-                return b""
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                CachedReader.supported = False
-                return b""
-            return view[:n]  # valid until the next read: HTTP/1.x sends it uncopied
+        view = memoryview(self.buffer)[:size]
+        n = zerocopy.read_cached(fd, [view], offset)
+        return view[:n]  # valid until the next read: HTTP/1.x sends it uncopied
 
 
 @dataclass
@@ -218,7 +205,9 @@ class Request:
                 }
             )
             self.sent_bytes += count
-            return "sendfile" if self.scope.get("http_version") != "2" else "mmap"
+            if self.scope.get("http_version") != "2":
+                return "sendfile"
+            return "mmap" if self.scope.get("scheme") == "http" else "pread"
         end = offset + count
         cached = CachedReader(min(READ_CHUNK, count))
         while offset < end:

@@ -22,6 +22,7 @@ idempotent; connguard.install() calls it before serving.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import socket
@@ -123,9 +124,13 @@ class ZeroCopyHTTPStream(HTTPStream):
             return
         await super().handle(event)
         scope = getattr(self, "scope", None)
-        if scope is not None and self.scheme == "http" and scope["http_version"] in ("1.1", "2"):
-            # HTTP/1.1: sendfile. h2c: a mapped file, its pages between the frame headers
-            # in one sendmsg (server/h2fast.py). Never under TLS.
+        if scope is not None and (
+            scope["http_version"] == "2"
+            or (self.scheme == "http" and scope["http_version"] == "1.1")
+        ):
+            # HTTP/1.1 without TLS: sendfile. h2c: a mapped file, its pages between the frame
+            # headers in one sendmsg; h2 over TLS: the file read straight into the frames'
+            # payloads (server/h2fast.py). HTTP/1.1 over TLS reads chunks (http.py).
             scope["extensions"][EXTENSION] = {}
 
     async def app_send(self, message: Any) -> None:
@@ -326,6 +331,27 @@ class ZeroCopyTCPServer(TCPServer):
                 else:
                     pending[first] = memoryview(pending[first])[sent:]
                     sent = 0
+
+
+_nowait = hasattr(os, "RWF_NOWAIT")  # False once a filesystem refuses the flag
+
+
+def read_cached(fd: int, views: list[memoryview], offset: int) -> int:
+    """Bytes read into `views` (in order) from what the page cache holds, without blocking:
+    preadv with RWF_NOWAIT, safe on the event loop's thread. 0: nothing cached there, read it
+    on a thread."""
+    global _nowait
+    if not _nowait:
+        return 0
+    try:
+        return os.preadv(fd, views, offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        _nowait = False
+        return 0
 
 
 async def reset_connection(stream: Any) -> None:

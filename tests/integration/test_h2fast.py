@@ -328,19 +328,63 @@ def test_h2c_file_cut_short_mid_body_resets_the_connection_and_no_process_dies(
             assert client.get("/v2/").status_code == 200
 
 
-def _start_get(wire: Wire, path: str) -> tuple[h2.connection.H2Connection, int]:
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    conn.initiate_connection()
+def _start_get(
+    wire: Wire, path: str, conn: h2.connection.H2Connection | None = None
+) -> tuple[h2.connection.H2Connection, int]:
+    if conn is None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        conn.initiate_connection()
     stream_id = conn.get_next_available_stream_id()
+    scheme = "https" if wire.tls is not None else "http"
     conn.send_headers(
         stream_id,
-        [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", path)],
+        [(":method", "GET"), (":scheme", scheme), (":authority", "127.0.0.1"), (":path", path)],
         end_stream=True,
     )
     wire.send(conn.data_to_send())
     return conn, stream_id
+
+
+def test_tls_file_cut_short_mid_body_resets_the_stream_and_the_connection_lives(
+    tmp_path: Path, tls_files: tuple[Path, Path, Path], blob: bytes
+) -> None:
+    """Over TLS the file is read into the write buffer as the send goes: a file cut short
+    meanwhile fails that read, and the stream is reset (never END_STREAM, so the body cannot
+    pass for complete); the connection carries the next request."""
+    for served in _serve(tmp_path, tls_files, blob, tls=True):
+        server, context, path = served
+        digest = path.rsplit("/", 1)[1].removeprefix("sha256:")
+        stored = server.data / "blobs" / "sha256" / digest[:2] / digest
+        wire = Wire(server.port, context)
+        try:
+            conn, stream_id = _start_get(wire, path)
+            got = 0
+            while got < DEFAULT_WINDOW:  # the server stops here: the window is used up
+                for event in conn.receive_data(wire.recv()):
+                    if isinstance(event, h2.events.DataReceived):
+                        got += event.flow_controlled_length
+            os.truncate(stored, 0)
+            conn.increment_flow_control_window(SIZE, stream_id)
+            conn.increment_flow_control_window(SIZE)
+            wire.send(conn.data_to_send())
+            outcome: h2.events.Event | None = None
+            while outcome is None:
+                for event in conn.receive_data(wire.recv()):
+                    if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                        outcome = event
+                wire.send(conn.data_to_send())
+            assert isinstance(outcome, h2.events.StreamReset), outcome
+            conn, _ = _start_get(wire, "/v2/", conn)
+            status = None
+            while status is None:
+                for event in conn.receive_data(wire.recv()):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = dict(event.headers)[b":status"]
+            assert status == b"200"
+        finally:
+            wire.close()
 
 
 def _read_until_closed(wire: Wire, conn: h2.connection.H2Connection) -> bool:
