@@ -297,6 +297,7 @@ class FastH2Protocol(hc_h2.H2Protocol):
     data_writes = 0
     data_frames = 0
     mapped_bytes = 0  # body bytes sent from a mapped file (the h2c zero-copy path)
+    _wire = bytearray()  # the write buffer of _send_unread (per connection once used)
 
     async def stream_send(self, event: StreamEvent) -> None:
         if isinstance(event, zerocopy.FileBody):
@@ -368,8 +369,14 @@ class FastH2Protocol(hc_h2.H2Protocol):
         the stream in between."""
         size = self.connection.max_outbound_frame_size
         length = unread.count
-        wire = bytearray(length + (length + size - 1) // size * _HEAD.size)
-        view = memoryview(wire)
+        total = length + (length + size - 1) // size * _HEAD.size
+        if len(self._wire) < total:
+            # One buffer per connection, reused write after write (each is sent before the
+            # next is laid out, and every byte of it is overwritten): a fresh 1 MiB buffer per
+            # write costs the kernel's page faults and zeroing, every time.
+            self._wire = bytearray(total)
+        wire = self._wire
+        view = memoryview(wire)[:total]
         slots = []
         at = last_head = 0
         for start in range(0, length, size):
@@ -383,20 +390,13 @@ class FastH2Protocol(hc_h2.H2Protocol):
         except OSError:
             # Cut short on disk, or a read error: the body can no longer be what its head
             # announced. The stream is reset (never END_STREAM), the connection lives on.
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
-            buffer = self.stream_buffers.pop(stream_id, None)
-            if buffer is not None:
-                await buffer.close()
-            with contextlib.suppress(priority.MissingStreamError):
-                self.priority.remove_stream(stream_id)
-            await self._flush()
+            await self._abort(stream_id)
             return
         finally:
             unread.file.release()
         if self.connection.local_flow_control_window(stream_id) < length:
-            # The peer shrank its window (SETTINGS) during the read: nothing for it but a reset.
-            raise h2.exceptions.ProtocolError("window shrank under a queued write")
+            await self._abort(stream_id)  # the peer shrank its window (SETTINGS) meanwhile
+            return
         self.connection.send_data(stream_id, b"", end_stream=end)
         queued = self.connection.data_to_send()
         empty = _HEAD.pack(_DATA, _END_STREAM if end else 0, stream_id)
@@ -415,9 +415,23 @@ class FastH2Protocol(hc_h2.H2Protocol):
                 self.priority.remove_stream(stream_id)
         if queued and stripped:
             await self.send(RawData(data=queued))  # h2's frames before (a SETTINGS ACK...)
-        await self.send(RawData(data=wire))  # type: ignore[arg-type]  # any buffer is sent
+        await self.send(RawData(data=view))  # type: ignore[arg-type]  # any buffer is sent
+        view.release()
+        if not self.stream_buffers:
+            self._wire = bytearray()  # an idle connection holds no write buffer
         if queued and not stripped:  # never seen: h2's frame, END_STREAM and all, goes last
             await self.send(RawData(data=queued))
+
+    async def _abort(self, stream_id: int) -> None:
+        """Reset a stream whose body cannot be sent whole, and forget its queue."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+        buffer = self.stream_buffers.pop(stream_id, None)
+        if buffer is not None:
+            await buffer.close()
+        with contextlib.suppress(priority.MissingStreamError):
+            self.priority.remove_stream(stream_id)
+        await self._flush()
 
     def _frame(
         self, stream_id: int, data: bytes | memoryview | _Mapped, end: bool

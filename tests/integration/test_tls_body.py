@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -114,3 +115,34 @@ def test_whole_blob_over_tls_h2(
         part = client.get(f"/v2/tls/body/blobs/{digest}", headers={"Range": "bytes=17-1048599"})
         assert part.status_code == 206
         assert part.content == blob[17:1048600]
+
+
+def test_concurrent_h2_streams_over_tls_share_one_connection(
+    tls_server: tuple[EdgecacheServer, ssl.SSLContext], pushed: tuple[bytes, str]
+) -> None:
+    """Several streams of one connection take turns in the connection's one write buffer:
+    each must get exactly its own bytes."""
+    server, context = tls_server
+    blob, digest = pushed
+    ranges = [(0, SIZE - 1), (5, 2 * MiB + 3), (MiB - 1, SIZE - 1), (0, SIZE - 1)]
+    results: dict[int, bytes] = {}
+
+    async def main() -> None:
+        async with httpx.AsyncClient(
+            base_url=server.url, verify=context, http1=False, http2=True, timeout=60
+        ) as client:
+
+            async def get(i: int, first: int, last: int) -> None:
+                r = await client.get(
+                    f"/v2/tls/body/blobs/{digest}", headers={"Range": f"bytes={first}-{last}"}
+                )
+                assert r.http_version == "HTTP/2"
+                results[i] = r.content
+
+            async with anyio.create_task_group() as group:
+                for i, (first, last) in enumerate(ranges):
+                    group.start_soon(get, i, first, last)
+
+    anyio.run(main, backend="trio")
+    for i, (first, last) in enumerate(ranges):
+        assert results[i] == blob[first : last + 1], i
