@@ -28,7 +28,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "tls_cert": ("str", ""),
         "tls_key": ("str", ""),
         # http/1.1 first, by measurement: h2 (server/h2fast.py) carries large blobs at
-        # 0.66-0.88x of http/1.1 over TLS with more CPU per byte, and one h2 connection per
+        # 0.75-0.99x of http/1.1 over TLS with more CPU per byte, and one h2 connection per
         # client is served by one process, where http/1.1 spreads a pull over the workers.
         "alpn": ("list[str]", ["http/1.1", "h2"]),
         "log_level": ("str", "info"),
