@@ -304,21 +304,9 @@ def test_h2c_file_cut_short_mid_body_resets_the_connection_and_no_process_dies(
     for served in _serve(tmp_path, tls_files, blob, tls=False):
         server, context, path = served
         before = {row["pid"]: row.get("restarts") for row in serving(server)}
-        digest = path.rsplit("/", 1)[1].removeprefix("sha256:")
-        stored = server.data / "blobs" / "sha256" / digest[:2] / digest
         wire = Wire(server.port, context)
         try:
-            conn, stream_id = _start_get(wire, path)
-            got = 0
-            while got < DEFAULT_WINDOW:  # the server stops here: the window is used up
-                for event in conn.receive_data(wire.recv()):
-                    if isinstance(event, h2.events.DataReceived):
-                        got += event.flow_controlled_length
-            assert got == DEFAULT_WINDOW
-            os.truncate(stored, 0)
-            conn.increment_flow_control_window(SIZE, stream_id)
-            conn.increment_flow_control_window(SIZE)
-            wire.send(conn.data_to_send())
+            conn = _cut_short_mid_body(server, wire, path)
             ended = _read_until_closed(wire, conn)
         finally:
             wire.close()
@@ -326,6 +314,27 @@ def test_h2c_file_cut_short_mid_body_resets_the_connection_and_no_process_dies(
         assert {row["pid"]: row.get("restarts") for row in serving(server)} == before
         with server.client() as client:
             assert client.get("/v2/").status_code == 200
+
+
+def _cut_short_mid_body(
+    server: EdgecacheServer, wire: Wire, path: str
+) -> h2.connection.H2Connection:
+    """GET the blob at `path`, take its first window's worth (the server then waits), cut its
+    file on disk to nothing, and open the windows for the rest."""
+    digest = path.rsplit("/", 1)[1].removeprefix("sha256:")
+    stored = server.data / "blobs" / "sha256" / digest[:2] / digest
+    conn, stream_id = _start_get(wire, path)
+    got = 0
+    while got < DEFAULT_WINDOW:
+        for event in conn.receive_data(wire.recv()):
+            if isinstance(event, h2.events.DataReceived):
+                got += event.flow_controlled_length
+    assert got == DEFAULT_WINDOW
+    os.truncate(stored, 0)
+    conn.increment_flow_control_window(SIZE, stream_id)
+    conn.increment_flow_control_window(SIZE)
+    wire.send(conn.data_to_send())
+    return conn
 
 
 def _start_get(
@@ -355,20 +364,9 @@ def test_tls_file_cut_short_mid_body_resets_the_stream_and_the_connection_lives(
     pass for complete); the connection carries the next request."""
     for served in _serve(tmp_path, tls_files, blob, tls=True):
         server, context, path = served
-        digest = path.rsplit("/", 1)[1].removeprefix("sha256:")
-        stored = server.data / "blobs" / "sha256" / digest[:2] / digest
         wire = Wire(server.port, context)
         try:
-            conn, stream_id = _start_get(wire, path)
-            got = 0
-            while got < DEFAULT_WINDOW:  # the server stops here: the window is used up
-                for event in conn.receive_data(wire.recv()):
-                    if isinstance(event, h2.events.DataReceived):
-                        got += event.flow_controlled_length
-            os.truncate(stored, 0)
-            conn.increment_flow_control_window(SIZE, stream_id)
-            conn.increment_flow_control_window(SIZE)
-            wire.send(conn.data_to_send())
+            conn = _cut_short_mid_body(server, wire, path)
             outcome: h2.events.Event | None = None
             while outcome is None:
                 for event in conn.receive_data(wire.recv()):
