@@ -184,7 +184,7 @@ class Request:
             await self.finish()
             return "none"
         used = await self.send_part(fd, offset, count, use_zerocopy, last=True)
-        if used == "pread":
+        if not (use_zerocopy and self.zerocopy):  # the zero-copy send above ended the body
             await self.finish()
         return used
 

@@ -109,12 +109,16 @@ def test_whole_blob_over_tls_h2(
     with httpx.Client(
         base_url=server.url, verify=context, http1=False, http2=True, timeout=60
     ) as client:
+        before = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
         r = client.get(f"/v2/tls/body/blobs/{digest}")
         assert r.http_version == "HTTP/2"
         assert r.content == blob
         part = client.get(f"/v2/tls/body/blobs/{digest}", headers={"Range": "bytes=17-1048599"})
         assert part.status_code == 206
         assert part.content == blob[17:1048600]
+        # Counted once each: the handler ran to its end (no error after the body).
+        after = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
+    assert after - before == SIZE + len(part.content)
 
 
 def test_concurrent_h2_streams_over_tls_share_one_connection(
