@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -260,6 +261,9 @@ def default_edgecache_argv() -> list[str]:
 
 
 TEST_WORKERS = 2
+# What a server's log never says when nothing is wrong: an unhandled exception anywhere (the
+# app's "internal error on ..." 500s, hypercorn's "Error in ASGI Framework", any traceback).
+SERVER_BUG = re.compile(r"internal error on |Error in ASGI Framework|^Traceback ")
 
 
 def _clean_env(env: Mapping[str, str] | None) -> dict[str, str]:
@@ -339,6 +343,15 @@ class EdgecacheServer(_ManagedProcess):
                 f"edgecache exited with code {code} on SIGTERM\n"
                 f"--- log ({self.log_path}) ---\n{self.log_text()}"
             )
+        # An internal error is a bug even when the client got its bytes (a handler that
+        # failed after the body, say): no test provokes one on purpose.
+        if exc_type is None:
+            for line in self.log_text(tail=1 << 30).splitlines():
+                if SERVER_BUG.search(line):
+                    raise AssertionError(
+                        f"the server logged an internal error: {line}\n"
+                        f"--- log ({self.log_path}) ---\n{self.log_text()}"
+                    )
 
     @property
     def server_json(self) -> Path:
