@@ -191,6 +191,9 @@ class _FileRead:
         self.file.release()
 
 
+_REGIONS = (_FileRegion, _FileRead)  # queued file parts: never joined, taken piece by piece
+
+
 class _Chunks:
     """A stream's queued body: the app's chunks as they came (hypercorn copies each into one
     bytearray) and mapped file regions, and their total length, which is what everyone else
@@ -215,7 +218,7 @@ class _Chunks:
         piece of a file region (mapped, or to read), or several small chunks joined."""
         first = self.chunks[0]
         out: bytes | memoryview | _Mapped | _Unread
-        if isinstance(first, _FileRegion | _FileRead):
+        if isinstance(first, _REGIONS):
             out = first.take(limit)
             if not first:
                 self.chunks.popleft()
@@ -226,7 +229,7 @@ class _Chunks:
                 out = view[:limit]
         elif (
             len(self.chunks) == 1
-            or isinstance(self.chunks[1], _FileRegion | _FileRead)
+            or isinstance(self.chunks[1], _REGIONS)
             or len(first) + len(self.chunks[1]) > limit
         ):
             out = self.chunks.popleft()  # type: ignore[assignment]  # not a region (above)
@@ -235,7 +238,7 @@ class _Chunks:
             left = limit
             while (
                 self.chunks
-                and not isinstance(self.chunks[0], _FileRegion | _FileRead)
+                and not isinstance(self.chunks[0], _REGIONS)
                 and len(self.chunks[0]) <= left
             ):
                 left -= len(self.chunks[0])
@@ -246,7 +249,7 @@ class _Chunks:
 
     def discard(self) -> None:
         for chunk in self.chunks:
-            if isinstance(chunk, _FileRegion | _FileRead):
+            if isinstance(chunk, _REGIONS):
                 chunk.release()
         self.chunks.clear()
         self.size = 0
@@ -296,7 +299,6 @@ class FastH2Protocol(hc_h2.H2Protocol):
     # Process-wide counts (frames per write is the point), ready for /metrics to export.
     data_writes = 0
     data_frames = 0
-    mapped_bytes = 0  # body bytes sent from a mapped file (the h2c zero-copy path)
     _wire = bytearray()  # the write buffer of _send_unread (per connection once used)
 
     async def stream_send(self, event: StreamEvent) -> None:
@@ -397,16 +399,9 @@ class FastH2Protocol(hc_h2.H2Protocol):
         if self.connection.local_flow_control_window(stream_id) < length:
             await self._abort(stream_id)  # the peer shrank its window (SETTINGS) meanwhile
             return
-        self.connection.send_data(stream_id, b"", end_stream=end)
-        queued = self.connection.data_to_send()
-        empty = _HEAD.pack(_DATA, _END_STREAM if end else 0, stream_id)
-        stripped = queued.endswith(empty)
-        if stripped:
-            queued = queued[: -len(empty)]
-            if end:  # END_STREAM on the last frame packed here (its flags byte)
-                wire[last_head + 4] = _END_STREAM
-        self.connection.outbound_flow_control_window -= length
-        self.connection.streams[stream_id].outbound_flow_control_window -= length
+        queued, stripped = self._account(stream_id, length, end)
+        if end and stripped:  # END_STREAM on the last frame packed here (its flags byte)
+            wire[last_head + 4] = _END_STREAM
         FastH2Protocol.data_frames += len(slots)
         FastH2Protocol.data_writes += 1
         if end:
@@ -421,6 +416,32 @@ class FastH2Protocol(hc_h2.H2Protocol):
             self._wire = bytearray()  # an idle connection holds no write buffer
         if queued and not stripped:  # never seen: h2's frame, END_STREAM and all, goes last
             await self.send(RawData(data=queued))
+
+    def _account(self, stream_id: int, length: int, end: bool) -> tuple[bytes, bool]:
+        """h2's part of a write of `length` body bytes whose DATA frames are packed here.
+
+        h2 validates and accounts, the frames are packed by the caller: h2's send_data of an
+        empty frame checks the stream's state and moves END_STREAM through its state machine;
+        that empty frame is then left out (END_STREAM goes on the last frame packed), and the
+        bytes are counted against the stream's and the connection's windows as h2's send_data
+        does. h2 costs ~25 us per frame, a third of the CPU of an h2 download over TLS
+        (measured), and framing the last piece through h2 would copy it (for a mapped file:
+        read it in this process, where a file cut short is a SIGBUS, not an error).
+
+        Returns what h2 has to send besides, and whether its empty frame was left out: then
+        those bytes go before the packed frames and END_STREAM on the last of them; if not
+        (never seen), they go after, END_STREAM and all.
+        """
+        self.connection.send_data(stream_id, b"", end_stream=end)
+        queued = self.connection.data_to_send()
+        empty = _HEAD.pack(_DATA, _END_STREAM if end else 0, stream_id)
+        stripped = bool(length) and queued.endswith(empty)
+        if stripped:
+            queued = queued[: -len(empty)]
+        if length:
+            self.connection.outbound_flow_control_window -= length
+            self.connection.streams[stream_id].outbound_flow_control_window -= length
+        return queued, stripped
 
     async def _abort(self, stream_id: int) -> None:
         """Reset a stream whose body cannot be sent whole, and forget its queue."""
@@ -437,26 +458,12 @@ class FastH2Protocol(hc_h2.H2Protocol):
         self, stream_id: int, data: bytes | memoryview | _Mapped, end: bool
     ) -> list[bytes | memoryview]:
         """What h2 had queued, then `data` as DATA frames of the peer's maximum size with
-        END_STREAM on the last when `end`: the pieces of one write.
-
-        h2 validates and accounts, the frames are packed here: h2's send_data of an empty
-        frame checks the stream's state and moves END_STREAM through its state machine; that
-        empty frame is then left out (END_STREAM goes on the last frame packed here), and the
-        data is counted against the stream's and the connection's windows as h2's send_data
-        does. h2 costs ~25 us per frame, a third of the CPU of an h2 download over TLS
-        (measured), and framing the last piece through h2 would copy it (for a mapped file:
-        read it in this process, where a file cut short is a SIGBUS, not an error).
-        """
+        END_STREAM on the last when `end`: the pieces of one write (h2's part: _account)."""
         size = self.connection.max_outbound_frame_size
         body = data.view if isinstance(data, _Mapped) else memoryview(data)
         length = len(body)
-        self.connection.send_data(stream_id, b"", end_stream=end)
-        queued = self.connection.data_to_send()
-        empty = _HEAD.pack(_DATA, _END_STREAM if end else 0, stream_id)
+        queued, stripped = self._account(stream_id, length, end)
         parts: list[bytes | memoryview] = []
-        stripped = bool(length) and queued.endswith(empty)
-        if stripped:
-            queued = queued[: -len(empty)]
         if queued and (stripped or not length):
             parts.append(queued)
         if length:
@@ -466,11 +473,7 @@ class FastH2Protocol(hc_h2.H2Protocol):
                 parts += (head, body[start : start + size])
             flags = _END_STREAM if end and stripped else 0
             parts += (_HEAD.pack((length - last) << 8 | _DATA, flags, stream_id), body[last:])
-            self.connection.outbound_flow_control_window -= length
-            self.connection.streams[stream_id].outbound_flow_control_window -= length
             FastH2Protocol.data_frames += last // size + 1
-            if isinstance(data, _Mapped):
-                FastH2Protocol.mapped_bytes += length
             if queued and not stripped:  # never seen: h2's frame, END_STREAM and all, goes last
                 parts.append(queued)
         return parts
