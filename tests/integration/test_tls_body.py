@@ -62,24 +62,8 @@ def _drop_from_page_cache(path: Path) -> None:
 def test_whole_blob_over_tls_http11(
     tls_server: tuple[EdgecacheServer, ssl.SSLContext], pushed: tuple[bytes, str], cached: bool
 ) -> None:
-    server, context = tls_server
-    blob, digest = pushed
-    if not cached:
-        _drop_from_page_cache(_stored(server, digest))
-    with httpx.Client(base_url=server.url, verify=context, http2=False, timeout=60) as client:
-        before = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
-        r = client.get(f"/v2/tls/body/blobs/{digest}")
-        assert r.http_version == "HTTP/1.1"
-        assert r.status_code == 200
-        assert r.content == blob
-        # The connection carries the next request: the framing matched the body exactly.
-        again = client.get(
-            f"/v2/tls/body/blobs/{digest}", headers={"Range": "bytes=1048570-2097160"}
-        )
-        assert again.status_code == 206
-        assert again.content == blob[1048570:2097161]
-        after = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
-    assert after - before == SIZE + len(again.content)
+    # The second request rides the same connection: the framing matched the body exactly.
+    _whole_then_range(tls_server, pushed, cached, "HTTP/1.1", (1048570, 2097160))
 
 
 def test_head_over_tls_sends_no_body(
@@ -102,21 +86,38 @@ def test_whole_blob_over_tls_h2(
     """HTTP/2 reads the file straight into its write buffer between the frame headers
     (server/h2fast.py _send_unread): from the page cache on the event loop, from the disk on
     a thread."""
+    _whole_then_range(tls_server, pushed, cached, "HTTP/2", (17, 1048599))
+
+
+def _whole_then_range(
+    tls_server: tuple[EdgecacheServer, ssl.SSLContext],
+    pushed: tuple[bytes, str],
+    cached: bool,
+    version: str,
+    span: tuple[int, int],
+) -> None:
+    """GET the whole blob, then the bytes `span` (inclusive) of it, over one connection of
+    `version`, the file in the page cache or not: the exact bytes, each response counted
+    once under pread (the handler ran to its end: no error after the body)."""
     server, context = tls_server
     blob, digest = pushed
     if not cached:
         _drop_from_page_cache(_stored(server, digest))
+    h2 = version == "HTTP/2"
     with httpx.Client(
-        base_url=server.url, verify=context, http1=False, http2=True, timeout=60
+        base_url=server.url, verify=context, http1=not h2, http2=h2, timeout=60
     ) as client:
         before = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
         r = client.get(f"/v2/tls/body/blobs/{digest}")
-        assert r.http_version == "HTTP/2"
+        assert r.http_version == version
+        assert r.status_code == 200
         assert r.content == blob
-        part = client.get(f"/v2/tls/body/blobs/{digest}", headers={"Range": "bytes=17-1048599"})
+        first, last = span
+        part = client.get(
+            f"/v2/tls/body/blobs/{digest}", headers={"Range": f"bytes={first}-{last}"}
+        )
         assert part.status_code == 206
-        assert part.content == blob[17:1048600]
-        # Counted once each: the handler ran to its end (no error after the body).
+        assert part.content == blob[first : last + 1]
         after = sample(client, "edgecache_served_bytes_total", '{path="pread"}')
     assert after - before == SIZE + len(part.content)
 
