@@ -68,6 +68,9 @@ class Request:
     # Sent by another serving process over <data>/run/ (cache/owner.py): answered for it.
     internal: bool = False
     disconnected: bool = False  # seen by until_disconnect()
+    # The read buffer of send_part's non-zero-copy path, kept for the response's later parts
+    # (a proxied download in flight sends one part per arrival of bytes).
+    reader: CachedReader | None = None
 
     @classmethod
     def from_scope(cls, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend) -> Request:
@@ -209,10 +212,11 @@ class Request:
                 return "sendfile"
             return "mmap" if self.scope.get("scheme") == "http" else "pread"
         end = offset + count
-        cached = CachedReader(min(READ_CHUNK, count))
+        if self.reader is None or len(self.reader.buffer) < min(READ_CHUNK, count):
+            self.reader = CachedReader(min(READ_CHUNK, count))
         while offset < end:
             size = min(READ_CHUNK, end - offset)
-            data = cached.read(fd, size, offset)
+            data = self.reader.read(fd, size, offset)
             if not data:  # not in the page cache: read from the disk on a thread
                 data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
             if not data:
