@@ -118,6 +118,19 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # Seconds from the end of one full pass to the start of the next.
         "interval": ("float", 7 * 86400.0),
     },
+    "peers": {
+        # The URLs of every node of the site, this one included (edgecache/peers/): a blob
+        # missing here is asked of the node that owns it before the uplink. [] = one node.
+        "members": ("list[str]", []),
+        # This node's URL exactly as it appears in members (EDGECACHE_PEERS_SELF in a
+        # DaemonSet, from the pod's address).
+        "self": ("str", ""),
+        # A file holding the site's shared secret (at least 16 bytes), the same on every node:
+        # peer requests are signed with it (HMAC, peers/sign.py).
+        "secret_file": ("str", ""),
+        # A CA bundle for members served over https with a private CA.
+        "ca_file": ("str", ""),
+    },
 }
 
 # Every section a file may hold, for the message that refuses any other.
@@ -237,6 +250,18 @@ class ScrubConfig:
 
 
 @dataclass(frozen=True)
+class PeersConfig:
+    members: tuple[str, ...] = ()
+    self_url: str = ""
+    secret: bytes = field(default=b"", repr=False)
+    ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.members)
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     url: str
@@ -270,6 +295,7 @@ class Config:
     gc: GCConfig = field(default_factory=GCConfig)
     eviction: EvictionConfig = field(default_factory=EvictionConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
 
     def upstream_for(self, name: str) -> UpstreamConfig | None:
         """The upstream whose name or alias is `name` (a project path or an ns host)."""
@@ -420,6 +446,7 @@ def load(
         gc=GCConfig(**values["gc"]),
         eviction=EvictionConfig(**values["eviction"]),
         scrub=ScrubConfig(**values["scrub"]),
+        peers=_peers(values["peers"]),
     )
     if config.server.idle_timeout <= 0:
         raise ConfigError(
@@ -441,6 +468,61 @@ def load(
         )
     _check_names_unique(config)
     return config
+
+
+# Peer secrets shorter than this are refused: an HMAC key is only as strong as its bytes.
+MIN_PEER_SECRET = 16
+
+
+def _peers(values: Mapping[str, Any]) -> PeersConfig:
+    members = tuple(dict.fromkeys(_peer_url(f"peers.members: {m!r}", m) for m in values["members"]))
+    if not members:
+        for key in ("self", "secret_file"):
+            if values[key]:
+                raise ConfigError(
+                    f"peers.{key} is set but peers.members is empty: expected the URLs of "
+                    "every node of the site, this one included"
+                )
+        return PeersConfig()
+    me = values["self"]
+    if not me:
+        raise ConfigError(
+            "peers.self: expected this node's URL as listed in peers.members "
+            f"({', '.join(members)})"
+        )
+    me = _peer_url(f"peers.self = {me!r}", me)
+    if me not in members:
+        raise ConfigError(
+            f"peers.self = {me!r}: expected one of peers.members ({', '.join(members)})"
+        )
+    if not values["secret_file"]:
+        raise ConfigError(
+            "peers.secret_file: expected a file holding the site's shared secret (the same on "
+            "every node; e.g. `head -c 32 /dev/urandom | base64 > peer-secret`)"
+        )
+    try:
+        secret = Path(values["secret_file"]).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"peers.secret_file = {values['secret_file']!r}: cannot read it ({exc.strerror})"
+        ) from None
+    if len(secret) < MIN_PEER_SECRET:
+        raise ConfigError(
+            f"peers.secret_file = {values['secret_file']!r}: the secret has {len(secret)} "
+            f"bytes; expected at least {MIN_PEER_SECRET}"
+        )
+    if values["ca_file"] and not Path(values["ca_file"]).is_file():
+        raise ConfigError(f"peers.ca_file = {values['ca_file']!r}: expected a PEM file")
+    return PeersConfig(members, me, secret, values["ca_file"])
+
+
+def _peer_url(where: str, value: str) -> str:
+    url = coerce(where, "url", value, False)
+    assert isinstance(url, str)
+    rest = url.split("//", 1)[1]
+    if not rest or "/" in rest or "?" in rest:
+        raise ConfigError(f"{where}: expected scheme://host:port, with no path")
+    return url
 
 
 _UPSTREAM_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]{1,5})?")

@@ -11,6 +11,12 @@ bytes must fail, never carry on with the new ones). The fetch runs in the server
 a client that disconnects does not cancel it: the cache still warms. Clients are not told the
 bytes are good until `verified` (server/proxied.py holds back the end of their bodies).
 
+With peers (edgecache/peers/), a download has several sources in turn: the members ranked
+above this node for the digest (the owner first), then the uplink. A source that fails, whether
+before its first byte or mid-body, or sends bytes that do not verify, hands over to the next,
+which resumes with `Range` at the byte reached; only the last source's failure is the
+download's. A peer's request itself starts a download from the uplink only (the loop guard).
+
 A download never grows past the size it may have: the size the manifest declared for the
 digest (store.index.declared_size; an upstream stating another size is corrupt and is not
 read), else the upstream's Content-Length, else the configured maximum for unsized bodies.
@@ -22,9 +28,10 @@ import errno
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,6 +44,9 @@ from ..upstream import Upstream, UpstreamError, UpstreamNotFound, UpstreamUnavai
 from ..upstream.client import BlobStream, RawBlob
 from ..upstream.errors import UpstreamCorrupt
 from .failures import not_cached
+
+if TYPE_CHECKING:
+    from ..peers.site import Site
 
 log = logging.getLogger("edgecache.fetch")
 
@@ -62,10 +72,14 @@ class BlobFetch:
         store_repo: str,
         digest: Digest,
         declared: int | None = None,
+        peers: Sequence[Upstream] = (),
     ) -> None:
         self.store = store
-        self.upstream = upstream
-        self.remote_repo = remote_repo
+        # The sources in turn: (upstream, the repository to ask it for). Peers are asked for
+        # the store's repository: every node routes it the same way.
+        sources = [*((peer, store_repo) for peer in peers), (upstream, remote_repo)]
+        self.upstream, self.remote_repo = sources[0]
+        self._later = sources[1:]
         self.store_repo = store_repo
         # Every repository the bytes are linked into when they are published: the one that
         # started the fetch, and those whose clients joined it after the upstream confirmed
@@ -94,6 +108,18 @@ class BlobFetch:
     def dup_fd(self) -> int:
         """A private read descriptor on the temp file; valid even after the publish rename."""
         return os.dup(self._read_fd)
+
+    def _next_source(self, why: object) -> bool:
+        """Hand the download over to the next source (False: this was the last)."""
+        if not self._later:
+            return False
+        failed = self.upstream.name
+        self.upstream, self.remote_repo = self._later.pop(0)
+        log.info(
+            "%s: %s failed at byte %d (%s); asking %s",
+            self.digest, failed, self.written, why, self.upstream.name,
+        )  # fmt: skip
+        return True
 
     def _notify(self) -> None:
         event, self._progress = self._progress, trio.Event()
@@ -143,6 +169,7 @@ class BlobFetch:
                 log.warning(
                     "%s from %s: digest mismatch, fetching again", self.digest, self.upstream.name
                 )
+                self._next_source("its bytes did not verify")  # a peer's: the next source
                 await self._restart()
                 await self._download()
                 await self._publish()
@@ -201,7 +228,12 @@ class BlobFetch:
                 if self.total is None or self.written >= self.total:
                     return
                 raise UpstreamUnavailable(self.upstream.name, "response ended early")
-            except UpstreamUnavailable as exc:
+            except UpstreamError as exc:
+                if self._next_source(exc):
+                    stalled = 0
+                    continue
+                if not isinstance(exc, UpstreamUnavailable):
+                    raise
                 stalled = 0 if self.written > before else stalled + 1
                 if stalled >= MAX_STALLED_RESUMES or not self.upstream.available:
                     raise
@@ -396,6 +428,7 @@ class Fetcher:
         self.nursery = nursery
         self.inflight: dict[Digest, BlobFetch] = {}
         self.started_fetches = 0
+        self.site: Site | None = None  # the peers asked before the uplink (peers/site.py)
         # Metrics hooks: a fetch started, bytes received (as they arrive, not at the end, so
         # that they are counted before any waiting client has seen the last byte).
         self.on_fetch: Callable[[str], None] = lambda name: None
@@ -404,9 +437,18 @@ class Fetcher:
         self.on_body: Callable[[str, str], None] = lambda name, reader: None
 
     def join(
-        self, upstream: Upstream, remote_repo: str, store_repo: str, digest: Digest
+        self,
+        upstream: Upstream,
+        remote_repo: str,
+        store_repo: str,
+        digest: Digest,
+        *,
+        via_peers: bool = True,
     ) -> tuple[BlobFetch, int]:
         """The fetch for `digest` (started if needed) and a read descriptor of its temp file.
+        `via_peers` False (a peer's request): a new fetch asks the uplink only. A peer's
+        request that finds a fetch in flight joins it, whatever its source: sources are only
+        ever members ranked above this node (peers/ring.py), so that cannot loop.
 
         Synchronous on purpose: no checkpoint between finding the fetch and dup'ing its
         descriptor, so the fetch cannot finish and close it in between.
@@ -414,13 +456,16 @@ class Fetcher:
         fetch = self.inflight.get(digest)
         if fetch is None:
             declared = self.store.index.declared_size(str(digest))
-            fetch = BlobFetch(self.store, upstream, remote_repo, store_repo, digest, declared)
+            peers = self.site.sources(str(digest)) if self.site and via_peers else []
+            fetch = BlobFetch(
+                self.store, upstream, remote_repo, store_repo, digest, declared, peers
+            )
             fetch.on_bytes = self.on_upstream_bytes
             fetch.on_disk_full = self.on_disk_full
             fetch.on_body = self.on_body
             self.inflight[digest] = fetch
             self.started_fetches += 1
-            self.on_fetch(upstream.name)
+            self.on_fetch(fetch.upstream.name)
             self.nursery.start_soon(self._run, fetch)
         return fetch, fetch.dup_fd()
 

@@ -45,6 +45,8 @@ CLIENT = PREFIX + "client"
 TAG_AGE = PREFIX + "tag-age"
 CACHE = PREFIX + "cache"
 LIST_AGE = PREFIX + "list-age"
+# The request came from the member this names, whose signature the asking process verified.
+PEER_VERIFIED = PREFIX + "peer-verified"
 # A list answer (tags, referrers) the asker keeps is at most this large.
 LIST_KEPT = 1 << 20
 
@@ -204,6 +206,8 @@ def _request(req: Request) -> h11.Request:
     if client:
         headers.append((CLIENT.encode(), f"{client[0]} {client[1]}".encode()))
     headers.append((HOP.encode(), b"1"))
+    if req.peer is not None:
+        headers.append((PEER_VERIFIED.encode(), req.peer.encode("latin-1")))
     return h11.Request(method=req.method, target=target, headers=headers)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from ..cache.fetch import Fetcher
-from ..cache.owner import CLIENT, HOP, NeedOwner, OwnerLink
+from ..cache.owner import CLIENT, HOP, PEER_VERIFIED, NeedOwner, OwnerLink
 from ..cache.proxy import ManifestProxy
 from ..cache.routing import Target, resolve
 from ..config import Config
@@ -21,6 +21,7 @@ from ..oci import errors
 from ..oci.digest import Digest
 from ..oci.names import lookup_reference, validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
+from ..peers import sign
 from ..store import Store
 from ..store.keys import check_keys
 from ..store.scrub import Verdict
@@ -150,6 +151,7 @@ class App:
             host, _, port = req.headers.get(CLIENT, "").partition(" ")
             if host and port.isdigit():
                 scope["client"] = (host, int(port))
+            req.peer = req.headers.get(PEER_VERIFIED) or None
         started = time.monotonic()
         try:
             try:
@@ -200,7 +202,32 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    def _check_peer(self, req: Request) -> None:
+        """A request signed by a member of the site (peers/sign.py): note who; a bad or stale
+        signature is refused (401) and logged. Without [peers] the header means nothing."""
+        value = req.headers.get(sign.HEADER)
+        if req.internal or value is None or not self.config.peers.enabled:
+            return
+        target = req.scope.get("raw_path") or req.path.encode()
+        if req.scope.get("query_string"):
+            target += b"?" + req.scope["query_string"]
+        try:
+            req.peer = sign.verify(
+                self.config.peers.secret,
+                self.config.peers.members,
+                value,
+                req.method,
+                target.decode("latin-1"),
+            )
+        except sign.BadSignature as exc:
+            client = req.scope.get("client") or ("?", 0)
+            log.warning(
+                "peer request refused: %s %s from %s: %s", req.method, req.path, client[0], exc
+            )
+            raise errors.Unauthorized(f"peer request refused: {exc}") from None
+
     async def _dispatch(self, req: Request) -> None:
+        self._check_peer(req)
         path = req.path
         if path.startswith("/v2"):
             route = parse_v2_path(path)
@@ -216,14 +243,17 @@ class App:
                 error.headers["Allow"] = ", ".join(sorted(allowed))
                 raise error
             req.extra["route"] = route.kind
+            if req.peer is not None and (method != "GET" or route.kind == "upload"):
+                raise errors.Denied("a peer request may only read (GET or HEAD)")
             if self.owner is not None and (method != "GET" or route.kind == "upload"):
                 raise NeedOwner("a write")  # before the auth check: the owner makes it
-            await self.auth.check(
-                req.method,
-                req.headers.get("authorization"),
-                base=route.kind == "base",
-                client=req.scope.get("client"),
-            )
+            if req.peer is None:  # a member's signature is its credential
+                await self.auth.check(
+                    req.method,
+                    req.headers.get("authorization"),
+                    base=route.kind == "base",
+                    client=req.scope.get("client"),
+                )
             ns = req.query.get("ns")
             if ns is not None:
                 req.headers_out["OCI-Namespace"] = validate_namespace(ns)

@@ -67,6 +67,8 @@ class Request:
     body_timeout: float = 60.0
     # Sent by another serving process over <data>/run/ (cache/owner.py): answered for it.
     internal: bool = False
+    # The member of the site that signed this request (peers/sign.py), or None: a client.
+    peer: str | None = None
     disconnected: bool = False  # seen by until_disconnect()
     # The read buffer of send_part's non-zero-copy path, kept for the response's later parts
     # (a proxied download in flight sends one part per arrival of bytes).

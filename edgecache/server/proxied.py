@@ -85,7 +85,9 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
         return
     app.metrics.proxy_miss()
     req.extra["cache"] = "joined" if digest in app.fetcher.inflight else "miss"
-    fetch, fd = app.fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
+    fetch, fd = app.fetcher.join(
+        upstream, target.remote_repo, target.store_repo, digest, via_peers=req.peer is None
+    )
     async with reading(fd):
         await fetch.started.wait()
         if fetch.error is not None and (fetch.finished or fetch.written == 0):

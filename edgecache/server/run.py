@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ..cache.owner import OwnerLink
 from ..config import Config, parse_hostport
+from ..peers.site import Site
 from ..runfiles import public_config
 from ..store import Store
 from ..store.lock import DataDirInUse, DataDirLock
@@ -124,10 +125,14 @@ async def serve(config: Config) -> None:
         for name, upstream in config.upstreams.items()
     }
     app: App | None = None
+    site: Site | None = None
     try:
         async with trio.open_nursery() as nursery:
             # The app's background work (fetches that outlive their client) lives here.
             app = App(config, store, token, nursery, upstreams)
+            if config.peers.enabled:
+                site = Site(config.peers, config.limits.max_unsized_blob)
+                app.fetcher.site = site
             await nursery.start(app.housekeeper.run)
             nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
             if supervisor is not None:
@@ -145,6 +150,8 @@ async def serve(config: Config) -> None:
         with trio.CancelScope(shield=True):
             for upstream in upstreams.values():
                 await upstream.aclose()
+            if site is not None:
+                await site.aclose()
             if app is not None:
                 await app.housekeeper.flush_access()
                 app.access_log.close()

@@ -45,6 +45,7 @@ from edgecache.upstream.headers import (
 from edgecache.upstream.session import (
     MAX_REDIRECTS,
     REDIRECTS,
+    SIGNATURE_HEADER,
     Session,
     describe_transport_error,
     read_limited,
@@ -151,10 +152,11 @@ class Upstream:
         max_manifest_size: int = MAX_MANIFEST_SIZE,
         manifest_timeout: float | None = None,
         max_unsized_blob: int = MAX_UNSIZED_BLOB,
+        signer: Callable[[str, str], str] | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
-        self._session = session if session is not None else Session(config)
+        self._session = session if session is not None else Session(config, signer=signer)
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.max_manifest_size = max_manifest_size
         # The deadline of a manifest call that names none (a tag revalidation names its own).
@@ -328,6 +330,8 @@ class Upstream:
             headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
             if authorization is not None and self._session.is_home(url):
                 headers["Authorization"] = authorization
+            if self._session.signer is not None and self._session.is_home(url):
+                headers[SIGNATURE_HEADER] = self._session.signer("GET", url.raw_path.decode())
             get = partial(
                 rawget.open_get,
                 url,

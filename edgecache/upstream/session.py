@@ -90,6 +90,14 @@ def _tls_failure(exc: BaseException) -> str | None:
     return None
 
 
+SIGNATURE_HEADER = "edgecache-peer"  # peers/sign.py HEADER (no import cycle)
+
+
+def _target(url: httpx.URL) -> str:
+    """The request target as sent: path and query."""
+    return url.raw_path.decode("ascii")
+
+
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     default = {"http": 80, "https": 443}.get(url.scheme)
     return (url.scheme, url.host, url.port or default)
@@ -131,8 +139,12 @@ class Session:
         client: httpx.AsyncClient | None = None,
         policy: RetryPolicy | None = None,
         rand: Callable[[], float] = random.random,
+        signer: Callable[[str, str], str] | None = None,
     ) -> None:
         self.name = config.name
+        # Peers (edgecache/peers/): each request to the home host carries SIGNATURE_HEADER,
+        # signer(method, path and query) (never sent on a redirect elsewhere).
+        self.signer = signer
         self.config = config
         self.base_url = httpx.URL(config.url.rstrip("/") + "/")
         # Blob bodies may bypass httpx (rawget.py) only when httpx would have gone straight to
@@ -233,6 +245,8 @@ class Session:
             at_home = _origin(url) == home
             if authorization is not None and at_home:
                 request_headers["Authorization"] = authorization
+            if self.signer is not None and at_home:
+                request_headers[SIGNATURE_HEADER] = self.signer(method, _target(url))
             request = self._client.build_request(method, url, headers=request_headers)
             try:
                 response = await self._client.send(request, stream=True)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -155,4 +156,62 @@ def test_access_log_cannot_be_empty(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[server]\naccess_log = ""\n')
     with pytest.raises(ConfigError, match=r"server\.access_log = '': expected"):
+        load(path, env={})
+
+
+def _peers(tmp_path: Path, body: str, secret: bytes | None = b"0123456789abcdef\n") -> Path:
+    if secret is not None:
+        (tmp_path / "secret").write_bytes(secret)
+    path = tmp_path / "c.toml"
+    path.write_text("[peers]\n" + body.replace("SECRET", str(tmp_path / "secret")))
+    return path
+
+
+def test_peers_are_read_with_the_secret(tmp_path: Path) -> None:
+    path = _peers(
+        tmp_path,
+        'members = ["http://10.0.0.1:5000/", "http://10.0.0.2:5000"]\n'
+        'self = "http://10.0.0.1:5000"\nsecret_file = "SECRET"\n',
+    )
+    peers = load(path, env={}).peers
+    assert peers.enabled
+    assert peers.members == ("http://10.0.0.1:5000", "http://10.0.0.2:5000")
+    assert peers.self_url == "http://10.0.0.1:5000"
+    assert peers.secret == b"0123456789abcdef"
+    assert "0123456789abcdef" not in repr(peers)
+    env = {"EDGECACHE_PEERS_SELF": "http://10.0.0.2:5000"}
+    assert load(path, env=env).peers.self_url == "http://10.0.0.2:5000"
+    assert not load(env={}).peers.enabled
+
+
+@pytest.mark.parametrize(
+    ("body", "secret", "fragment"),
+    [
+        ('members = ["http://a:1"]\nsecret_file = "SECRET"\n', b"x" * 16, "peers.self: expected"),
+        (
+            'members = ["http://a:1"]\nself = "http://b:1"\nsecret_file = "SECRET"\n',
+            b"x" * 16,
+            "expected one of peers.members",
+        ),
+        ('members = ["http://a:1"]\nself = "http://a:1"\n', None, "peers.secret_file: expected"),
+        (
+            'members = ["http://a:1"]\nself = "http://a:1"\nsecret_file = "SECRET"\n',
+            b"short\n",
+            "has 5 bytes; expected at least 16",
+        ),
+        (
+            'members = ["http://a:1"]\nself = "http://a:1"\nsecret_file = "SECRET"\n',
+            None,
+            "cannot read it",
+        ),
+        ('members = ["a:1"]\n', None, "an http:// or https:// URL"),
+        ('members = ["http://a:1/v2"]\n', None, "with no path"),
+        ('self = "http://a:1"\n', None, "peers.members is empty"),
+    ],
+)
+def test_bad_peers_are_refused_with_what_to_do(
+    tmp_path: Path, body: str, secret: bytes | None, fragment: str
+) -> None:
+    path = _peers(tmp_path, body, secret)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         load(path, env={})

@@ -1,0 +1,223 @@
+"""Peers: three real edgecache processes (each an owner and a worker) as one site.
+
+The upstream is a real docker-registry behind a byte-counting relay (tests/faultproxy.py); the
+nodes share a secret file and list each other in [peers]. What is checked, all on loopback:
+- one image pulled through every node crosses the uplink once (blob bytes <= 1.02x), every
+  body verified, and every node ends holding every blob;
+- a blob's miss goes to the node that owns it by rendezvous (peers/ring.py), not the uplink;
+- a peer request with a bad, stale or unknown-member signature gets 401 and is logged, a
+  signed write gets 403, and a node without [peers] ignores the header;
+- loop guard: a peer's request for a blob a third node owns goes to the uplink, never on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgecache.peers import ring, sign
+from tests.faultproxy import FaultProxy
+from tests.integration.test_proxy import metric
+from tests.integration.test_proxy_faults import Image, push_layers
+from tests.support import LOOPBACK, EdgecacheServer, free_port
+from tests.upstreams import OCI_MANIFEST, RunningUpstream, start_registry
+
+MiB = 1 << 20
+UPSTREAM = "lab"
+SECRET = b"site-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
+    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
+        yield registry
+
+
+@pytest.fixture
+def relay(upstream: RunningUpstream) -> Iterator[FaultProxy]:
+    host, _, port = upstream.host.rpartition(":")
+    with FaultProxy(host, int(port)) as proxy:
+        yield proxy
+
+
+def site_config(relay: FaultProxy, members: list[str], me: str, secret_file: Path) -> str:
+    listed = ", ".join(f'"{m}"' for m in members)
+    return (
+        f'[upstreams.{UPSTREAM}]\nurl = "{relay.url}"\nretries = 1\n\n'
+        f'[peers]\nmembers = [{listed}]\nself = "{me}"\nsecret_file = "{secret_file}"\n'
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path, relay: FaultProxy) -> Iterator[list[EdgecacheServer]]:
+    secret_file = tmp_path / "peer-secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    os.chmod(secret_file, 0o600)
+    ports = [free_port() for _ in range(3)]
+    members = [f"http://{LOOPBACK}:{port}" for port in ports]
+    nodes = [
+        EdgecacheServer(
+            tmp_path / f"node{i}",
+            config_text=site_config(relay, members, members[i], secret_file),
+            listen=f"{LOOPBACK}:{ports[i]}",
+        )
+        for i in range(3)
+    ]
+    started: list[EdgecacheServer] = []
+    try:
+        for node in nodes:
+            started.append(node.start())
+        yield nodes
+    finally:
+        for node in reversed(started):
+            node.__exit__(None, None, None)
+
+
+def image(upstream: RunningUpstream, name: str, layers: int = 3, size: int = 4 * MiB) -> Image:
+    seed = hashlib.sha256(name.encode()).digest()
+    return push_layers(
+        upstream,
+        name,
+        "v1",
+        [hashlib.sha256(seed + bytes([i])).digest() * (size // 32) for i in range(layers)],
+    )
+
+
+def pull(node: EdgecacheServer, img: Image) -> None:
+    """The manifest by tag and every blob, each body checked against its digest."""
+    with httpx.Client(base_url=node.url, timeout=60) as client:
+        response = client.get(
+            f"/v2/{UPSTREAM}/{img.repo}/manifests/{img.tag}", headers={"Accept": OCI_MANIFEST}
+        )
+        assert response.status_code == 200, response.text
+        for digest, size in img.blobs.items():
+            response = client.get(f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}")
+            assert response.status_code == 200, response.text
+            assert len(response.content) == size
+            assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
+
+
+def peer_bytes(node: EdgecacheServer, peer: EdgecacheServer) -> float:
+    """Blob bytes `node` fetched from `peer` (its upstream_bytes counter for that peer)."""
+    with httpx.Client(base_url=node.url) as client:
+        return metric(client, "edgecache_upstream_bytes_total", f'{{upstream="peer {peer.url}"}}')
+
+
+def uplink_bytes(node: EdgecacheServer) -> float:
+    with httpx.Client(base_url=node.url) as client:
+        return metric(client, "edgecache_upstream_bytes_total", f'{{upstream="{UPSTREAM}"}}')
+
+
+def test_an_image_crosses_the_uplink_once_for_the_whole_site(
+    site: list[EdgecacheServer], upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    img = image(upstream, "site/once")
+    blob_bytes = sum(img.blobs.values())
+    for node in site:
+        pull(node, img)
+    # Manifests are revalidated by each node asked (three small GETs); blobs cross once.
+    sent = relay.bytes_to_client
+    assert blob_bytes <= sent <= 1.02 * blob_bytes + 3 * 64 * 1024, (sent, blob_bytes)
+    assert sum(uplink_bytes(node) for node in site) == blob_bytes
+    # Every node holds every blob: the uplink is not asked again, whichever node is asked.
+    before = relay.bytes_to_client
+    for node in site:
+        pull(node, img)
+    assert relay.bytes_to_client - before < 3 * 64 * 1024
+    for node in site:
+        with httpx.Client(base_url=node.url) as client:
+            for digest in img.blobs:
+                head = client.head(f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}")
+                assert head.status_code == 200
+
+
+def test_a_miss_asks_the_owner(site: list[EdgecacheServer], upstream: RunningUpstream) -> None:
+    img = image(upstream, "site/owner", layers=4, size=2 * MiB)
+    members = {node.url: node for node in site}
+    asked = site[0]
+    for digest, size in img.blobs.items():
+        owners = ring.order(members, digest)
+        with httpx.Client(base_url=asked.url, timeout=60) as client:
+            response = client.get(f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}")
+            assert response.status_code == 200
+            assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
+        owner = members[owners[0]]
+        if owner is asked:
+            continue
+        # The asked node got the bytes from the owner, which got them from the uplink.
+        assert peer_bytes(asked, owner) >= size
+        assert uplink_bytes(owner) >= size
+
+
+def signed_get(node: EdgecacheServer, path: str, value: str) -> httpx.Response:
+    with httpx.Client(base_url=node.url, timeout=30) as client:
+        return client.get(path, headers={sign.HEADER: value})
+
+
+def test_bad_signatures_are_refused_and_logged(
+    site: list[EdgecacheServer], upstream: RunningUpstream
+) -> None:
+    img = image(upstream, "site/auth", layers=1, size=MiB)
+    node, other = site[0], site[1]
+    digest = img.layers[0]
+    path = f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}"
+    cases = {
+        "wrong secret": sign.sign(b"another-secret-0123456789", other.url, "GET", path),
+        "stale": sign.sign(SECRET, other.url, "GET", path, now=lambda: 1_000_000_000.0),
+        "not a member": sign.sign(SECRET, "http://127.0.0.9:1", "GET", path),
+        "another path": sign.sign(SECRET, other.url, "GET", path + "x"),
+        "malformed": "v1 nonsense",
+    }
+    for why, value in cases.items():
+        response = signed_get(node, path, value)
+        assert response.status_code == 401, why
+        assert response.json()["errors"][0]["code"] == "UNAUTHORIZED", why
+    assert node.log_text().count("peer request refused") >= len(cases)
+    assert SECRET.decode() not in node.log_text()
+    # Nothing was fetched for them.
+    assert uplink_bytes(node) == 0
+    # A correctly signed read works; a signed write is refused.
+    good = signed_get(node, path, sign.sign(SECRET, other.url, "GET", path))
+    assert good.status_code == 200
+    assert "sha256:" + hashlib.sha256(good.content).hexdigest() == digest
+    upload = f"/v2/{UPSTREAM}/{img.repo}/blobs/uploads/"
+    with httpx.Client(base_url=node.url) as client:
+        response = client.post(
+            upload, headers={sign.HEADER: sign.sign(SECRET, other.url, "POST", upload)}
+        )
+    assert response.status_code == 403
+
+
+def test_a_peer_request_is_never_forwarded(
+    site: list[EdgecacheServer], upstream: RunningUpstream
+) -> None:
+    img = image(upstream, "site/loop", layers=6, size=MiB)
+    members = {node.url: node for node in site}
+    # A blob the lowest-ranked node is asked for by a peer: it has members above it, and
+    # would ask them for its own client; for a peer it asks the uplink only.
+    for digest in img.layers:
+        order = ring.order(members, digest)
+        low, sender = members[order[-1]], members[order[0]]
+        path = f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}"
+        response = signed_get(low, path, sign.sign(SECRET, sender.url, "GET", path))
+        assert response.status_code == 200
+        assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
+        for node in site:
+            if node is not low:
+                assert peer_bytes(low, node) == 0
+    assert sum(uplink_bytes(node) for node in site) == sum(img.blobs[d] for d in img.layers)
+
+
+def test_without_peers_the_header_means_nothing(tmp_path: Path, upstream: RunningUpstream) -> None:
+    img = image(upstream, "site/alone", layers=1, size=MiB)
+    config = f'[upstreams.{UPSTREAM}]\nurl = "{upstream.url}"\n'
+    with EdgecacheServer(tmp_path / "alone", config_text=config) as node:
+        path = f"/v2/{UPSTREAM}/{img.repo}/blobs/{img.layers[0]}"
+        response = signed_get(node, path, "v1 forged 0 0")
+        assert response.status_code == 200
+        assert "peer request" not in node.log_text()
