@@ -134,6 +134,7 @@ class FaultProxy:
     Faults (all thread-safe, callable while traffic flows):
     - cut_after(n, count=None): after n more response bytes on a connection, reset it.
     - stall(seconds=inf) / release(): hold response bytes, connections stay open.
+    - hold_after(n, count=None) / release(): as cut_after, but held open and silent instead.
     - fail_with_503(n) / fail_with_status(n, status): answer the next n requests directly.
     - refuse(): accept new connections and reset them at once (upstream down).
     - reset_all(): reset every open connection now (pooled keep-alive ones included).
@@ -158,6 +159,8 @@ class FaultProxy:
         self._cut_nbytes: Offset | None = None
         self._cut_count: int | None = None
         self._cut_rst = True
+        self._cut_hold = False
+        self._released = 0  # release() generations: a held connection waits for the next
         self._stall_until = 0.0  # monotonic deadline; math.inf = until release()
         self._stall_below: float = math.inf  # only connections with a lower serial stall
         self._serials = 0
@@ -246,6 +249,15 @@ class FaultProxy:
             self._cut_nbytes = nbytes
             self._cut_count = count
             self._cut_rst = rst
+            self._cut_hold = False
+
+    def hold_after(self, nbytes: Offset, *, count: int | None = None) -> None:
+        """As cut_after, but a connection that reaches its offset is held: open, sending
+        nothing more (`holding` counts it) until release(), then it flows on. For a process
+        that must die mid-body, on a transfer that would otherwise be over at once."""
+        self.cut_after(nbytes, count=count)
+        with self._cond:
+            self._cut_hold = True
 
     def stall(self, seconds: float = math.inf, *, open_only: bool = False) -> None:
         """Hold every response byte (connections stay open) for `seconds` or until release().
@@ -261,6 +273,7 @@ class FaultProxy:
     def release(self) -> None:
         with self._cond:
             self._stall_until = 0.0
+            self._released += 1
             self._cond.notify_all()
 
     def fail_with_503(self, n: int, *, retry_after: float | None = 0) -> None:
@@ -298,6 +311,7 @@ class FaultProxy:
             self._cut_nbytes = None
             self._cut_count = None
             self._stall_until = 0.0
+            self._released += 1
             self._fail_left = 0
             self._refusing = False
             self._cond.notify_all()
@@ -531,7 +545,7 @@ class FaultProxy:
             while data:
                 if not self._wait_unstalled(conn):
                     return
-                allowed, rst = self._allowance(conn, len(data))
+                allowed, rst, hold = self._allowance(conn, len(data))
                 if allowed is None:
                     conn.client.sendall(data)
                     self._count_sent(conn, len(data))
@@ -540,10 +554,13 @@ class FaultProxy:
                 if part:
                     conn.client.sendall(part)
                     self._count_sent(conn, len(part))
-                if allowed < len(data):
+                data = data[allowed:]
+                if data and hold:
+                    if not self._hold(conn):
+                        return
+                elif data:
                     self._cut(conn, rst=rst)
                     return
-                data = data[allowed:]
 
     def _wait_unstalled(self, conn: _Connection) -> bool:
         """Block while a stall is on; False when the connection or the proxy is going away."""
@@ -557,8 +574,21 @@ class FaultProxy:
             conn.holding = False
             return not (conn.aborted or self._closing)
 
-    def _allowance(self, conn: _Connection, n: int) -> tuple[int | None, bool]:
-        """How many of the next `n` bytes may go before a cut (None = all, no cut pending)."""
+    def _hold(self, conn: _Connection) -> bool:
+        """Hold a connection that reached its hold_after offset until release(); False when
+        it or the proxy is going away."""
+        with self._cond:
+            conn.cut_at = None  # once released, it flows on
+            released = self._released
+            while not (conn.aborted or self._closing) and self._released == released:
+                conn.holding = True
+                self._cond.wait()
+            conn.holding = False
+            return not (conn.aborted or self._closing)
+
+    def _allowance(self, conn: _Connection, n: int) -> tuple[int | None, bool, bool]:
+        """How many of the next `n` bytes may go before a cut or hold (None = all, none
+        pending), whether a cut resets, whether it is a hold."""
         with self._lock:
             if conn.cut_generation != self._cut_generation:
                 # A new cut rule: this connection takes its share (and a fresh offset) now.
@@ -569,10 +599,10 @@ class FaultProxy:
                     if self._cut_count is not None:
                         self._cut_count -= 1
                     conn.cut_at = conn.sent + max(0, offset() if callable(offset) else offset)
-            rst = self._cut_rst
+            rst, hold = self._cut_rst, self._cut_hold
             if conn.cut_at is None:
-                return None, rst
-            return min(n, conn.cut_at - conn.sent), rst
+                return None, rst, hold
+            return min(n, conn.cut_at - conn.sent), rst, hold
 
     def _count_sent(self, conn: _Connection, n: int) -> None:
         with self._lock:

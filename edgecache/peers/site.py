@@ -19,7 +19,7 @@ from ..upstream.breaker import CircuitBreaker
 from . import ring, sign
 
 CONNECT_TIMEOUT = 1.0
-IDLE_TIMEOUT = 5.0
+IDLE_TIMEOUT = 3.0
 FAILURES = 3
 COOLDOWN = 10.0
 

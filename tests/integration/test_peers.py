@@ -7,24 +7,31 @@ nodes share a secret file and list each other in [peers]. What is checked, all o
 - a blob's miss goes to the node that owns it by rendezvous (peers/ring.py), not the uplink;
 - a peer request with a bad, stale or unknown-member signature gets 401 and is logged, a
   signed write gets 403, and a node without [peers] ignores the header;
-- loop guard: a peer's request for a blob a third node owns goes to the uplink, never on.
+- loop guard: a peer's request for a blob a third node owns goes to the uplink, never on;
+- the owner killed (kill -9) mid-stream: the client's download completes, verified, from the
+  next candidate; a blackholed member and one answering 500 cost a bounded delay.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from edgecache.peers import ring, sign
+from edgecache.peers import site as site_module
 from tests.faultproxy import FaultProxy
 from tests.integration.test_proxy import metric
 from tests.integration.test_proxy_faults import Image, push_layers
-from tests.support import LOOPBACK, EdgecacheServer, free_port
+from tests.support import LOOPBACK, EdgecacheServer, free_port, wait_for
 from tests.upstreams import OCI_MANIFEST, RunningUpstream, start_registry
 
 MiB = 1 << 20
@@ -221,3 +228,92 @@ def test_without_peers_the_header_means_nothing(tmp_path: Path, upstream: Runnin
         response = signed_get(node, path, "v1 forged 0 0")
         assert response.status_code == 200
         assert "peer request" not in node.log_text()
+
+
+def test_the_owner_killed_mid_stream_costs_the_client_nothing(
+    site: list[EdgecacheServer], upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    img = image(upstream, "site/killed", layers=1, size=16 * MiB)
+    digest, size = img.layers[0], img.blobs[img.layers[0]]
+    members = {node.url: node for node in site}
+    ranked = [members[url] for url in ring.order(members, digest)]
+    owner, asked = ranked[0], ranked[-1]  # the asked node has the owner above it
+    # The owner's uplink transfer is held a quarter of the way in: the asked node then holds
+    # what the owner streamed it, and waits for the rest.
+    relay.hold_after(size // 4, count=1)
+    result: dict[str, object] = {}
+
+    def client() -> None:
+        with httpx.Client(base_url=asked.url, timeout=60) as c:
+            response = c.get(f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}")
+            result["status"] = response.status_code
+            result["digest"] = "sha256:" + hashlib.sha256(response.content).hexdigest()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_for(lambda: relay.holding == 1, timeout=30, what="the owner's uplink to be held")
+        wait_for(lambda: peer_bytes(asked, owner) > 0, timeout=30, what="bytes from the owner")
+        owner.kill9()
+    finally:
+        relay.release()
+        thread.join(timeout=90)
+    assert result == {"status": 200, "digest": digest}
+    # The rest came from the next candidate or the uplink, resumed at the byte reached: the
+    # uplink carried the blob at most once more than ideal (the owner's lost transfer).
+    assert relay.bytes_to_client <= 2 * size + 64 * 1024
+    assert "failed at byte" in asked.log_text()
+
+
+class _Answer500(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_blackholed_peer_and_a_failing_peer_cost_a_bounded_delay(
+    tmp_path: Path, upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """Two members that never serve: one accepts connections and never answers, one answers
+    500. Pulls through a real node complete, each blob's answer starts within the budget
+    (the peer idle timeout, not the client's), and the blackholed member is skipped once its
+    circuit opened (at most FAILURES timeouts, plus a trial after the cooldown)."""
+    img = image(upstream, "site/blackhole", layers=8, size=MiB)
+    blackhole = socket.socket()
+    blackhole.bind((LOOPBACK, 0))
+    blackhole.listen(64)  # never accepted: connections complete, nothing ever answers
+    failing = ThreadingHTTPServer((LOOPBACK, 0), _Answer500)
+    threading.Thread(target=failing.serve_forever, args=(0.05,), daemon=True).start()
+    secret_file = tmp_path / "peer-secret"
+    secret_file.write_bytes(SECRET)
+    port = free_port()
+    me = f"http://{LOOPBACK}:{port}"
+    dead = f"http://{LOOPBACK}:{blackhole.getsockname()[1]}"
+    members = [me, dead, f"http://{LOOPBACK}:{failing.server_address[1]}"]
+    config = site_config(relay, members, me, secret_file)
+    try:
+        with EdgecacheServer(
+            tmp_path / "node", config_text=config, listen=f"{LOOPBACK}:{port}"
+        ) as node:
+            slowest = 0.0
+            with httpx.Client(base_url=node.url, timeout=60) as client:
+                for digest, size in img.blobs.items():
+                    started = time.monotonic()
+                    with client.stream("GET", f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}") as r:
+                        slowest = max(slowest, time.monotonic() - started)
+                        assert r.status_code == 200
+                        body = r.read()
+                    assert len(body) == size
+                    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+            assert slowest < site_module.IDLE_TIMEOUT + 10, slowest
+            timeouts = node.log_text().count(f"peer {dead} failed")
+            asked_dead = sum(1 for d in img.blobs if dead in ring.above(members, me, d))
+            assert 1 <= timeouts <= site_module.FAILURES + 1, (timeouts, asked_dead)
+    finally:
+        failing.shutdown()
+        failing.server_close()
+        blackhole.close()

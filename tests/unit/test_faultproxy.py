@@ -215,6 +215,27 @@ def test_stall_holds_bytes_until_release(proxy: FaultProxy) -> None:
     assert err is None and split_response(raw)[2] == PATTERN
 
 
+def test_hold_after_sends_exactly_n_bytes_then_holds_until_release(proxy: FaultProxy) -> None:
+    proxy.hold_after(1000, count=1)
+    sock = raw_get(proxy)
+    wait_for(lambda: proxy.holding == 1, timeout=5, what="proxy to hold the response")
+    got = b""
+    while len(got) < 1000:
+        got += sock.recv(1000 - len(got))
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sock.recv(1)
+    sock.setblocking(True)
+    assert proxy.bytes_to_client == 1000
+    # count=1: another connection flows meanwhile.
+    raw, err = fetch(proxy)
+    assert err is None and split_response(raw)[2] == PATTERN
+    proxy.release()
+    raw, err = read_all(sock)
+    assert err is None and split_response(got + raw)[2] == PATTERN
+    assert proxy.cuts == 0
+
+
 def test_stall_for_seconds_releases_itself(proxy: FaultProxy) -> None:
     start = time.monotonic()
     proxy.stall(0.2)
