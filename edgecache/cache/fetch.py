@@ -12,7 +12,8 @@ a client that disconnects does not cancel it: the cache still warms. Clients are
 bytes are good until `verified` (server/proxied.py holds back the end of their bodies).
 
 With peers (edgecache/peers/), a download has several sources in turn: the members ranked
-above this node for the digest (the owner first), then the uplink. A source that fails, whether
+above this node for the digest (the owner first), then the uplink, then (the uplink failed)
+the members ranked below. A source that fails, whether
 before its first byte or mid-body, or sends bytes that do not verify, hands over to the next,
 which resumes with `Range` at the byte reached; only the last source's failure is the
 download's. A peer's request itself starts a download from the uplink only (the loop guard).
@@ -73,11 +74,16 @@ class BlobFetch:
         digest: Digest,
         declared: int | None = None,
         peers: Sequence[Upstream] = (),
+        last_resort: Sequence[Upstream] = (),
     ) -> None:
         self.store = store
         # The sources in turn: (upstream, the repository to ask it for). Peers are asked for
         # the store's repository: every node routes it the same way.
-        sources = [*((peer, store_repo) for peer in peers), (upstream, remote_repo)]
+        sources = [
+            *((peer, store_repo) for peer in peers),
+            (upstream, remote_repo),
+            *((peer, store_repo) for peer in last_resort),
+        ]
         self.upstream, self.remote_repo = sources[0]
         self._later = sources[1:]
         self.store_repo = store_repo
@@ -456,9 +462,9 @@ class Fetcher:
         fetch = self.inflight.get(digest)
         if fetch is None:
             declared = self.store.index.declared_size(str(digest))
-            peers = self.site.sources(str(digest)) if self.site and via_peers else []
+            above, below = self.site.sources(str(digest)) if self.site and via_peers else ([], [])
             fetch = BlobFetch(
-                self.store, upstream, remote_repo, store_repo, digest, declared, peers
+                self.store, upstream, remote_repo, store_repo, digest, declared, above, below
             )
             fetch.on_bytes = self.on_upstream_bytes
             fetch.on_disk_full = self.on_disk_full

@@ -6,6 +6,11 @@
   Concurrent pulls of one tag share one revalidation.
 - Upstream trouble (unreachable, timeout, 5xx, 429, auth) never fails a pull of what is
   cached: the cached manifest is served, marked stale. Only never-cached content fails.
+- With peers (edgecache/peers/), a manifest the uplink cannot give (unreachable, failing) is
+  asked of the other members, each within PEER_MANIFEST_BUDGET: an image cached on any live
+  node pulls from every node while the uplink is down ("site-wide stale"). A tag learnt that
+  way is answered with the stale warning and is not marked as confirmed upstream. A peer's own
+  request is answered from this node's cache and uplink only (never asked on).
 - Tag lists and referrers are kept in memory for `list_ttl`, at most `list_cache_entries` of
   them (least recently used dropped first): the keys are whatever repository names clients send,
   and 20,000 random names once grew this cache by 13 MiB. An upstream 404 is remembered for
@@ -21,6 +26,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,16 +38,22 @@ from ..oci.manifest import parse_manifest
 from ..oci.names import Reference
 from ..store import ManifestInfo, Store
 from ..upstream import RemoteInfo, Upstream, UpstreamError, UpstreamNotFound
+from ..upstream.client import RemoteManifest
 from ..upstream.documents import referrers_document
 from .failures import upstream_failures
 from .fetch import Fetcher
 from .flight import SingleFlight
 from .routing import Target
 
+if TYPE_CHECKING:
+    from ..peers.site import Site
+
 log = logging.getLogger("edgecache.proxy")
 
 STALE_WARNING = '110 edgecache "Response is Stale: upstream {name} unavailable ({reason})"'
 
+# A member that has not answered a manifest in this long is passed over for the next.
+PEER_MANIFEST_BUDGET = 3.0
 NOT_FOUND_TTL = 30.0  # short: a repository created upstream shows up soon
 # Tags confirmed upstream: a forgotten entry only costs one more revalidation HEAD.
 CHECKED_ENTRIES = 50_000
@@ -62,6 +74,12 @@ class ManifestResult:
     warning: str | None = None  # set when serving stale content
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    info: ManifestInfo
+    peer: str | None = None  # the member it came from (the uplink failed), or None
+
+
 class ManifestProxy:
     def __init__(self, store: Store, config: ProxyConfig, nursery: trio.Nursery) -> None:
         self.store = store
@@ -74,36 +92,61 @@ class ManifestProxy:
         self.stale_served = 0
         # (store repo, digest) -> tag, from HEADs of uncached tags awaiting the GET by digest.
         self._resolved: BoundedCache[tuple[str, str], str] = BoundedCache(RESOLVED_ENTRIES)
+        self.site: Site | None = None  # the members asked when the uplink fails
 
     async def manifest(
-        self, target: Target, upstream: Upstream, ref: Reference, head: bool
+        self,
+        target: Target,
+        upstream: Upstream,
+        ref: Reference,
+        head: bool,
+        *,
+        via_peers: bool = True,
     ) -> ManifestResult:
+        """`via_peers` False: a peer's request (answered from the cache and the uplink)."""
+        via_peers = via_peers and self.site is not None
         if ref.digest is not None:
             cached = self.store.manifest(target.store_repo, str(ref.digest))
             if cached is not None:
                 return ManifestResult(cached)
             if head:
-                return ManifestResult(None, await self._remote_head(upstream, target, ref))
+                try:
+                    return ManifestResult(None, await self._remote_head(upstream, target, ref))
+                except errors.Unavailable:
+                    if not via_peers:
+                        raise
+                    # The uplink failed: a member's copy, stored here, answers the HEAD.
             # containerd resolves a tag with HEAD, then GETs by digest: the tag it resolved
             # is recorded with the manifest, so the image still pulls by tag when offline.
             tag = self._resolved.pop((target.store_repo, str(ref.digest)))
-            info = await self._fetch(target, upstream, str(ref.digest), tag)
-            return ManifestResult(info)
+            fetched = await self._fetch(target, upstream, str(ref.digest), tag, via_peers)
+            return self._result(fetched, upstream)
         assert ref.tag is not None
-        return await self._by_tag(target, upstream, ref.tag, head)
+        return await self._by_tag(target, upstream, ref.tag, head, via_peers)
+
+    def _result(self, fetched: _Fetched, upstream: Upstream) -> ManifestResult:
+        if fetched.peer is None:
+            return ManifestResult(fetched.info)
+        return self._stale(fetched.info, upstream, f"answered by peer {fetched.peer}")
 
     async def _by_tag(
-        self, target: Target, upstream: Upstream, tag: str, head: bool
+        self, target: Target, upstream: Upstream, tag: str, head: bool, via_peers: bool
     ) -> ManifestResult:
         cached = self.store.manifest(target.store_repo, tag)
         key = (target.store_repo, tag)
         if cached is None:
             if head:
-                remote = await self._remote_head(upstream, target, Reference(tag=tag))
-                if remote.digest is not None:
-                    self._remember_resolution(target.store_repo, str(remote.digest), tag)
-                return ManifestResult(None, remote)
-            return ManifestResult(await self._fetch(target, upstream, tag, tag))
+                try:
+                    remote = await self._remote_head(upstream, target, Reference(tag=tag))
+                except errors.Unavailable:
+                    if not via_peers:
+                        raise
+                else:
+                    if remote.digest is not None:
+                        self._remember_resolution(target.store_repo, str(remote.digest), tag)
+                    return ManifestResult(None, remote)
+            fetched = await self._fetch(target, upstream, tag, tag, via_peers)
+            return self._result(fetched, upstream)
         checked = self._checked.get(key)
         if checked is not None and time.monotonic() - checked < self.config.tag_ttl:
             return ManifestResult(cached)
@@ -154,24 +197,43 @@ class ManifestProxy:
         if cached is not None and remote.digest == cached.digest:
             self._checked.put((target.store_repo, tag), time.monotonic())
             return cached
-        return await self._fetch(target, upstream, tag, tag)
+        return (await self._fetch(target, upstream, tag, tag, via_peers=False)).info
 
     async def _fetch(
-        self, target: Target, upstream: Upstream, reference: str, tag: str | None
-    ) -> ManifestInfo:
+        self,
+        target: Target,
+        upstream: Upstream,
+        reference: str,
+        tag: str | None,
+        via_peers: bool = False,
+    ) -> _Fetched:
+        # A peer's request never shares a flight that asks peers: two nodes' flights could
+        # then wait on each other.
         result = await self.flights.run(
-            ("get", target.store_repo, reference),
-            lambda: self._get_and_store(target, upstream, reference, tag),
+            ("get", target.store_repo, reference, via_peers),
+            lambda: self._get_and_store(target, upstream, reference, tag, via_peers),
         )
-        assert isinstance(result, ManifestInfo)
+        assert isinstance(result, _Fetched)
         return result
 
     async def _get_and_store(
-        self, target: Target, upstream: Upstream, reference: str, tag: str | None
-    ) -> ManifestInfo:
+        self,
+        target: Target,
+        upstream: Upstream,
+        reference: str,
+        tag: str | None,
+        via_peers: bool,
+    ) -> _Fetched:
         what = f"manifest {reference}"
-        with upstream_failures(upstream.name, what, target.remote_repo, errors.ManifestUnknown):
-            remote = await upstream.get_manifest(target.remote_repo, reference)
+        peer = None
+        try:
+            with upstream_failures(upstream.name, what, target.remote_repo, errors.ManifestUnknown):
+                remote = await upstream.get_manifest(target.remote_repo, reference)
+        except errors.Unavailable:
+            found = await self._from_peers(target, reference) if via_peers else None
+            if found is None:
+                raise
+            peer, remote = found
         try:
             manifest = parse_manifest(remote.data, remote.media_type)
         except errors.OCIError as exc:
@@ -187,11 +249,28 @@ class ManifestProxy:
         sizes = {str(d.digest): d.size for d in manifest.blob_children}
         if sizes:
             await trio.to_thread.run_sync(self.store.index.declare_sizes, sizes)
-        if tag is not None:
+        if tag is not None and peer is None:
             self._checked.put((target.store_repo, tag), time.monotonic())
         info = self.store.manifest(target.store_repo, str(remote.digest))
         assert info is not None
-        return info
+        return _Fetched(info, peer)
+
+    async def _from_peers(
+        self, target: Target, reference: str
+    ) -> tuple[str, RemoteManifest] | None:
+        """A member's copy of a manifest the uplink could not give (each asked within
+        PEER_MANIFEST_BUDGET, in rendezvous order of the reference: the load spreads)."""
+        assert self.site is not None
+        for peer in self.site.all(f"{target.store_repo}:{reference}"):
+            try:
+                remote = await peer.get_manifest(
+                    target.store_repo, reference, deadline=PEER_MANIFEST_BUDGET
+                )
+            except UpstreamError as exc:
+                log.info("manifest %s of %s: %s: %s", reference, target.store_repo, peer.name, exc)
+                continue
+            return peer.config.url, remote
+        return None
 
     async def _remote_head(self, upstream: Upstream, target: Target, ref: Reference) -> RemoteInfo:
         what = f"manifest {ref}"
@@ -204,7 +283,7 @@ class ManifestProxy:
         """Fetch content again that the scrub quarantined: a manifest now (the caller may be
         a client waiting for it), a blob in the background (joiners stream it as usual)."""
         if kind == "manifest":
-            await self._fetch(target, upstream, str(digest), None)
+            await self._fetch(target, upstream, str(digest), None, self.site is not None)
             return True
         _, fd = fetcher.join(upstream, target.remote_repo, target.store_repo, digest)
         os.close(fd)

@@ -47,10 +47,19 @@ class Site:
             if url != self.me
         }
 
-    def sources(self, digest: str) -> list[Upstream]:
-        """The members to ask for `digest` before the uplink: those ranked above this node,
-        owner first, without the ones whose circuit is open."""
+    def sources(self, digest: str) -> tuple[list[Upstream], list[Upstream]]:
+        """Whom a miss of `digest` asks: before the uplink, the members ranked above this
+        node, owner first; after it (the uplink failed: content cached somewhere on the site
+        still pulls), the members ranked below. Members whose circuit is open are left out.
+        A peer's request is answered from disk or the uplink only, so neither list loops."""
         ranked = ring.above(self.members, self.me, digest)
+        above = [self.peers[url] for url in ranked if self.peers[url].available]
+        below = [peer for peer in self.all(digest) if peer not in above]
+        return above, below
+
+    def all(self, key: str) -> list[Upstream]:
+        """Every other member whose circuit is closed, in rendezvous order of `key`."""
+        ranked = ring.order(self.peers, key)
         return [self.peers[url] for url in ranked if self.peers[url].available]
 
     def verify(self, value: str, method: str, target: str) -> str:

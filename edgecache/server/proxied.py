@@ -31,7 +31,9 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
     upstream = app.upstream(target)
     ref = Reference.parse(route.ref or "")
     req.extra["cache"] = "hit" if app.store.resolve(target.store_repo, route.ref or "") else "miss"
-    result = await app.proxy.manifest(target, upstream, ref, head=req.method == "HEAD")
+    result = await app.proxy.manifest(
+        target, upstream, ref, head=req.method == "HEAD", via_peers=req.peer is None
+    )
     if result.warning is not None:
         req.extra["cache"] = "stale"
         req.headers_out["Warning"] = result.warning

@@ -132,7 +132,7 @@ async def serve(config: Config) -> None:
             app = App(config, store, token, nursery, upstreams)
             if config.peers.enabled:
                 site = Site(config.peers, config.limits.max_unsized_blob)
-                app.fetcher.site = site
+                app.fetcher.site = app.proxy.site = site
             await nursery.start(app.housekeeper.run)
             nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
             if supervisor is not None:

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -60,29 +61,40 @@ def site_config(relay: FaultProxy, members: list[str], me: str, secret_file: Pat
     )
 
 
-@pytest.fixture
-def site(tmp_path: Path, relay: FaultProxy) -> Iterator[list[EdgecacheServer]]:
+def make_site(tmp_path: Path, relay: FaultProxy, n: int = 3) -> list[EdgecacheServer]:
+    """n nodes of one site (not started), each knowing all n."""
     secret_file = tmp_path / "peer-secret"
     secret_file.write_bytes(SECRET + b"\n")
     os.chmod(secret_file, 0o600)
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(n)]
     members = [f"http://{LOOPBACK}:{port}" for port in ports]
-    nodes = [
+    return [
         EdgecacheServer(
             tmp_path / f"node{i}",
             config_text=site_config(relay, members, members[i], secret_file),
             listen=f"{LOOPBACK}:{ports[i]}",
         )
-        for i in range(3)
+        for i in range(n)
     ]
-    started: list[EdgecacheServer] = []
+
+
+@contextmanager
+def running(nodes: list[EdgecacheServer]) -> Iterator[list[EdgecacheServer]]:
+    """Stop (by pid) whichever of `nodes` were started, however the block ends."""
     try:
-        for node in nodes:
-            started.append(node.start())
         yield nodes
     finally:
-        for node in reversed(started):
-            node.__exit__(None, None, None)
+        for node in reversed(nodes):
+            if node.proc is not None:
+                node.__exit__(None, None, None)
+
+
+@pytest.fixture
+def site(tmp_path: Path, relay: FaultProxy) -> Iterator[list[EdgecacheServer]]:
+    with running(make_site(tmp_path, relay)) as nodes:
+        for node in nodes:
+            node.start()
+        yield nodes
 
 
 def image(upstream: RunningUpstream, name: str, layers: int = 3, size: int = 4 * MiB) -> Image:
@@ -317,3 +329,45 @@ def test_a_blackholed_peer_and_a_failing_peer_cost_a_bounded_delay(
         failing.shutdown()
         failing.server_close()
         blackhole.close()
+
+
+def test_with_the_uplink_down_an_image_cached_on_one_node_pulls_from_every_node(
+    tmp_path: Path, upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """Site-wide stale: node B pulled the image alone (A and C were down), then the uplink
+    went down and A and C came up. Through A and C the image pulls by tag and by digest,
+    each manifest and blob from B, verified, the tag answered with the stale warning."""
+    img = image(upstream, "site/offline", layers=3, size=2 * MiB)
+    a, b, c = make_site(tmp_path, relay)
+    with running([a, b, c]):
+        b.start()
+        pull(b, img)
+        relay.refuse()
+        a.start()
+        c.start()
+        for node in (a, c):
+            pull(node, img)  # by tag, then every blob by digest (all checked)
+            with httpx.Client(base_url=node.url, timeout=60) as client:
+                tagged = client.get(
+                    f"/v2/{UPSTREAM}/{img.repo}/manifests/{img.tag}",
+                    headers={"Accept": OCI_MANIFEST},
+                )
+                assert tagged.status_code == 200
+                assert tagged.headers["docker-content-digest"] == img.digest
+                assert tagged.content == img.manifest
+                assert "Response is Stale" in tagged.headers["warning"]
+                by_digest = client.get(
+                    f"/v2/{UPSTREAM}/{img.repo}/manifests/{img.digest}",
+                    headers={"Accept": OCI_MANIFEST},
+                )
+                assert by_digest.status_code == 200 and by_digest.content == img.manifest
+                head = client.head(
+                    f"/v2/{UPSTREAM}/{img.repo}/manifests/{img.tag}",
+                    headers={"Accept": OCI_MANIFEST},
+                )
+                assert head.status_code == 200
+        # What is not cached anywhere still fails, with a precise 503, not a hang.
+        with httpx.Client(base_url=a.url, timeout=60) as client:
+            missing = client.get(f"/v2/{UPSTREAM}/{img.repo}/manifests/v2")
+            assert missing.status_code == 503
+            assert missing.json()["errors"][0]["code"] == "UNAVAILABLE"
