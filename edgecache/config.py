@@ -130,6 +130,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "secret_file": ("str", ""),
         # A CA bundle for members served over https with a private CA.
         "ca_file": ("str", ""),
+        # Seconds between health probes of each member (GET /readyz; 3 failures = down).
+        "probe_interval": ("float", 10.0),
     },
 }
 
@@ -255,6 +257,7 @@ class PeersConfig:
     self_url: str = ""
     secret: bytes = field(default=b"", repr=False)
     ca_file: str = ""
+    probe_interval: float = 10.0
 
     @property
     def enabled(self) -> bool:
@@ -513,7 +516,11 @@ def _peers(values: Mapping[str, Any]) -> PeersConfig:
         )
     if values["ca_file"] and not Path(values["ca_file"]).is_file():
         raise ConfigError(f"peers.ca_file = {values['ca_file']!r}: expected a PEM file")
-    return PeersConfig(members, me, secret, values["ca_file"])
+    if values["probe_interval"] <= 0:
+        raise ConfigError(
+            f"peers.probe_interval = {values['probe_interval']:g}: expected more than 0 seconds"
+        )
+    return PeersConfig(members, me, secret, values["ca_file"], values["probe_interval"])
 
 
 def _peer_url(where: str, value: str) -> str:

@@ -10,18 +10,31 @@ failed and the miss moves on to the next member, then to the uplink.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from functools import partial
+from typing import Any
+
+import httpx
+import trio
 
 from ..config import PeersConfig, UpstreamConfig
 from ..upstream import Upstream
-from ..upstream.breaker import CircuitBreaker
+from ..upstream.breaker import BreakerState, CircuitBreaker
+from ..upstream.session import tls_context
 from . import ring, sign
+
+log = logging.getLogger("edgecache.peers")
 
 CONNECT_TIMEOUT = 1.0
 IDLE_TIMEOUT = 3.0
 FAILURES = 3
 COOLDOWN = 10.0
+# The active health check (as Kraken's: every 10 s ([peers] probe_interval), 3 s timeout, down
+# after FAILURES): a GET of each member's /readyz. A pass closes the member's circuit, a
+# failure counts like a failed request, so a dead member is skipped before any client's
+# request has to find out.
+PROBE_TIMEOUT = 3.0
 
 
 class Site:
@@ -46,6 +59,60 @@ class Site:
             for url in config.members
             if url != self.me
         }
+
+    async def probe(
+        self, on_state: Callable[[str, bool], None], task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Probe every member every probe_interval, for ever; `on_state(url, up)` after each."""
+        verify = tls_context(UpstreamConfig(name="peers", url="", ca_file=self.config.ca_file))
+        timeout = httpx.Timeout(PROBE_TIMEOUT)
+        async with httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False) as client:
+            task_status.started()
+            while True:
+                async with trio.open_nursery() as nursery:
+                    for url in self.peers:
+                        nursery.start_soon(self._probe_one, client, url, on_state)
+                await trio.sleep(self.config.probe_interval)
+
+    async def _probe_one(
+        self, client: httpx.AsyncClient, url: str, on_state: Callable[[str, bool], None]
+    ) -> None:
+        breaker = self.peers[url].breaker
+        was_up = breaker.state is not BreakerState.OPEN
+        try:
+            response = await client.get(f"{url}/readyz")
+            ok = response.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            breaker.success()
+        else:
+            breaker.failure()
+        up = breaker.state is not BreakerState.OPEN
+        if up != was_up:
+            log.warning("peer %s is %s", url, "up" if up else "down (failed probes or requests)")
+        on_state(url, up)
+
+    def status(
+        self, fetched: Mapping[str, float], served: Mapping[str, float]
+    ) -> list[dict[str, Any]]:
+        """One record per member for `edgecache status`: its state, the failures counted
+        against it, the bytes fetched from it and served to it."""
+        out: list[dict[str, Any]] = [
+            {"member": self.me, "state": "self", "failures": 0, "fetched_from": 0, "served_to": 0}
+        ]
+        for url, peer in self.peers.items():
+            state = peer.breaker.state
+            out.append(
+                {
+                    "member": url,
+                    "state": "up" if state is BreakerState.CLOSED else state.value,
+                    "failures": peer.breaker.consecutive_failures,
+                    "fetched_from": int(fetched.get(url, 0)),
+                    "served_to": int(served.get(url, 0)),
+                }
+            )
+        return out
 
     def sources(self, digest: str) -> tuple[list[Upstream], list[Upstream]]:
         """Whom a miss of `digest` asks: before the uplink, the members ranked above this

@@ -70,6 +70,22 @@ async def status(app: App) -> dict[str, Any]:
     stats["evicted_images"] = app.housekeeper.evicted_images
     stats["scrub"] = await app.housekeeper.scrub.status()
     stats["workers"] = app.workers_status()
+    site = app.fetcher.site
+    if site is not None:
+        fetched = 'edgecache_upstream_bytes_total{{upstream="peer {}"}}'
+        served = 'edgecache_peer_served_bytes_total{{peer="{}"}}'
+        stats["peers"] = site.status(
+            {url: summed.get(fetched.format(url), 0) for url in site.peers},
+            {url: summed.get(served.format(url), 0) for url in site.peers},
+        )
+        stats["uplink_bytes"] = int(
+            sum(
+                value
+                for key, value in summed.items()
+                if key.startswith("edgecache_upstream_bytes_total{")
+                and 'upstream="peer ' not in key
+            )
+        )
     return stats
 
 

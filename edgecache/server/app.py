@@ -184,6 +184,9 @@ class App:
             if not req.started:
                 await req.respond_error(errors.InternalError("internal server error"))
         finally:
+            if req.peer is not None and not req.internal:
+                self.metrics.peer_requests.labels(req.peer).inc()
+                self.metrics.peer_served_bytes.labels(req.peer).inc(req.sent_bytes)
             if not req.internal:
                 seconds = time.monotonic() - started
                 self.metrics.observe(

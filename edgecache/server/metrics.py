@@ -97,6 +97,27 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Peers (edgecache/peers/). Bytes fetched from a member are in edgecache_upstream_bytes
+        # under upstream="peer <URL>".
+        self.peer_requests = Counter(
+            "edgecache_peer_requests",
+            "Requests answered for other members of the site, by member.",
+            ["peer"],
+            registry=self.registry,
+        )
+        self.peer_served_bytes = Counter(
+            "edgecache_peer_served_bytes",
+            "Body bytes sent to other members of the site, by member.",
+            ["peer"],
+            registry=self.registry,
+        )
+        self.peer_up = Gauge(
+            "edgecache_peer_up",
+            "1 while a member answers (probes and requests), 0 while it is skipped.",
+            ["peer"],
+            registry=self.registry,
+        )
+
         self.forwarded = Counter(
             "edgecache_owner_forwards",
             "Requests a serving process handed to the process that owns fetches, pushes and "

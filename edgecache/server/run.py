@@ -133,6 +133,10 @@ async def serve(config: Config) -> None:
             if config.peers.enabled:
                 site = Site(config.peers, config.limits.max_unsized_blob)
                 app.fetcher.site = app.proxy.site = site
+                up = app.metrics.peer_up
+                for url in site.peers:
+                    up.labels(url).set(1)
+                await nursery.start(site.probe, lambda url, ok: up.labels(url).set(1 if ok else 0))
             await nursery.start(app.housekeeper.run)
             nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
             if supervisor is not None:

@@ -32,7 +32,7 @@ from edgecache.peers import site as site_module
 from tests.faultproxy import FaultProxy
 from tests.integration.test_proxy import metric
 from tests.integration.test_proxy_faults import Image, push_layers
-from tests.support import LOOPBACK, EdgecacheServer, free_port, wait_for
+from tests.support import LOOPBACK, EdgecacheServer, admin, free_port, wait_for
 from tests.upstreams import OCI_MANIFEST, RunningUpstream, start_registry
 
 MiB = 1 << 20
@@ -53,15 +53,19 @@ def relay(upstream: RunningUpstream) -> Iterator[FaultProxy]:
         yield proxy
 
 
-def site_config(relay: FaultProxy, members: list[str], me: str, secret_file: Path) -> str:
+def site_config(
+    relay: FaultProxy, members: list[str], me: str, secret_file: Path, extra: str = ""
+) -> str:
     listed = ", ".join(f'"{m}"' for m in members)
     return (
         f'[upstreams.{UPSTREAM}]\nurl = "{relay.url}"\nretries = 1\n\n'
-        f'[peers]\nmembers = [{listed}]\nself = "{me}"\nsecret_file = "{secret_file}"\n'
+        f'[peers]\nmembers = [{listed}]\nself = "{me}"\nsecret_file = "{secret_file}"\n' + extra
     )
 
 
-def make_site(tmp_path: Path, relay: FaultProxy, n: int = 3) -> list[EdgecacheServer]:
+def make_site(
+    tmp_path: Path, relay: FaultProxy, n: int = 3, extra: str = ""
+) -> list[EdgecacheServer]:
     """n nodes of one site (not started), each knowing all n."""
     secret_file = tmp_path / "peer-secret"
     secret_file.write_bytes(SECRET + b"\n")
@@ -71,7 +75,7 @@ def make_site(tmp_path: Path, relay: FaultProxy, n: int = 3) -> list[EdgecacheSe
     return [
         EdgecacheServer(
             tmp_path / f"node{i}",
-            config_text=site_config(relay, members, members[i], secret_file),
+            config_text=site_config(relay, members, members[i], secret_file, extra),
             listen=f"{LOOPBACK}:{ports[i]}",
         )
         for i in range(n)
@@ -171,6 +175,27 @@ def test_a_miss_asks_the_owner(site: list[EdgecacheServer], upstream: RunningUps
         # The asked node got the bytes from the owner, which got them from the uplink.
         assert peer_bytes(asked, owner) >= size
         assert uplink_bytes(owner) >= size
+    # Status (admin API and the CLI) and /metrics say who is who and what went where.
+    status = admin(asked, "GET", "status")
+    rows = {row["member"]: row for row in status["peers"]}
+    assert set(rows) == set(members)
+    assert rows[asked.url]["state"] == "self"
+    for url, node in members.items():
+        if node is asked:
+            continue
+        assert rows[url]["state"] == "up"
+        assert rows[url]["fetched_from"] == peer_bytes(asked, node)
+        # The owners answered the asked node's requests, and count what they sent it.
+        served = admin(node, "GET", "status")
+        served_rows = {row["member"]: row for row in served["peers"]}
+        assert served_rows[asked.url]["served_to"] >= rows[url]["fetched_from"]
+    assert status["uplink_bytes"] == uplink_bytes(asked)
+    printed = asked.cli("status", "--data", str(asked.data), check=True).stdout
+    assert "peers" in printed and all(url in printed for url in members)
+    with httpx.Client(base_url=asked.url) as client:
+        for url, node in members.items():
+            if node is not asked:
+                assert metric(client, "edgecache_peer_up", f'{{peer="{url}"}}') == 1.0
 
 
 def signed_get(node: EdgecacheServer, path: str, value: str) -> httpx.Response:
@@ -371,3 +396,28 @@ def test_with_the_uplink_down_an_image_cached_on_one_node_pulls_from_every_node(
             missing = client.get(f"/v2/{UPSTREAM}/{img.repo}/manifests/v2")
             assert missing.status_code == 503
             assert missing.json()["errors"][0]["code"] == "UNAVAILABLE"
+
+
+def test_probes_see_members_go_down_and_come_back(tmp_path: Path, relay: FaultProxy) -> None:
+    """With no request at all, a member that is not running is marked down (skipped) by the
+    probes, and up again once it answers."""
+    a, b = make_site(tmp_path, relay, n=2, extra="probe_interval = 0.2\n")
+    with running([a, b]):
+        a.start()
+
+        url = f"http://{b.listen}"  # its member URL (b.url is known once it runs)
+
+        def state() -> str:
+            return {r["member"]: r["state"] for r in admin(a, "GET", "status")["peers"]}[url]
+
+        def up() -> float:
+            with httpx.Client(base_url=a.url) as client:
+                return metric(client, "edgecache_peer_up", f'{{peer="{url}"}}')
+
+        wait_for(lambda: state() == "open", timeout=30, what="the probes to mark b down")
+        assert up() == 0.0
+        b.start()
+        wait_for(lambda: state() == "up", timeout=30, what="the probes to mark b up")
+        assert up() == 1.0
+        assert f"peer {url} is down" in a.log_text()
+        assert f"peer {url} is up" in a.log_text()
