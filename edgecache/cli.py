@@ -103,8 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("kind", choices=["containerd", "docker", "podman"])
     mirror.add_argument(
         "--url",
+        action="append",
         help="this edgecache's URL as the clients reach it (default: the running server's, "
-        "from <data>/run/server.json, else http://<hostname>:<listen port>)",
+        "from <data>/run/server.json, else http://<hostname>:<listen port>); repeat it to "
+        "list several edgecache nodes, tried in that order",
+    )
+    mirror.add_argument(
+        "--peers",
+        action="store_true",
+        help="after the URL(s), list every other member of the site ([peers] members), so "
+        "that clients fall through to them when the first is down",
     )
     _add_data(mirror)
     mirror.add_argument(
@@ -234,8 +242,8 @@ def _mirror_config(args: argparse.Namespace) -> int:
     config = cli_config(
         args.config, data, overrides=overrides, extra_upstreams=_upstream_flags(args)
     )
-    url = args.url
-    if url is None:
+    urls: list[str] = list(args.url or [])
+    if not urls:
         url = (server_info(data) or {}).get("url")
         if not isinstance(url, str):
             host, port = parse_hostport(config.server.listen)
@@ -243,12 +251,28 @@ def _mirror_config(args: argparse.Namespace) -> int:
                 host = socket.getfqdn()
             scheme = "https" if config.server.tls else "http"
             url = f"{scheme}://{host}:{port}"
+        urls.append(url)
+    if args.peers:
+        members = list(config.peers.members)
+        if not members and args.config is None:
+            running = (server_info(data) or {}).get("peers")
+            members = (
+                [m for m in running if isinstance(m, str)] if isinstance(running, list) else []
+            )
+        if not members:
+            print(
+                "edgecache: --peers: no [peers] members in this config (pass --config with "
+                "the site's config, or run it where the node's server runs)",
+                file=sys.stderr,
+            )
+            return 2
+        urls += [m for m in members if m not in urls]
     try:
         if args.write:
             if args.kind != "containerd":
                 raise MirrorConfigError("--write is for containerd's hosts.toml files")
             files = containerd_hosts(
-                config.upstreams, url, ca_file=args.ca_file, skip_verify=args.skip_verify
+                config.upstreams, urls, ca_file=args.ca_file, skip_verify=args.skip_verify
             )
             try:
                 written = write_containerd_hosts(files, Path(args.write))
@@ -258,7 +282,7 @@ def _mirror_config(args: argparse.Namespace) -> int:
                 print(f"wrote {path}")
             return 0
         print(
-            render(args.kind, config, url, ca_file=args.ca_file, skip_verify=args.skip_verify),
+            render(args.kind, config, urls, ca_file=args.ca_file, skip_verify=args.skip_verify),
             end="",
         )
     except MirrorConfigError as exc:

@@ -15,6 +15,10 @@ How each client reaches an upstream through edgecache, and so what the config mu
 - podman / CRI-O / skopeo (registries.conf v2): mirrors get no ns either, so each mirror
   `location` uses the Harbor-style project path `<edgecache host>/<project>`, the project
   being the upstream's name or an alias without a port (':' is not valid in a path).
+
+Several edgecache URLs (the nodes of a site, [peers]) are listed in the order given: containerd
+tries its hosts in order and moves to the next when one fails, Docker's registry-mirrors and
+registries.conf mirrors likewise; the first is normally the node's own edgecache.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import urlsplit
@@ -45,6 +49,14 @@ def _toml_str(value: str) -> str:
     """A TOML basic string. JSON's escapes are a subset of TOML's except DEL, which TOML
     requires escaped; ensure_ascii=False avoids \\ud83d-style surrogate pairs TOML rejects."""
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _mirrors(mirror_url: str | Sequence[str]) -> list[tuple[str, str]]:
+    """(scheme, host[:port]) of each edgecache URL, in order, without repeats."""
+    urls = [mirror_url] if isinstance(mirror_url, str) else list(mirror_url)
+    if not urls:
+        raise MirrorConfigError("no edgecache URL given")
+    return list(dict.fromkeys(_mirror_origin(url) for url in urls))
 
 
 def _mirror_origin(mirror_url: str) -> tuple[str, str]:
@@ -119,7 +131,7 @@ def _containerd_server(upstream: UpstreamConfig) -> str:
 
 def containerd_hosts(
     upstreams: Mapping[str, UpstreamConfig],
-    mirror_url: str,
+    mirror_url: str | Sequence[str],
     *,
     ca_file: str | None = None,
     skip_verify: bool = False,
@@ -130,46 +142,50 @@ def containerd_hosts(
     already trust. An http:// mirror needs nothing extra: containerd speaks plain HTTP to an
     http:// host entry.
     """
-    scheme, netloc = _mirror_origin(mirror_url)
-    mirror = f"{scheme}://{netloc}"
+    mirrors = [f"{scheme}://{netloc}" for scheme, netloc in _mirrors(mirror_url)]
     files: dict[str, str] = {}
     for upstream in upstreams.values():
         for host in registry_hosts(upstream):
             lines = [
                 f'# {host} via edgecache upstream "{upstream.name}"; server = fallback',
                 f"server = {_toml_str(_containerd_server(upstream))}",
-                "",
-                f"[host.{_toml_str(mirror)}]",
-                '  capabilities = ["pull", "resolve"]',
             ]
-            if skip_verify:
-                lines.append("  skip_verify = true")
-            if ca_file:
-                lines.append(f"  ca = {_toml_str(ca_file)}")
+            for mirror in mirrors:
+                lines += ["", f"[host.{_toml_str(mirror)}]", '  capabilities = ["pull", "resolve"]']
+                if skip_verify:
+                    lines.append("  skip_verify = true")
+                if ca_file:
+                    lines.append(f"  ca = {_toml_str(ca_file)}")
             files[f"{containerd_host_directory(host)}/hosts.toml"] = "\n".join(lines) + "\n"
     return files
 
 
-def docker_daemon_json(mirror_url: str) -> str:
+def docker_daemon_json(mirror_url: str | Sequence[str]) -> str:
     """The daemon.json keys that make Docker pull Docker Hub images through edgecache.
 
     An http:// mirror must also be an insecure registry (host:port, no scheme) or Docker
     refuses to talk plain HTTP to it.
     """
-    scheme, netloc = _mirror_origin(mirror_url)
-    doc: dict[str, list[str]] = {"registry-mirrors": [f"{scheme}://{netloc}"]}
-    if scheme == "http":
-        doc["insecure-registries"] = [netloc]
+    mirrors = _mirrors(mirror_url)
+    doc: dict[str, list[str]] = {"registry-mirrors": [f"{s}://{n}" for s, n in mirrors]}
+    insecure = [netloc for scheme, netloc in mirrors if scheme == "http"]
+    if insecure:
+        doc["insecure-registries"] = insecure
     return json.dumps(doc, indent=2) + "\n"
 
 
 def podman_registries_conf(
-    upstreams: Mapping[str, UpstreamConfig], mirror_host: str, *, insecure: bool
+    upstreams: Mapping[str, UpstreamConfig],
+    mirror_host: str | Sequence[tuple[str, bool]],
+    *,
+    insecure: bool = False,
 ) -> str:
     """registries.conf (v2) with edgecache as the mirror of every upstream registry host.
 
     `mirror_host` is edgecache's host[:port] (no scheme); `insecure` for an http edgecache.
+    Several: (host[:port], insecure) pairs, in order.
     """
+    hosts = [(mirror_host, insecure)] if isinstance(mirror_host, str) else list(mirror_host)
     out = [
         "# registries.conf (v2) for podman, CRI-O, skopeo and buildah: pulls go through",
         "# edgecache first, by project path (these clients send no ?ns=).",
@@ -184,12 +200,12 @@ def podman_registries_conf(
                 "[[registry]]",
                 f"prefix = {_toml_str(host)}",
                 f"location = {_toml_str(host)}",
-                "",
-                "[[registry.mirror]]",
-                f"location = {_toml_str(f'{mirror_host}/{project}')}",
             ]
-            if insecure:
-                out.append("insecure = true")
+            for mirror, http in hosts:
+                location = _toml_str(f"{mirror}/{project}")
+                out += ["", "[[registry.mirror]]", f"location = {location}"]
+                if http:
+                    out.append("insecure = true")
     return "\n".join(out) + "\n"
 
 
@@ -218,7 +234,7 @@ def _unreachable_note(config: Config, mirror_host: str, kind: Kind) -> list[str]
 def render(
     kind: Kind,
     config: Config,
-    mirror_url: str,
+    mirror_url: str | Sequence[str],
     *,
     ca_file: str | None = None,
     skip_verify: bool = False,
@@ -228,7 +244,8 @@ def render(
     Raises MirrorConfigError when the result could not work (bad URL; no upstream with a
     host name; Docker without a Docker Hub default upstream), with what to change.
     """
-    scheme, netloc = _mirror_origin(mirror_url)
+    mirrors = _mirrors(mirror_url)
+    netloc = mirrors[0][1]
     if kind == "containerd":
         files = containerd_hosts(
             config.upstreams, mirror_url, ca_file=ca_file, skip_verify=skip_verify
@@ -270,7 +287,8 @@ def render(
             )
         return docker_daemon_json(mirror_url)
     if kind == "podman":
-        text = podman_registries_conf(config.upstreams, netloc, insecure=scheme == "http")
+        hosts = [(host, scheme == "http") for scheme, host in mirrors]
+        text = podman_registries_conf(config.upstreams, hosts)
         if "[[registry]]" not in text:
             raise MirrorConfigError(
                 "no upstream has both a registry host name (like docker.io) and a project "

@@ -29,6 +29,7 @@ def public_config(config: Config) -> dict[str, Any]:
             "default_upstream": config.proxy.default_upstream,
             "local_namespaces": list(config.proxy.local_namespaces),
         },
+        "peers": list(config.peers.members),
     }
 
 

@@ -9,7 +9,10 @@ nodes share a secret file and list each other in [peers]. What is checked, all o
   signed write gets 403, and a node without [peers] ignores the header;
 - loop guard: a peer's request for a blob a third node owns goes to the uplink, never on;
 - the owner killed (kill -9) mid-stream: the client's download completes, verified, from the
-  next candidate; a blackholed member and one answering 500 cost a bounded delay.
+  next candidate; a blackholed member and one answering 500 cost a bounded delay;
+- uplink down: an image cached on one node pulls from every node; probes see members go
+  and come back; a real containerd, configured by the real `mirror-config --peers`, pulls
+  through one node and falls through to the next when it is down.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,9 +34,19 @@ import pytest
 from edgecache.peers import ring, sign
 from edgecache.peers import site as site_module
 from tests.faultproxy import FaultProxy
+from tests.integration.test_mirror_config_ctr import served
 from tests.integration.test_proxy import metric
 from tests.integration.test_proxy_faults import Image, push_layers
-from tests.support import LOOPBACK, EdgecacheServer, admin, free_port, wait_for
+from tests.support import (
+    LOOPBACK,
+    Containerd,
+    EdgecacheServer,
+    admin,
+    free_port,
+    make_image,
+    require_tool,
+    wait_for,
+)
 from tests.upstreams import OCI_MANIFEST, RunningUpstream, start_registry
 
 MiB = 1 << 20
@@ -67,6 +81,7 @@ def make_site(
     tmp_path: Path, relay: FaultProxy, n: int = 3, extra: str = ""
 ) -> list[EdgecacheServer]:
     """n nodes of one site (not started), each knowing all n."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     secret_file = tmp_path / "peer-secret"
     secret_file.write_bytes(SECRET + b"\n")
     os.chmod(secret_file, 0o600)
@@ -421,3 +436,59 @@ def test_probes_see_members_go_down_and_come_back(tmp_path: Path, relay: FaultPr
         assert up() == 1.0
         assert f"peer {url} is down" in a.log_text()
         assert f"peer {url} is up" in a.log_text()
+
+
+def test_containerd_pulls_through_one_node_and_falls_through_to_the_next(
+    tmp_path: Path, upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """A real containerd, configured by `edgecache mirror-config containerd --peers` (the
+    real CLI): node A first, then the other members. It pulls through A while the blobs A
+    lacks come from their owners; with A stopped, a fresh containerd falls through to B
+    (not to the upstream, its fallback), which has the blobs it or C owns: only those that
+    A alone held (A owned them) cross the uplink again."""
+    require_tool("containerd")
+    require_tool("ctr")
+    ref = make_image(tmp_path / "img", [3 * MiB, 2 * MiB, 1 * MiB, 300 * 1024], seed=77)
+    upstream.push_image(ref, "team/app:v1")
+    name = f"{relay.host}/team/app:v1"  # the host containerd sends as ns: the uplink's
+    a, b, c = make_site(tmp_path / "site", relay)
+    with running([a, b, c]):
+        for node in (a, b, c):
+            node.start()
+        assert a.config_path is not None
+        hosts = tmp_path / "certs.d"
+        result = a.cli(
+            "mirror-config", "containerd", "--url", a.url, "--peers",
+            "--config", str(a.config_path), "--write", str(hosts),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        listed = (hosts / f"127.0.0.1_{relay.port}_" / "hosts.toml").read_text()
+        assert listed.index(a.url) < listed.index(b.url) and c.url in listed
+
+        def pull_with_fresh_containerd() -> None:
+            with (
+                tempfile.TemporaryDirectory(prefix="ec-peer-ctr-") as base,
+                Containerd(base) as daemon,
+            ):
+                daemon.ctr(
+                        "images", "pull", "--hosts-dir", str(hosts), "--snapshotter",
+                        "native", name, timeout=120,
+                    )  # fmt: skip
+
+        pull_with_fresh_containerd()
+        uplink_after_first = relay.bytes_to_client
+        assert peer_bytes(a, b) + peer_bytes(a, c) > 0  # blobs owned by others came from them
+        a.stop()
+        with httpx.Client(base_url=b.url) as client:
+            before = served(client, "blob")
+        pull_with_fresh_containerd()  # through B (A refuses connections)
+        with httpx.Client(base_url=b.url) as client:
+            assert served(client, "blob") - before >= 3  # B answered (config and layers)
+        members = {f"http://{n.listen}": n for n in (a, b, c)}
+        layout = Path(ref.split(":")[1]) / "blobs" / "sha256"
+        only_on_a = sum(
+            blob.stat().st_size
+            for blob in layout.iterdir()
+            if members[ring.order(members, f"sha256:{blob.name}")[0]] is a
+        )
+        assert relay.bytes_to_client - uplink_after_first <= only_on_a + 64 * 1024

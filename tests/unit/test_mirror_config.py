@@ -313,3 +313,30 @@ def test_host_port_upstream_name(tmp_path: Path) -> None:
             "mirror": [{"location": "127.0.0.1:5000/lab", "insecure": True}],
         }
     ]
+
+
+SITE = ["http://edge-a:5000", "http://edge-b:5000/", "https://edge-c:5443"]
+
+
+def test_several_edgecache_nodes_are_listed_in_order(config: cfg.Config) -> None:
+    """A site's nodes: containerd gets one [host] per node in the order given (it tries them
+    in order), Docker one registry mirror each, podman one [[registry.mirror]] each."""
+    files = containerd_hosts({"docker.io": HUB}, SITE, ca_file="/etc/ca.pem")
+    doc = tomllib.loads(files["docker.io/hosts.toml"])
+    assert list(doc["host"]) == ["http://edge-a:5000", "http://edge-b:5000", "https://edge-c:5443"]
+    assert all(h["capabilities"] == ["pull", "resolve"] for h in doc["host"].values())
+    assert doc["server"] == "https://registry-1.docker.io"
+    daemon = json.loads(docker_daemon_json(SITE))
+    assert daemon["registry-mirrors"] == [
+        "http://edge-a:5000", "http://edge-b:5000", "https://edge-c:5443",
+    ]  # fmt: skip
+    assert daemon["insecure-registries"] == ["edge-a:5000", "edge-b:5000"]
+    conf = tomllib.loads(render("podman", config, SITE))
+    hub = next(r for r in conf["registry"] if r["prefix"] == "docker.io")
+    assert [m["location"] for m in hub["mirror"]] == [
+        "edge-a:5000/docker.io", "edge-b:5000/docker.io", "edge-c:5443/docker.io",
+    ]  # fmt: skip
+    assert [m.get("insecure", False) for m in hub["mirror"]] == [True, True, False]
+    # A repeated node is listed once.
+    twice = containerd_hosts({"docker.io": HUB}, [SITE[0], SITE[0] + "/"])
+    assert list(tomllib.loads(twice["docker.io/hosts.toml"])["host"]) == ["http://edge-a:5000"]
