@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
+from ..cache.owner import NeedOwner
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
 from ..oci.manifest import referrers_index
@@ -17,6 +18,7 @@ from ..oci.ranges import if_range_allows, parse_range
 from ..oci.routes import Route
 from ..store import ManifestInfo
 from ..store.scrub import FileId, Verdict
+from . import sitewide
 from .http import Request
 
 if TYPE_CHECKING:
@@ -33,8 +35,21 @@ async def get_manifest(app: App, req: Request, route: Route) -> None:
     repo, ref = _repo(route), lookup_reference(route.ref or "")
     info = app.store.manifest(repo, str(ref))
     if info is None:
+        if _ask_site(app, req) and await sitewide.manifest(app, req, repo, str(ref)):
+            return
         raise errors.ManifestUnknown(_missing(app, "manifest", repo, str(ref)))
     await send_manifest(app, req, info)
+
+
+def _ask_site(app: App, req: Request) -> bool:
+    """Whether a local miss is asked of the other members (server/sitewide.py): with peers,
+    for a client (never for a peer), by the process that has the site (a worker hands the
+    request to it)."""
+    if not app.config.peers.enabled or req.peer is not None:
+        return False
+    if app.owner is not None:
+        raise NeedOwner("local content another member may have")
+    return True
 
 
 def _missing(app: App, kind: str, repo: str, reference: str) -> str:
@@ -59,6 +74,10 @@ async def get_blob(app: App, req: Request, route: Route) -> None:
     repo, digest = _repo(route), Digest.parse(route.ref or "")
     info = app.store.blob(repo, digest)
     if info is None:
+        if _ask_site(app, req) and await sitewide.blob(
+            app, req, repo, digest, blob_headers(digest)
+        ):
+            return
         raise errors.BlobUnknown(
             _missing(app, "blob", repo, str(digest)), detail={"digest": str(digest)}
         )

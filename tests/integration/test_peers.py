@@ -10,6 +10,7 @@ nodes share a secret file and list each other in [peers]. What is checked, all o
 - loop guard: a peer's request for a blob a third node owns goes to the uplink, never on;
 - the owner killed (kill -9) mid-stream: the client's download completes, verified, from the
   next candidate; a blackholed member and one answering 500 cost a bounded delay;
+- pushed content pulls from every node (relayed, stored only where it was pushed);
 - uplink down: an image cached on one node pulls from every node; probes see members go
   and come back; a real containerd, configured by the real `mirror-config --peers`, pulls
   through one node and falls through to the next when it is down.
@@ -44,6 +45,8 @@ from tests.support import (
     admin,
     free_port,
     make_image,
+    oci_manifest,
+    push_blob,
     require_tool,
     wait_for,
 )
@@ -492,3 +495,49 @@ def test_containerd_pulls_through_one_node_and_falls_through_to_the_next(
             if members[ring.order(members, f"sha256:{blob.name}")[0]] is a
         )
         assert relay.bytes_to_client - uplink_after_first <= only_on_a + 64 * 1024
+
+
+def test_pushed_content_pulls_from_every_node_and_stays_where_it_was_pushed(
+    tmp_path: Path, relay: FaultProxy
+) -> None:
+    a, b = make_site(tmp_path, relay, n=2, extra="\n[auth]\nanonymous_push = true\n")
+    with running([a, b]):
+        a.start()
+        b.start()
+        layer = os.urandom(3 * MiB + 5)
+        config_blob = b'{"architecture":"amd64","os":"linux"}'
+        manifest = oci_manifest(config_blob, [layer])
+        with httpx.Client(base_url=a.url, timeout=60) as client:
+            layer_digest = push_blob(client, "team/app", layer)
+            push_blob(client, "team/app", config_blob)
+            put = client.put(
+                "/v2/team/app/manifests/v1",
+                content=manifest,
+                headers={"Content-Type": OCI_MANIFEST},
+            )
+            assert put.status_code == 201, put.text
+        manifest_digest = put.headers["docker-content-digest"]
+        with httpx.Client(base_url=b.url, timeout=60) as client:
+            for ref in ("v1", manifest_digest):
+                got = client.get(f"/v2/team/app/manifests/{ref}", headers={"Accept": OCI_MANIFEST})
+                assert got.status_code == 200, got.text
+                assert got.content == manifest
+                assert got.headers["docker-content-digest"] == manifest_digest
+            blob = client.get(f"/v2/team/app/blobs/{layer_digest}")
+            assert blob.status_code == 200 and blob.content == layer
+            head = client.head(f"/v2/team/app/blobs/{layer_digest}")
+            assert head.status_code == 200
+            assert head.headers["content-length"] == str(len(layer))
+            # What no member has is still a precise 404.
+            missing = client.get("/v2/team/app/manifests/v2")
+            assert missing.status_code == 404
+            assert missing.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+            # Another repository does not see it (the cross-repository rule holds via peers).
+            other = client.get(f"/v2/team/other/blobs/{layer_digest}")
+            assert other.status_code == 404
+        # B relayed, stored nothing: the copy stays where it was pushed.
+        assert "team/app" not in admin(b, "GET", "status")["bytes_by_repository"]
+        # A peer's request is answered from the node's own store, never relayed on.
+        path = f"/v2/team/app/blobs/{layer_digest}"
+        signed = signed_get(b, path, sign.sign(SECRET, f"http://{a.listen}", "GET", path))
+        assert signed.status_code == 404
