@@ -122,8 +122,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # The URLs of every node of the site, this one included (edgecache/peers/): a blob
         # missing here is asked of the node that owns it before the uplink. [] = one node.
         "members": ("list[str]", []),
+        # A DNS name and port whose addresses are the members (a headless Kubernetes Service
+        # gives every pod's), re-resolved every probe_interval; with or without members.
+        "dns": ("str", ""),
         # This node's URL exactly as it appears in members (EDGECACHE_PEERS_SELF in a
-        # DaemonSet, from the pod's address).
+        # DaemonSet, from the pod's address). With dns it may be left out: the resolved
+        # address that is [server] listen's, or the one address of this host, is taken.
         "self": ("str", ""),
         # A file holding the site's shared secret (at least 16 bytes), the same on every node:
         # peer requests are signed with it (HMAC, peers/sign.py).
@@ -258,10 +262,11 @@ class PeersConfig:
     secret: bytes = field(default=b"", repr=False)
     ca_file: str = ""
     probe_interval: float = 10.0
+    dns: str = ""  # host:port
 
     @property
     def enabled(self) -> bool:
-        return bool(self.members)
+        return bool(self.members or self.dns)
 
 
 @dataclass(frozen=True)
@@ -479,22 +484,28 @@ MIN_PEER_SECRET = 16
 
 def _peers(values: Mapping[str, Any]) -> PeersConfig:
     members = tuple(dict.fromkeys(_peer_url(f"peers.members: {m!r}", m) for m in values["members"]))
-    if not members:
+    dns = values["dns"]
+    if dns:
+        _, port = parse_hostport(dns, "peers.dns")
+        if not dns.rpartition(":")[0] or not port:
+            raise ConfigError(f"peers.dns = {dns!r}: expected NAME:PORT, e.g. edgecache-peers:5000")
+    if not members and not dns:
         for key in ("self", "secret_file"):
             if values[key]:
                 raise ConfigError(
-                    f"peers.{key} is set but peers.members is empty: expected the URLs of "
-                    "every node of the site, this one included"
+                    f"peers.{key} is set but peers.members and peers.dns are empty: expected "
+                    "the URLs of every node of the site, this one included (or a DNS name)"
                 )
         return PeersConfig()
     me = values["self"]
-    if not me:
+    if me:
+        me = _peer_url(f"peers.self = {me!r}", me)
+    elif not dns:
         raise ConfigError(
             "peers.self: expected this node's URL as listed in peers.members "
             f"({', '.join(members)})"
         )
-    me = _peer_url(f"peers.self = {me!r}", me)
-    if me not in members:
+    if me and not dns and me not in members:
         raise ConfigError(
             f"peers.self = {me!r}: expected one of peers.members ({', '.join(members)})"
         )
@@ -520,7 +531,7 @@ def _peers(values: Mapping[str, Any]) -> PeersConfig:
         raise ConfigError(
             f"peers.probe_interval = {values['probe_interval']:g}: expected more than 0 seconds"
         )
-    return PeersConfig(members, me, secret, values["ca_file"], values["probe_interval"])
+    return PeersConfig(members, me, secret, values["ca_file"], values["probe_interval"], dns)
 
 
 def _peer_url(where: str, value: str) -> str:

@@ -11,8 +11,8 @@ failed and the miss moves on to the next member, then to the uplink.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from functools import partial
+import socket
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -38,27 +38,72 @@ PROBE_TIMEOUT = 3.0
 
 
 class Site:
-    def __init__(self, config: PeersConfig, max_unsized_blob: int) -> None:
+    def __init__(
+        self,
+        config: PeersConfig,
+        max_unsized_blob: int,
+        listen: str = "",
+        scheme: str = "http",
+        resolve: Resolver | None = None,
+    ) -> None:
         self.config = config
+        self.max_unsized_blob = max_unsized_blob
         self.me = config.self_url
         self.members = frozenset(config.members)
-        self.peers: Mapping[str, Upstream] = {
-            url: Upstream(
+        self.peers: dict[str, Upstream] = {}
+        self._listen = listen  # [server] listen: names this node's address among DNS answers
+        self._scheme = scheme
+        self._resolve = resolve or _resolve
+        self._retired: list[Upstream] = []
+        self._update(self.members)
+
+    def _update(self, members: frozenset[str]) -> None:
+        """Make `members` the site: a client for each new one (its health starts fresh),
+        the clients of the ones gone retired (closed by the next refresh)."""
+        self.members = members
+        for url in members - {self.me} - set(self.peers):
+            self.peers[url] = Upstream(
                 UpstreamConfig(
                     name=f"peer {url}",
                     url=url,
-                    ca_file=config.ca_file,
+                    ca_file=self.config.ca_file,
                     connect_timeout=CONNECT_TIMEOUT,
                     idle_timeout=IDLE_TIMEOUT,
                     retries=0,
                 ),
                 breaker=CircuitBreaker(threshold=FAILURES, cooldown=COOLDOWN),
-                max_unsized_blob=max_unsized_blob,
-                signer=partial(sign.sign, config.secret, self.me),
+                max_unsized_blob=self.max_unsized_blob,
+                signer=self._sign,
             )
-            for url in config.members
-            if url != self.me
-        }
+        for url in set(self.peers) - (members - {self.me}):
+            self._retired.append(self.peers.pop(url))
+
+    def _sign(self, method: str, target: str) -> str:
+        return sign.sign(self.config.secret, self.me, method, target)
+
+    async def refresh(self) -> None:
+        """Re-resolve [peers] dns (nothing without it): the members are the static ones and
+        one URL per address found. A failed lookup keeps the members as they were."""
+        for old in self._retired:
+            await old.aclose()
+        self._retired.clear()
+        if not self.config.dns:
+            return
+        host, _, port = self.config.dns.rpartition(":")
+        try:
+            addresses = await self._resolve(host.strip("[]"), int(port))
+        except OSError as exc:
+            log.warning("peers.dns %s: %s; members unchanged", self.config.dns, exc)
+            return
+        found = {_url(self._scheme, address, int(port)) for address in addresses}
+        if not self.me:
+            self.me = _detect_self(found, self._listen, self._scheme)
+            if self.me:
+                log.info("peers: this node is %s", self.me)
+        members = frozenset(self.config.members) | found
+        if members != self.members:
+            log.info("peers: members are now %s", ", ".join(sorted(members)))
+        self._update(members)
 
     async def probe(
         self, on_state: Callable[[str, bool], None], task_status: Any = trio.TASK_STATUS_IGNORED
@@ -67,8 +112,10 @@ class Site:
         verify = tls_context(UpstreamConfig(name="peers", url="", ca_file=self.config.ca_file))
         timeout = httpx.Timeout(PROBE_TIMEOUT)
         async with httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False) as client:
+            await self.refresh()
             task_status.started()
             while True:
+                await self.refresh()
                 async with trio.open_nursery() as nursery:
                     for url in self.peers:
                         nursery.start_soon(self._probe_one, client, url, on_state)
@@ -119,6 +166,8 @@ class Site:
         node, owner first; after it (the uplink failed: content cached somewhere on the site
         still pulls), the members ranked below. Members whose circuit is open are left out.
         A peer's request is answered from disk or the uplink only, so neither list loops."""
+        if not self.me:  # not known yet (dns without self): ask nobody
+            return [], []
         ranked = ring.above(self.members, self.me, digest)
         above = [self.peers[url] for url in ranked if self.peers[url].available]
         below = [peer for peer in self.all(digest) if peer not in above]
@@ -126,13 +175,50 @@ class Site:
 
     def all(self, key: str) -> list[Upstream]:
         """Every other member whose circuit is closed, in rendezvous order of `key`."""
+        if not self.me:
+            return []
         ranked = ring.order(self.peers, key)
         return [self.peers[url] for url in ranked if self.peers[url].available]
 
-    def verify(self, value: str, method: str, target: str) -> str:
-        """The member that signed a request (sign.BadSignature: refused)."""
-        return sign.verify(self.config.secret, self.members, value, method, target)
-
     async def aclose(self) -> None:
-        for peer in self.peers.values():
+        for peer in [*self.peers.values(), *self._retired]:
             await peer.aclose()
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def _url(scheme: str, address: str, port: int) -> str:
+    return f"{scheme}://[{address}]:{port}" if ":" in address else f"{scheme}://{address}:{port}"
+
+
+def _detect_self(found: set[str], listen: str, scheme: str) -> str:
+    """This node among the members DNS gave: the one [server] listen names, else the only
+    one whose address this host has (binding to it works). "" when it cannot be told."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host and host not in ("0.0.0.0", "::") and port.isdigit():
+        mine = _url(scheme, host, int(port))
+        return mine if mine in found else ""
+    local = []
+    for url in sorted(found):
+        address = url.split("//", 1)[1].rpartition(":")[0].strip("[]")
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError:
+                continue
+        local.append(url)
+    if len(local) != 1:
+        log.warning(
+            "peers: cannot tell which of %s is this node (%d are this host's); set peers.self",
+            ", ".join(sorted(found)) or "no address", len(local),
+        )  # fmt: skip
+        return ""
+    return local[0]

@@ -217,7 +217,7 @@ class App:
         try:
             req.peer = sign.verify(
                 self.config.peers.secret,
-                self.config.peers.members,
+                None if self.config.peers.dns else self.config.peers.members,
                 value,
                 req.method,
                 target.decode("latin-1"),

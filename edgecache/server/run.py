@@ -131,7 +131,12 @@ async def serve(config: Config) -> None:
             # The app's background work (fetches that outlive their client) lives here.
             app = App(config, store, token, nursery, upstreams)
             if config.peers.enabled:
-                site = Site(config.peers, config.limits.max_unsized_blob)
+                site = Site(
+                    config.peers,
+                    config.limits.max_unsized_blob,
+                    listen=config.server.listen,
+                    scheme="https" if config.server.tls else "http",
+                )
                 app.fetcher.site = app.proxy.site = site
                 up = app.metrics.peer_up
                 for url in site.peers:

@@ -10,6 +10,7 @@ nodes share a secret file and list each other in [peers]. What is checked, all o
 - loop guard: a peer's request for a blob a third node owns goes to the uplink, never on;
 - the owner killed (kill -9) mid-stream: the client's download completes, verified, from the
   next candidate; a blackholed member and one answering 500 cost a bounded delay;
+- members found by DNS (a private /etc/hosts per node), this node found among them;
 - pushed content pulls from every node (relayed, stored only where it was pushed);
 - uplink down: an image cached on one node pulls from every node; probes see members go
   and come back; a real containerd, configured by the real `mirror-config --peers`, pulls
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -43,7 +45,9 @@ from tests.support import (
     Containerd,
     EdgecacheServer,
     admin,
+    default_edgecache_argv,
     free_port,
+    in_ci,
     make_image,
     oci_manifest,
     push_blob,
@@ -541,3 +545,57 @@ def test_pushed_content_pulls_from_every_node_and_stays_where_it_was_pushed(
         path = f"/v2/team/app/blobs/{layer_digest}"
         signed = signed_get(b, path, sign.sign(SECRET, f"http://{a.listen}", "GET", path))
         assert signed.status_code == 404
+
+
+def test_members_found_by_dns(tmp_path: Path, upstream: RunningUpstream, relay: FaultProxy) -> None:
+    """[peers] dns: three nodes on 127.0.0.2-4, one port, no members listed and no self: each
+    runs in a mount namespace of its own whose /etc/hosts gives the name all three addresses
+    (as a headless Service's DNS would), finds the others and itself, and the site works."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        message = "needs root and unshare(1) for a private /etc/hosts"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"127.0.0.{i} ecpeers.test\n" for i in (2, 3, 4)))
+    secret_file = tmp_path / "peer-secret"
+    secret_file.write_bytes(SECRET)
+    config = (
+        f'[upstreams.{UPSTREAM}]\nurl = "{relay.url}"\nretries = 1\n\n'
+        f'[peers]\ndns = "ecpeers.test:{port}"\nsecret_file = "{secret_file}"\n'
+        "probe_interval = 0.5\n"
+    )
+    in_namespace = [unshare, "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"']
+    nodes = [
+        EdgecacheServer(
+            tmp_path / f"node{i}",
+            argv=[*in_namespace, str(hosts), *default_edgecache_argv()],
+            config_text=config,
+            listen=f"127.0.0.{i}:{port}",
+        )
+        for i in (2, 3, 4)
+    ]
+    img = image(upstream, "site/dns", layers=4, size=MiB)
+    with running(nodes):
+        for node in nodes:
+            node.start()
+        urls = {f"http://127.0.0.{i}:{port}" for i in (2, 3, 4)}
+
+        def members_seen(node: EdgecacheServer) -> set[str]:
+            return {row["member"] for row in admin(node, "GET", "status")["peers"]}
+
+        for node in nodes:
+            wait_for(lambda n=node: members_seen(n) == urls, timeout=30, what="DNS members")
+            assert "peers: this node is http://" + node.listen in node.log_text()
+        pull(nodes[0], img)
+        blob_bytes = sum(img.blobs.values())
+        assert sum(uplink_bytes(node) for node in nodes) == blob_bytes
+        fetched = sum(peer_bytes(nodes[0], other) for other in nodes[1:])
+        owned_elsewhere = sum(
+            size
+            for digest, size in img.blobs.items()
+            if ring.order(urls, digest)[0] != f"http://{nodes[0].listen}"
+        )
+        assert fetched == owned_elsewhere

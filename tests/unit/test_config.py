@@ -206,7 +206,9 @@ def test_peers_are_read_with_the_secret(tmp_path: Path) -> None:
         ),
         ('members = ["a:1"]\n', None, "an http:// or https:// URL"),
         ('members = ["http://a:1/v2"]\n', None, "with no path"),
-        ('self = "http://a:1"\n', None, "peers.members is empty"),
+        ('self = "http://a:1"\n', None, "peers.members and peers.dns are empty"),
+        ('dns = "peers"\nsecret_file = "SECRET"\n', b"x" * 16, "expected HOST:PORT"),
+        ('dns = ":5000"\nsecret_file = "SECRET"\n', b"x" * 16, "expected NAME:PORT"),
     ],
 )
 def test_bad_peers_are_refused_with_what_to_do(
@@ -215,3 +217,10 @@ def test_bad_peers_are_refused_with_what_to_do(
     path = _peers(tmp_path, body, secret)
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         load(path, env={})
+
+
+def test_peers_by_dns_need_no_members_or_self(tmp_path: Path) -> None:
+    path = _peers(tmp_path, 'dns = "edgecache-peers.edge.svc:5000"\nsecret_file = "SECRET"\n')
+    peers = load(path, env={}).peers
+    assert peers.enabled and peers.dns == "edgecache-peers.edge.svc:5000"
+    assert peers.members == () and peers.self_url == ""
