@@ -10,6 +10,9 @@ nodes share a secret file and list each other in [peers]. What is checked, all o
 - loop guard: a peer's request for a blob a third node owns goes to the uplink, never on;
 - the owner killed (kill -9) mid-stream: the client's download completes, verified, from the
   next candidate; a blackholed member and one answering 500 cost a bounded delay;
+- 3 x 16 clients at once pull one uncached image: the uplink carries it about once;
+- a rolling restart under load (clients falling through hosts as containerd does): no pull
+  fails;
 - members found by DNS (a private /etc/hosts per node), this node found among them;
 - pushed content pulls from every node (relayed, stored only where it was pushed);
 - uplink down: an image cached on one node pulls from every node; probes see members go
@@ -599,3 +602,98 @@ def test_members_found_by_dns(tmp_path: Path, upstream: RunningUpstream, relay: 
             if ring.order(urls, digest)[0] != f"http://{nodes[0].listen}"
         )
         assert fetched == owned_elsewhere
+
+
+def test_three_nodes_sixteen_clients_each_one_uncached_image(
+    site: list[EdgecacheServer], upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """3 x 16 clients pull one uncached image at once, 16 through each node: the uplink
+    carries it about once (<= 1.02 of its blob bytes), every body verifies, and every node
+    ends holding every blob."""
+    img = image(upstream, "site/stampede", layers=4, size=8 * MiB)
+    barrier = threading.Barrier(48)
+    failures: list[str] = []
+
+    def client(node: EdgecacheServer) -> None:
+        try:
+            barrier.wait(timeout=60)
+            pull(node, img)
+        except Exception as exc:  # reported below with the others
+            failures.append(f"{node.url}: {exc!r}")
+
+    threads = [threading.Thread(target=client, args=(node,)) for node in site for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert failures == []
+    blob_bytes = sum(img.blobs.values())
+    assert sum(uplink_bytes(node) for node in site) <= 1.02 * blob_bytes
+    assert relay.bytes_to_client <= 1.02 * blob_bytes + 3 * 64 * 1024
+    for node in site:
+        stored = admin(node, "GET", "status")["bytes_by_repository"]
+        assert stored[f"{UPSTREAM}/{img.repo}"] >= blob_bytes
+
+
+def pull_through_any(hosts: list[str], img: Image) -> None:
+    """One pull as containerd does with several hosts: each request goes to the first host
+    that answers it (a refused or broken connection, or a 5xx, moves to the next)."""
+
+    def fetch(path: str) -> bytes:
+        errors = []
+        for host in hosts:
+            try:
+                with httpx.Client(base_url=host, timeout=30) as client:
+                    response = client.get(path, headers={"Accept": OCI_MANIFEST})
+                if response.status_code < 500:
+                    assert response.status_code == 200, (host, path, response.text)
+                    return response.content
+                errors.append(f"{host}: {response.status_code}")
+            except httpx.TransportError as exc:
+                errors.append(f"{host}: {exc!r}")
+        raise AssertionError(f"every host failed {path}: {errors}")
+
+    manifest = fetch(f"/v2/{UPSTREAM}/{img.repo}/manifests/{img.tag}")
+    assert "sha256:" + hashlib.sha256(manifest).hexdigest() == img.digest
+    for digest in img.blobs:
+        body = fetch(f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}")
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+
+
+def test_a_rolling_restart_under_load_fails_no_pull(
+    site: list[EdgecacheServer], upstream: RunningUpstream
+) -> None:
+    """Each node is restarted in turn (SIGTERM, which drains it, then start) while 9 clients
+    pull continuously, each through its own node first and the others after it: no pull
+    fails, every body verifies."""
+    images = [image(upstream, f"site/rolling{i}", layers=3, size=MiB) for i in range(3)]
+    urls = [node.url for node in site]
+    stop = threading.Event()
+    pulls: list[int] = []
+    failures: list[str] = []
+
+    def client(first: int, img: Image) -> None:
+        hosts = urls[first:] + urls[:first]
+        while not stop.is_set():
+            try:
+                pull_through_any(hosts, img)
+                pulls.append(1)
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(i % 3, images[i // 3])) for i in range(9)]
+    for thread in threads:
+        thread.start()
+    try:
+        for node in [*site, None]:
+            done = len(pulls)
+            wait_for(lambda d=done: len(pulls) >= d + 9, timeout=60, what="9 more pulls")
+            if node is not None:
+                node.stop()
+                node.restart()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert failures == []
+    assert len(pulls) >= 36
