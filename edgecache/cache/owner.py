@@ -112,6 +112,8 @@ class OwnerLink:
                 name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
                 if name.startswith(PREFIX):
                     own[name] = value
+                    if name == TAG_AGE and req.peer is not None:
+                        headers[name] = value  # for the member that asked (cache/proxy.py)
                 elif name not in _NOT_RELAYED:
                     headers[name] = f"{headers[name]}, {value}" if name in headers else value
             if CACHE in own:

@@ -43,6 +43,7 @@ from ..upstream.documents import referrers_document
 from .failures import upstream_failures
 from .fetch import Fetcher
 from .flight import SingleFlight
+from .owner import TAG_AGE
 from .routing import Target
 
 if TYPE_CHECKING:
@@ -72,6 +73,14 @@ class ManifestResult:
     info: ManifestInfo | None  # cached (or just fetched) manifest
     remote: RemoteInfo | None = None  # HEAD of an uncached manifest answered from upstream
     warning: str | None = None  # set when serving stale content
+
+
+def _age(text: str | None) -> float | None:
+    try:
+        age = float(text) if text is not None else -1.0
+    except ValueError:
+        return None
+    return age if 0 <= age < float("inf") else None
 
 
 @dataclass(frozen=True)
@@ -162,9 +171,45 @@ class ManifestProxy:
                 ) from None
             return self._stale(cached, upstream, "tag not found upstream")
         except (UpstreamError, errors.Unavailable) as exc:
+            if via_peers:
+                newer = await self.flights.run(
+                    ("site-tag", *key), lambda: self._newer_on_site(target, tag, cached)
+                )
+                if isinstance(newer, _Fetched):
+                    return self._result(newer, upstream)
             return self._stale(cached, upstream, str(exc))
         assert isinstance(result, ManifestInfo)
         return ManifestResult(result)
+
+    async def _newer_on_site(
+        self, target: Target, tag: str, cached: ManifestInfo
+    ) -> _Fetched | None:
+        """The uplink cannot confirm a cached tag: the members' copies of it, and how long ago
+        each confirmed it upstream (TAG_AGE). One confirmed more recently than this node did
+        that names another digest is taken (the tag moved while this node did not look)."""
+        assert self.site is not None
+        mine = self.tag_age(target.store_repo, tag)
+        best: tuple[float, str, RemoteManifest] | None = None
+        for peer in self.site.all(f"{target.store_repo}:{tag}"):
+            try:
+                remote = await peer.get_manifest(
+                    target.store_repo, tag, deadline=PEER_MANIFEST_BUDGET
+                )
+            except UpstreamError:
+                continue
+            age = _age(remote.own.get(TAG_AGE))
+            if age is not None and (best is None or age < best[0]):
+                best = (age, peer.config.url, remote)
+        if best is None or best[2].digest == cached.digest:
+            return None
+        if mine is not None and mine <= best[0]:
+            return None
+        info = await self._store(target, best[2], tag, tag, f"peer {best[1]}")
+        log.info(
+            "%s:%s: the uplink is unavailable; %s confirmed it %.0f s ago as %s",
+            target.store_repo, tag, best[1], best[0], best[2].digest,
+        )  # fmt: skip
+        return _Fetched(info, best[1])
 
     def tag_age(self, store_repo: str, tag: str) -> float | None:
         """Seconds since the tag was last confirmed upstream (None: not in memory)."""
@@ -234,11 +279,26 @@ class ManifestProxy:
             if found is None:
                 raise
             peer, remote = found
+        source = f"upstream {upstream.name}" if peer is None else f"peer {peer}"
+        info = await self._store(target, remote, reference, tag, source)
+        return _Fetched(info, peer)
+
+    async def _store(
+        self,
+        target: Target,
+        remote: RemoteManifest,
+        reference: str,
+        tag: str | None,
+        source: str,
+    ) -> ManifestInfo:
+        """Store a manifest from the uplink (the tag is then marked as confirmed) or from a
+        member (`source` "peer ...": not confirmed by this node), declare its children's
+        sizes."""
         try:
             manifest = parse_manifest(remote.data, remote.media_type)
         except errors.OCIError as exc:
             raise errors.BadGateway(
-                f"upstream {upstream.name} sent an invalid {what} of "
+                f"{source} sent an invalid manifest {reference} of "
                 f"{target.remote_repo}: {exc.message}"
             ) from None
         # Children are fetched lazily, by digest, when clients ask for them.
@@ -249,11 +309,11 @@ class ManifestProxy:
         sizes = {str(d.digest): d.size for d in manifest.blob_children}
         if sizes:
             await trio.to_thread.run_sync(self.store.index.declare_sizes, sizes)
-        if tag is not None and peer is None:
+        if tag is not None and source.startswith("upstream "):
             self._checked.put((target.store_repo, tag), time.monotonic())
         info = self.store.manifest(target.store_repo, str(remote.digest))
         assert info is not None
-        return _Fetched(info, peer)
+        return info
 
     async def _from_peers(
         self, target: Target, reference: str

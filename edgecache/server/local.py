@@ -86,6 +86,9 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
     if info is None:
         raise NeedOwner("a manifest not on disk")
     req.extra["cache"] = "hit"
+    confirmed = app.local.confirmed.get((target.store_repo, ref.tag)) if ref.tag else None
+    if req.peer is not None and confirmed is not None:  # as the owner tells members
+        req.headers_out[TAG_AGE] = f"{max(0.0, time.monotonic() - confirmed):.3f}"
     app.housekeeper.pulled(target.store_repo, info.digest)
     await send_manifest(app, req, info)
 

@@ -49,9 +49,11 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
         await req.start(200, headers)
         await req.finish()
         return
-    if req.internal and ref.tag is not None and result.warning is None:
+    if ref.tag is not None and (req.peer is not None or (req.internal and not result.warning)):
+        # The asking process may answer this tag itself for a while; a member whose uplink
+        # failed compares it with its own (cache/proxy.py _newer_on_site), stale or not.
         age = app.proxy.tag_age(target.store_repo, ref.tag)
-        if age is not None:  # the asking process may answer this tag itself for a while
+        if age is not None:
             req.headers_out[owner.TAG_AGE] = f"{age:.3f}"
     app.housekeeper.pulled(target.store_repo, result.info.digest)
     await send_manifest(app, req, result.info)

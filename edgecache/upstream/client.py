@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
@@ -96,6 +96,9 @@ class RemoteManifest:
     data: bytes
     media_type: str
     digest: Digest
+    # What edgecache peers add (edgecache-tag-age: seconds since the member confirmed the
+    # tag upstream); empty from any other registry.
+    own: Mapping[str, str] = field(default_factory=dict)
 
 
 class BlobStream:
@@ -257,8 +260,9 @@ class Upstream:
                 raise UpstreamCorrupt(
                     self.name, f"{what}: body has digest {digest}, expected {expected}"
                 )
+            own = {k: v for k, v in response.headers.items() if k.startswith("edgecache-")}
             return RemoteManifest(
-                data, manifest_media_type(response.headers.get("content-type"), data), digest
+                data, manifest_media_type(response.headers.get("content-type"), data), digest, own
             )
 
         deadline = self.manifest_timeout if deadline is None else deadline

@@ -697,3 +697,34 @@ def test_a_rolling_restart_under_load_fails_no_pull(
             thread.join(timeout=120)
     assert failures == []
     assert len(pulls) >= 36
+
+
+def test_with_the_uplink_down_a_tag_another_node_saw_move_is_answered_as_it_saw_it(
+    tmp_path: Path, upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """A and B cached app:v1; the tag moved upstream and only B pulled it since; then the
+    uplink went down. A, unable to revalidate, asks the members how long ago they confirmed
+    the tag: B's is more recent and names the new digest, which A answers (marked stale),
+    where alone it would have answered the old one."""
+    old = image(upstream, "site/moved", layers=1, size=MiB)
+    a, b = make_site(tmp_path, relay, n=2)
+    with running([a, b]):
+        a.start()
+        b.start()
+        pull(a, old)
+        pull(b, old)
+        new = push_layers(upstream, old.repo, old.tag, [os.urandom(MiB)])
+        assert new.digest != old.digest
+        pull(b, new)  # B confirms the move (tag_ttl 0: every pull revalidates)
+        relay.refuse()
+        with httpx.Client(base_url=a.url, timeout=60) as client:
+            got = client.get(
+                f"/v2/{UPSTREAM}/{old.repo}/manifests/{old.tag}",
+                headers={"Accept": OCI_MANIFEST},
+            )
+        assert got.status_code == 200
+        assert got.headers["docker-content-digest"] == new.digest
+        assert got.content == new.manifest
+        assert "Response is Stale" in got.headers["warning"]
+        # And its blobs pull from B, the uplink still down.
+        pull(a, new)
