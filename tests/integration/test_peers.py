@@ -586,11 +586,13 @@ def test_members_found_by_dns(tmp_path: Path, upstream: RunningUpstream, relay: 
             node.start()
         urls = {f"http://127.0.0.{i}:{port}" for i in (2, 3, 4)}
 
-        def members_seen(node: EdgecacheServer) -> set[str]:
-            return {row["member"] for row in admin(node, "GET", "status")["peers"]}
+        def members_up(node: EdgecacheServer) -> set[str]:
+            rows = admin(node, "GET", "status")["peers"]
+            return {row["member"] for row in rows if row["state"] in ("self", "up")}
 
+        # Found by DNS, and up (the first probes of members still starting failed).
         for node in nodes:
-            wait_for(lambda n=node: members_seen(n) == urls, timeout=30, what="DNS members")
+            wait_for(lambda n=node: members_up(n) == urls, timeout=30, what="DNS members up")
             assert "peers: this node is http://" + node.listen in node.log_text()
         pull(nodes[0], img)
         blob_bytes = sum(img.blobs.values())
