@@ -150,6 +150,16 @@ def pull(node: EdgecacheServer, img: Image) -> None:
             assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
 
 
+def assert_stale_tag(node: EdgecacheServer, repo: str, tag: str, img: Image) -> None:
+    """`repo:tag` through `node` is `img`'s manifest, answered with the stale warning."""
+    with httpx.Client(base_url=node.url, timeout=60) as client:
+        got = client.get(f"/v2/{UPSTREAM}/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+    assert got.status_code == 200, got.text
+    assert got.headers["docker-content-digest"] == img.digest
+    assert got.content == img.manifest
+    assert "Response is Stale" in got.headers["warning"]
+
+
 def peer_bytes(node: EdgecacheServer, peer: EdgecacheServer) -> float:
     """Blob bytes `node` fetched from `peer` (its upstream_bytes counter for that peer)."""
     with httpx.Client(base_url=node.url) as client:
@@ -397,15 +407,8 @@ def test_with_the_uplink_down_an_image_cached_on_one_node_pulls_from_every_node(
         c.start()
         for node in (a, c):
             pull(node, img)  # by tag, then every blob by digest (all checked)
+            assert_stale_tag(node, img.repo, img.tag, img)
             with httpx.Client(base_url=node.url, timeout=60) as client:
-                tagged = client.get(
-                    f"/v2/{UPSTREAM}/{img.repo}/manifests/{img.tag}",
-                    headers={"Accept": OCI_MANIFEST},
-                )
-                assert tagged.status_code == 200
-                assert tagged.headers["docker-content-digest"] == img.digest
-                assert tagged.content == img.manifest
-                assert "Response is Stale" in tagged.headers["warning"]
                 by_digest = client.get(
                     f"/v2/{UPSTREAM}/{img.repo}/manifests/{img.digest}",
                     headers={"Accept": OCI_MANIFEST},
@@ -719,14 +722,6 @@ def test_with_the_uplink_down_a_tag_another_node_saw_move_is_answered_as_it_saw_
         assert new.digest != old.digest
         pull(b, new)  # B confirms the move (tag_ttl 0: every pull revalidates)
         relay.refuse()
-        with httpx.Client(base_url=a.url, timeout=60) as client:
-            got = client.get(
-                f"/v2/{UPSTREAM}/{old.repo}/manifests/{old.tag}",
-                headers={"Accept": OCI_MANIFEST},
-            )
-        assert got.status_code == 200
-        assert got.headers["docker-content-digest"] == new.digest
-        assert got.content == new.manifest
-        assert "Response is Stale" in got.headers["warning"]
+        assert_stale_tag(a, old.repo, old.tag, new)
         # And its blobs pull from B, the uplink still down.
         pull(a, new)
