@@ -86,6 +86,7 @@ class BlobFetch:
         ]
         self.upstream, self.remote_repo = sources[0]
         self._later = sources[1:]
+        self._uplink = upstream
         self.store_repo = store_repo
         # Every repository the bytes are linked into when they are published: the one that
         # started the fetch, and those whose clients joined it after the upstream confirmed
@@ -235,18 +236,20 @@ class BlobFetch:
                     return
                 raise UpstreamUnavailable(self.upstream.name, "response ended early")
             except UpstreamError as exc:
-                if self._next_source(exc):
-                    stalled = 0
-                    continue
-                if not isinstance(exc, UpstreamUnavailable):
+                if self.upstream is self._uplink and isinstance(exc, UpstreamUnavailable):
+                    # The uplink is resumed as long as it makes progress: a member asked
+                    # instead would fetch the blob over the uplink a second time.
+                    stalled = 0 if self.written > before else stalled + 1
+                    if stalled < MAX_STALLED_RESUMES and self.upstream.available:
+                        log.info(
+                            "%s: upstream dropped at byte %d (%s); resuming",
+                            self.digest, self.written, exc,
+                        )  # fmt: skip
+                        await trio.sleep(min(2.0, 0.1 * 2**stalled) * random.random())
+                        continue
+                if not self._next_source(exc):  # a member: the next one at once
                     raise
-                stalled = 0 if self.written > before else stalled + 1
-                if stalled >= MAX_STALLED_RESUMES or not self.upstream.available:
-                    raise
-                log.info(
-                    "%s: upstream dropped at byte %d (%s); resuming", self.digest, self.written, exc
-                )
-                await trio.sleep(min(2.0, 0.1 * 2**stalled) * random.random())
+                stalled = 0
 
     async def _stream_from(self, offset: int) -> None:
         raw = await self.upstream.raw_blob(self.remote_repo, self.digest, offset)

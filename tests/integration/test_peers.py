@@ -725,3 +725,23 @@ def test_with_the_uplink_down_a_tag_another_node_saw_move_is_answered_as_it_saw_
         assert_stale_tag(a, old.repo, old.tag, new)
         # And its blobs pull from B, the uplink still down.
         pull(a, new)
+
+
+def test_an_uplink_that_drops_mid_body_is_resumed_not_refetched_through_a_member(
+    site: list[EdgecacheServer], upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """The owner's uplink transfer is cut mid-body: the owner resumes it from the uplink with
+    Range (as a single node does), rather than asking a member, which would fetch the whole
+    blob over the uplink again."""
+    img = image(upstream, "site/dropped", layers=1, size=16 * MiB)
+    digest, size = img.layers[0], img.blobs[img.layers[0]]
+    members = {node.url: node for node in site}
+    owner = members[ring.order(members, digest)[0]]
+    relay.cut_after(size // 3, count=1)
+    with httpx.Client(base_url=owner.url, timeout=60) as client:
+        response = client.get(f"/v2/{UPSTREAM}/{img.repo}/blobs/{digest}")
+    assert response.status_code == 200
+    assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
+    assert relay.cuts == 1
+    assert relay.bytes_to_client <= size + 64 * 1024
+    assert sum(uplink_bytes(node) for node in site) == size
