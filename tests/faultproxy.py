@@ -41,6 +41,33 @@ DRAIN_TIMEOUT = 5.0
 
 Offset = int | Callable[[], int]
 
+
+class TokenBucket:
+    """`rate` bytes per second, at most `burst` bytes ahead; thread-safe, blocking `take`.
+
+    A reservation bucket: a pump that received n bytes takes n tokens (the balance may go
+    negative) and sleeps until the balance it left would be back to zero, so that over any
+    interval at most burst + rate x interval bytes pass, in the order they arrived."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError(f"rate {rate} and burst {burst}: expected more than 0")
+        self.rate, self.burst = float(rate), float(burst)
+        self._tokens = self.burst
+        self._t = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+            self._t = now
+            self._tokens -= n
+            debt = -self._tokens
+        if debt > 0:
+            time.sleep(debt / self.rate)
+
+
 _REASONS = {
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -139,7 +166,10 @@ class FaultProxy:
     - refuse(): accept new connections and reset them at once (upstream down).
     - reset_all(): reset every open connection now (pooled keep-alive ones included).
     - heal(): clear every fault.
-    Counters: bytes_to_client, connections, cuts, requests, failed_requests, refused.
+    - limit_rate(bytes_per_second): one bandwidth cap for the response bytes of all its
+      connections together (a benchmark's shared uplink, benchmarks/site_pull.py).
+    Counters: bytes_to_client, connections, cuts, requests, failed_requests, refused;
+    first_byte_at / last_byte_at (monotonic) of the response bytes.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -175,6 +205,9 @@ class FaultProxy:
         self._requests = 0
         self._failed_requests = 0
         self._refused = 0
+        self._bucket: TokenBucket | None = None
+        self.first_byte_at = 0.0
+        self.last_byte_at = 0.0
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -275,6 +308,10 @@ class FaultProxy:
             self._stall_until = 0.0
             self._released += 1
             self._cond.notify_all()
+
+    def limit_rate(self, bytes_per_second: float, burst: float = 4 * CHUNK) -> None:
+        """Cap the response bytes of all connections together (not a fault: heal() keeps it)."""
+        self._bucket = TokenBucket(bytes_per_second, burst)
 
     def fail_with_503(self, n: int, *, retry_after: float | None = 0) -> None:
         """The next `n` requests get `503` with `Connection: close` (and `Retry-After`)."""
@@ -542,6 +579,9 @@ class FaultProxy:
                     with contextlib.suppress(OSError):
                         conn.client.shutdown(socket.SHUT_WR)
                 return
+            bucket = self._bucket
+            if bucket is not None:
+                bucket.take(len(data))
             while data:
                 if not self._wait_unstalled(conn):
                     return
@@ -608,6 +648,8 @@ class FaultProxy:
         with self._lock:
             conn.sent += n
             self._bytes_to_client += n
+            self.last_byte_at = time.monotonic()
+            self.first_byte_at = self.first_byte_at or self.last_byte_at
 
     def _cut(self, conn: _Connection, *, rst: bool) -> None:
         # An RST discards whatever is still queued, so let the promised bytes reach the
