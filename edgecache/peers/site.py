@@ -35,6 +35,9 @@ COOLDOWN = 10.0
 # failure counts like a failed request, so a dead member is skipped before any client's
 # request has to find out.
 PROBE_TIMEOUT = 3.0
+# Members a DNS answer may add: each costs a client and a probe every interval (a site of
+# more nodes is for Dragonfly or Kraken, the preheat issue).
+MAX_MEMBERS = 1000
 
 
 class Site:
@@ -95,6 +98,12 @@ class Site:
         except OSError as exc:
             log.warning("peers.dns %s: %s; members unchanged", self.config.dns, exc)
             return
+        if len(addresses) > MAX_MEMBERS:
+            log.warning(
+                "peers.dns %s gave %d addresses; the first %d (sorted) are members",
+                self.config.dns, len(addresses), MAX_MEMBERS,
+            )  # fmt: skip
+            addresses = sorted(addresses)[:MAX_MEMBERS]
         found = {_url(self._scheme, address, int(port)) for address in addresses}
         if not self.me:
             self.me = _detect_self(found, self._listen, self._scheme)

@@ -12,6 +12,7 @@ The response it returns is streaming: the caller reads (or not) and closes it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import ssl
@@ -105,10 +106,19 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 
 def tls_context(config: UpstreamConfig) -> ssl.SSLContext:
     """The TLS settings of an upstream: its CA file, or nothing checked (insecure, for labs),
-    or what httpx trusts by default (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR)."""
-    if config.ca_file:
-        return ssl.create_default_context(cafile=config.ca_file)
-    return httpx.create_ssl_context(verify=not config.insecure)
+    or what httpx trusts by default (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR).
+
+    One context per (CA file, insecure), shared by every upstream and peer that has those
+    settings: loading the roots costs ~50 ms, and a site's members are many clients. Nothing
+    changes a context once made (httpx and rawget only wrap sockets with it)."""
+    return _tls_context(config.ca_file, config.insecure)
+
+
+@functools.lru_cache(maxsize=64)
+def _tls_context(ca_file: str, insecure: bool) -> ssl.SSLContext:
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    return httpx.create_ssl_context(verify=not insecure)
 
 
 def make_client(config: UpstreamConfig) -> httpx.AsyncClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgecache.config import PeersConfig
+from edgecache.peers import site as site_module
 from edgecache.peers.site import Site
 
 SECRET = b"0123456789abcdef-secret"
@@ -69,4 +70,14 @@ async def test_an_unknowable_self_asks_nobody(caplog: pytest.LogCaptureFixture) 
     assert site.me == ""
     assert site.sources("sha256:" + "c" * 64) == ([], [])
     assert "set peers.self" in caplog.text
+    await site.aclose()
+
+
+async def test_a_dns_answer_adds_at_most_max_members() -> None:
+    many = [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(1200)]
+    config = PeersConfig((), "", SECRET, dns="peers.test:5000")
+    site = Site(config, 1 << 30, listen="10.1.0.1:5000", resolve=resolver([many]))
+    await site.refresh()
+    assert site.me == "http://10.1.0.1:5000"
+    assert len(site.members) == site_module.MAX_MEMBERS
     await site.aclose()
