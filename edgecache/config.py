@@ -56,6 +56,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "users": ("users", {}),
         # An htpasswd file of more users (bcrypt lines only, as `htpasswd -B` writes).
         "htpasswd_file": ("str", ""),
+        # Challenge clients with the distribution token flow (Bearer realm=<this server>
+        # /_edgecache/token) instead of Basic. Bearer tokens from that endpoint are accepted
+        # either way (server/tokens.py).
+        "token_auth": ("bool", False),
+        # Seconds a bearer token is valid.
+        "token_ttl": ("float", 300.0),
     },
     "limits": {
         "max_manifest_size": ("size", 4 * 1024 * 1024),
@@ -208,6 +214,8 @@ class AuthConfig:
     realm: str
     users: Mapping[str, str] = field(default_factory=dict)
     htpasswd_file: str = ""
+    token_auth: bool = False
+    token_ttl: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -441,6 +449,11 @@ def load(
 
         auth = values["auth"]
         auth["users"] = merge_users(auth["htpasswd_file"], auth["users"])
+    if not 0 < values["auth"]["token_ttl"] <= 86400:
+        raise ConfigError(
+            f"auth.token_ttl = {values['auth']['token_ttl']:g}: expected more than 0 and at "
+            "most 86400 seconds (a token cannot be revoked before it expires)"
+        )
     if values["auth"]["users"] and not values["auth"]["realm"]:
         raise ConfigError("auth.realm = '': expected a non-empty realm")
     proxy = values["proxy"]

@@ -157,6 +157,14 @@ class PaginationInvalid(OCIError):
     default_message = "invalid number of results requested"
 
 
+class BadRequest(OCIError):
+    """A request edgecache's own endpoints cannot take (the token endpoint's scope)."""
+
+    code = "UNSUPPORTED"
+    status = 400
+    default_message = "bad request"
+
+
 class NotFound(OCIError):
     code = "NOT_FOUND"
     status = 404

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -26,7 +27,7 @@ from ..store import Store
 from ..store.keys import check_keys
 from ..store.scrub import Verdict
 from ..upstream import Upstream
-from . import admin, local, metricsum, proxied, pull, push, zerocopy
+from . import admin, local, metricsum, proxied, pull, push, tokens, zerocopy
 from .accesslog import AccessLog
 from .auth import Authenticator
 from .http import Request
@@ -34,6 +35,9 @@ from .manifest_cache import ManifestCache
 from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("edgecache.server")
+
+# A Host header fit to name the token endpoint in a challenge (no quotes, no spaces).
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 Handler = Callable[["App", Request, Route], Awaitable[None]]
 
@@ -256,6 +260,8 @@ class App:
                     req.headers.get("authorization"),
                     base=route.kind == "base",
                     client=req.scope.get("client"),
+                    repo=route.name,
+                    realm_url=self._token_url(req),
                 )
             ns = req.query.get("ns")
             if ns is not None:
@@ -283,6 +289,10 @@ class App:
                     "push to a local repository instead"
                 )
             await proxy_handler(self, req, route, target)
+            return
+        if path == tokens.ENDPOINT:
+            req.extra["route"] = "token"
+            await tokens.endpoint(self, req)
             return
         if path == "/healthz":
             req.extra["route"] = "health"
@@ -315,6 +325,15 @@ class App:
             await admin.dispatch(self, req)
             return
         raise errors.NotFound(f"no such endpoint: {path}")
+
+    def _token_url(self, req: Request) -> str | None:
+        """The token endpoint as this client reached the server (its Host), for the Bearer
+        challenge; None when the Host is not a plain host[:port]."""
+        host = req.headers.get("host") or req.headers.get(":authority") or ""
+        if not _HOST.fullmatch(host):
+            return None
+        scheme = "https" if self.config.server.tls else "http"
+        return f"{scheme}://{host}{tokens.ENDPOINT}"
 
     def _check_admin(self, req: Request) -> None:
         header = req.headers.get("authorization", "")

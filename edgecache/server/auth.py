@@ -1,4 +1,5 @@
-"""Client authentication: HTTP Basic against bcrypt hashes ([auth.users] or an htpasswd file).
+"""Client authentication: HTTP Basic against bcrypt hashes ([auth.users] or an htpasswd file),
+and bearer tokens this server issued (server/tokens.py), scoped to repositories and actions.
 
 bcrypt is slow on purpose (~0.25 s at cost 12), which makes every password check a piece of
 our CPU that any client can ask for. Run on trio's default thread limiter, 50 connections
@@ -40,6 +41,7 @@ import trio
 from ..bounded import BoundedCache
 from ..config import AuthConfig
 from ..oci import errors
+from .tokens import SERVICE, TokenIssuer
 
 # Methods that change the registry; everything else is a pull.
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -136,8 +138,10 @@ class Authenticator:
         self.cost = _common_cost(config.users.values())
         self._dummy: bytes | None = None
         # Metrics hook: "checked" (bcrypt ran), "cached" (answered from memory), "limited"
-        # (429: this address failed too often), "busy" (429: too many checks waiting).
+        # (429: this address failed too often), "busy" (429: too many checks waiting),
+        # "token" (a bearer token was accepted).
         self.on_event: Callable[[str], None] = lambda kind: None
+        self.tokens: TokenIssuer | None = None  # set when the server knows its token key
 
     def cache_sizes(self) -> dict[str, int]:
         return {
@@ -146,16 +150,27 @@ class Authenticator:
             "auth_clients": len(self.failures),
         }
 
-    def _challenge(self, message: str) -> errors.Unauthorized:
+    def _challenge(
+        self, message: str, realm_url: str | None = None, scope: str | None = None
+    ) -> errors.Unauthorized:
+        """401 with the challenge clients answer: Basic, or with [auth] token_auth the token
+        flow's Bearer (realm = this server's token endpoint, as the client reached it)."""
         error = errors.Unauthorized(message)
-        error.headers["WWW-Authenticate"] = f'Basic realm="{self.config.realm}"'
+        if self.config.token_auth and realm_url and self.tokens is not None:
+            challenge = f'Bearer realm="{realm_url}",service="{SERVICE}"'
+            if scope:
+                challenge += f',scope="{scope}"'
+            error.headers["WWW-Authenticate"] = challenge
+        else:
+            error.headers["WWW-Authenticate"] = f'Basic realm="{self.config.realm}"'
         return error
 
-    def _no_users(self, write: bool) -> errors.Unauthorized:
+    def _no_users(self, write: bool, realm_url: str | None = None) -> errors.Unauthorized:
         what, key = ("pushes", "anonymous_push") if write else ("pulls", "anonymous_pull")
         return self._challenge(
             f"{what} need credentials and no users are configured; add [auth.users] or "
-            f"[auth] htpasswd_file, or set [auth] {key} = true"
+            f"[auth] htpasswd_file, or set [auth] {key} = true",
+            realm_url,
         )
 
     async def check(
@@ -165,15 +180,21 @@ class Authenticator:
         *,
         base: bool = False,
         client: tuple[str, int] | list[object] | None = None,
+        repo: str | None = None,
+        realm_url: str | None = None,
     ) -> str | None:
         """The authenticated user (None for anonymous access that is allowed), or raise 401
         (429 when `client`, the ASGI scope's client address, has failed too often).
 
         `base` is GET /v2/: clients (skopeo, docker) learn from its challenge whether to send
         credentials at all, so it challenges anonymous callers whenever some operation needs
-        credentials, even though anonymous pulls of content may be allowed.
+        credentials, even though anonymous pulls of content may be allowed. `repo` and the
+        method say what a bearer token must grant; `realm_url` is the token endpoint as the
+        client reached the server (for the Bearer challenge).
         """
         write = method in WRITE_METHODS
+        action = "push" if write else "pull"
+        scope = f"repository:{repo}:{'pull,push' if write else 'pull'}" if repo else None
         anonymous_ok = self.config.anonymous_push if write else self.config.anonymous_pull
         if base:
             anonymous_ok = self.config.anonymous_pull and (
@@ -183,17 +204,46 @@ class Authenticator:
             # containers/image sends "Basic Og==" (empty user:password) when it has no
             # credentials for a Basic challenge: that is an anonymous request.
             authorization = None
+        if authorization is not None and authorization.strip()[:7].lower() == "bearer ":
+            if self.tokens is None:
+                raise self._challenge("bearer tokens are not accepted here", realm_url, scope)
+            try:
+                grant = self.tokens.verify(authorization.strip()[7:].strip())
+            except ValueError as exc:
+                raise self._challenge(str(exc), realm_url, scope) from None
+            if not base and not grant.allows(repo, action):
+                error = self._challenge(
+                    f"the token does not grant {action} on {repo}", realm_url, scope
+                )
+                if "Bearer" in error.headers["WWW-Authenticate"]:
+                    error.headers["WWW-Authenticate"] += ',error="insufficient_scope"'
+                raise error
+            self.on_event("token")
+            return grant.subject or None
         if authorization is None:
             if anonymous_ok:
                 return None
             if not self.config.users:
-                raise self._no_users(write or base)
-            action = "push and delete" if write or base else "pull"
-            raise self._challenge(f"authentication required to {action}")
+                raise self._no_users(write or base, realm_url)
+            what = "push and delete" if write or base else "pull"
+            raise self._challenge(f"authentication required to {what}", realm_url, scope)
         if not self.config.users:
             if anonymous_ok:
                 return None  # credentials nobody asked for (a client that always sends some)
-            raise self._no_users(write or base)
+            raise self._no_users(write or base, realm_url)
+        return await self.login(authorization, client, realm_url, scope)
+
+    async def login(
+        self,
+        authorization: str,
+        client: tuple[str, int] | list[object] | None,
+        realm_url: str | None = None,
+        scope: str | None = None,
+    ) -> str:
+        """The user whose Basic credentials these are, or 401 (429: this address failed too
+        often, or too many checks are waiting). The token endpoint's check too."""
+        if not self.config.users:
+            raise errors.Unauthorized("no users are configured; there is nothing to log in as")
         address = client_key(client)
         wait = self.failures.retry_after(address)
         if wait is not None:
@@ -202,7 +252,7 @@ class Authenticator:
         user, password = self._parse(authorization)
         if not await self._verify(user, password):
             self.failures.failed(address)
-            raise self._challenge("invalid username or password")
+            raise self._challenge("invalid username or password", realm_url, scope)
         return user
 
     def _parse(self, header: str) -> tuple[str, str]:

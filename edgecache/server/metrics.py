@@ -84,7 +84,7 @@ class Metrics:
             "edgecache_auth_events",
             "Credential checks: 'checked' (a bcrypt run), 'cached' (answered from memory), "
             "'limited' (429: the address failed too often), 'busy' (429: too many checks "
-            "waiting).",
+            "waiting), 'token' (a bearer token accepted).",
             ["event"],
             registry=self.registry,
         )

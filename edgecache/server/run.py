@@ -21,11 +21,13 @@ from ..store import Store
 from ..store.lock import DataDirInUse, DataDirLock
 from ..upstream import Upstream
 from ..usererror import UserError, data_dir_error, open_store
-from . import connguard
+from . import connguard, tokens
 from .accesslog import AccessLog
 from .app import App
 from .startup import banner, bound_address, listen_socket
 from .workers import Supervisor, WorkerJob, owner_socket, unix_listener
+
+TOKEN_KEY = "token-key"  # in <data>/run/, mode 0600
 
 log = logging.getLogger("edgecache.server")
 
@@ -115,6 +117,9 @@ async def serve(config: Config) -> None:
     # in `edgecache status --token TOKEN` (CI hit it once in 64 runs).
     token = secrets.token_hex(32)
     _write_private(run_dir / "admin-token", token + "\n")
+    # The bearer tokens' key (server/tokens.py), read by the workers as they start.
+    token_key = tokens.new_key()
+    _write_private(run_dir / TOKEN_KEY, token_key.hex() + "\n")
     server_file = run_dir / "server.json"
     upstreams = {
         name: Upstream(
@@ -130,6 +135,7 @@ async def serve(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             # The app's background work (fetches that outlive their client) lives here.
             app = App(config, store, token, nursery, upstreams)
+            app.auth.tokens = tokens.TokenIssuer(token_key, config.auth.token_ttl)
             if config.peers.enabled:
                 site = Site(
                     config.peers,
@@ -167,6 +173,7 @@ async def serve(config: Config) -> None:
         if supervisor is not None:
             owner_socket(run_dir).unlink(missing_ok=True)
         server_file.unlink(missing_ok=True)
+        (run_dir / TOKEN_KEY).unlink(missing_ok=True)  # its tokens died with this process
         store.close()
         data_lock.release()
 
@@ -185,6 +192,8 @@ async def serve_worker(job: WorkerJob) -> None:
     try:
         async with trio.open_nursery() as nursery:
             app = App(config, store, "", nursery, {}, owner=owner)
+            key = bytes.fromhex((store.layout.run / TOKEN_KEY).read_text().strip())
+            app.auth.tokens = tokens.TokenIssuer(key, config.auth.token_ttl)
             nursery.start_soon(_flush_access_loop, app, config.eviction.check_interval)
             nursery.start_soon(_until_owner_gone, nursery.cancel_scope)
             await nursery.start(_serve_until_signal, app, hc, nursery, None)
