@@ -158,6 +158,13 @@ class BlobFetch:
                 f"{what}: the upstream says {total} bytes, the manifest declared "
                 f"{self.declared}; nothing was downloaded",
             )
+        if self.total is not None and total is not None and total != self.total:
+            # A source resumed after another must be giving the same blob: clients were
+            # told the first one's size.
+            raise UpstreamCorrupt(
+                self.upstream.name,
+                f"{what}: {total} bytes, where the download under way has {self.total}",
+            )
         limit = self.declared if self.declared is not None else total
         if length is not None and limit is not None and offset + length > limit:
             raise UpstreamCorrupt(
@@ -201,6 +208,11 @@ class BlobFetch:
             else:
                 log.exception("fetch of %s failed", self.digest)
                 self.error = errors.InternalError(f"fetching {self.digest} failed: {exc}")
+        except Exception as exc:  # whatever a source sent: the waiters, and the server, go on
+            log.warning("fetch of %s failed: %s: %s", self.digest, type(exc).__name__, exc)
+            self.error = errors.Unavailable(
+                f"fetching {self.digest} from {self.upstream.name} failed ({type(exc).__name__})"
+            )
         finally:
             self.finished = True
             self.started.set()
@@ -225,6 +237,10 @@ class BlobFetch:
         await trio.to_thread.run_sync(reset)
         self.error = None
         self.written = 0
+        # The size came with the bad bytes (a member may state any): the next source says
+        # it again, and clients joining meanwhile wait for it, never given the old one.
+        self.total = None
+        self.started = trio.Event()
 
     async def _download(self) -> None:
         stalled = 0
@@ -235,7 +251,13 @@ class BlobFetch:
                 if self.total is None or self.written >= self.total:
                     return
                 raise UpstreamUnavailable(self.upstream.name, "response ended early")
-            except UpstreamError as exc:
+            except Exception as exc:
+                if not isinstance(exc, UpstreamError):
+                    if self.upstream is self._uplink:
+                        raise  # run() reports it
+                    # A member's answer no client library expected (a body it cannot
+                    # decode, a client closed as the member left): the next source.
+                    exc = UpstreamUnavailable(self.upstream.name, f"{type(exc).__name__}: {exc}")
                 if self.upstream is self._uplink and isinstance(exc, UpstreamUnavailable):
                     # The uplink is resumed as long as it makes progress: a member asked
                     # instead would fetch the blob over the uplink a second time.

@@ -195,7 +195,8 @@ class ManifestProxy:
                 remote = await peer.get_manifest(
                     target.store_repo, tag, deadline=PEER_MANIFEST_BUDGET
                 )
-            except UpstreamError:
+                parse_manifest(remote.data, remote.media_type)
+            except (UpstreamError, errors.OCIError):
                 continue
             age = _age(remote.own.get(TAG_AGE))
             if age is not None and (best is None or age < best[0]):
@@ -305,9 +306,11 @@ class ManifestProxy:
         await self.store.put_manifest(
             target.store_repo, remote.data, manifest, remote.digest, tag, require_children=False
         )
-        # A later download of a child stops at the size declared here (cache/fetch.py).
+        # A later download of a child stops at the size declared here (cache/fetch.py). Only
+        # the uplink's manifests declare: a member's answer is not authenticated (peers/sign.py
+        # signs requests), and a declared size outlives the outage, for every repository.
         sizes = {str(d.digest): d.size for d in manifest.blob_children}
-        if sizes:
+        if sizes and source.startswith("upstream "):
             await trio.to_thread.run_sync(self.store.index.declare_sizes, sizes)
         if tag is not None and source.startswith("upstream "):
             self._checked.put((target.store_repo, tag), time.monotonic())
@@ -326,7 +329,8 @@ class ManifestProxy:
                 remote = await peer.get_manifest(
                     target.store_repo, reference, deadline=PEER_MANIFEST_BUDGET
                 )
-            except UpstreamError as exc:
+                parse_manifest(remote.data, remote.media_type)
+            except (UpstreamError, errors.OCIError) as exc:
                 log.info("manifest %s of %s: %s: %s", reference, target.store_repo, peer.name, exc)
                 continue
             return peer.config.url, remote

@@ -61,7 +61,7 @@ def verify(
     _, sender, stamp, mac = parts
     if members is not None and sender not in members:
         raise BadSignature(f"{sender[:200]!r} is not a member of this site")
-    if not stamp.isdigit():
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
         raise BadSignature("the timestamp is not a number of seconds")
     skew = now() - int(stamp)
     if abs(skew) > MAX_SKEW:

@@ -232,6 +232,13 @@ class App:
                 "peer request refused: %s %s from %s: %s", req.method, req.path, client[0], exc
             )
             raise errors.Unauthorized(f"peer request refused: {exc}") from None
+        if req.peer == self.config.peers.self_url:
+            # This node asking itself (listed twice, under two names): answered at once, or
+            # it would join its own download and wait out the peer budget.
+            raise errors.Denied(
+                f"a peer request from this node itself ({req.peer}); is it in peers.members "
+                "under two names?"
+            )
 
     async def _dispatch(self, req: Request) -> None:
         self._check_peer(req)

@@ -70,7 +70,8 @@ async def blob(app: App, req: Request, repo: str, digest: Digest, headers: dict[
                 if stream.total is None:
                     continue  # a length is needed to hold the last bytes back
                 req.extra["cache"] = "peer"
-                await req.start(200, {**headers, "Content-Length": str(stream.total)})
+                unverified = {k: v for k, v in headers.items() if k.lower() != "cache-control"}
+                await req.start(200, {**unverified, "Content-Length": str(stream.total)})
                 await _relay(req, stream.chunks(1 << 20), digest)
                 return True
         except UpstreamError as exc:

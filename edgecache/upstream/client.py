@@ -128,6 +128,10 @@ class BlobStream:
                 self.upstream,
                 f"GET {self._response.url.path}: {describe_transport_error(exc)} at byte {at}",
             ) from None
+        except httpx.DecodingError as exc:  # a content-coding it claimed and did not keep
+            raise UpstreamProtocolError(
+                self.upstream, f"GET {self._response.url.path}: undecodable body ({exc})"
+            ) from None
 
 
 @dataclass
@@ -453,6 +457,8 @@ class Upstream:
             raise UpstreamUnavailable(
                 self.name, f"{what}: {describe_transport_error(exc)}"
             ) from None
+        except httpx.DecodingError as exc:  # a content-coding it claimed and did not keep
+            raise UpstreamProtocolError(self.name, f"{what}: undecodable body ({exc})") from None
         if data is None:
             raise UpstreamTooLarge(self.name, f"{what}: body exceeds the limit of {limit} bytes")
         return data
