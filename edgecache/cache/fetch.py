@@ -60,6 +60,11 @@ READ_CHUNK = 1 << 20
 # A piece is written as soon as it is full or the network pauses (rawget.pump; on the httpx
 # path the writer takes whatever is queued), so on a slow link a waiter is not held back by it.
 WRITE_CHUNK = 1 << 20
+# A member whose stream moves fewer bytes than this in a window is given up for the next
+# source (a member streams what its own download receives: a slow uplink there still moves
+# far more than this).
+PEER_WINDOW = 10.0
+PEER_MIN_BYTES = 64 << 10
 # The httpx path queues at most this much ahead of the disk writer (back-pressure upstream).
 QUEUE_LIMIT = 4 * WRITE_CHUNK
 
@@ -247,7 +252,10 @@ class BlobFetch:
         while True:
             before = self.written
             try:
-                await self._stream_from(self.written)
+                if self.upstream is self._uplink:
+                    await self._stream_from(self.written)
+                else:
+                    await self._stream_watched(self.written)
                 if self.total is None or self.written >= self.total:
                     return
                 raise UpstreamUnavailable(self.upstream.name, "response ended early")
@@ -272,6 +280,30 @@ class BlobFetch:
                 if not self._next_source(exc):  # a member: the next one at once
                     raise
                 stalled = 0
+
+    async def _stream_watched(self, offset: int) -> None:
+        """A member's stream, given up when it moves fewer than PEER_MIN_BYTES in any
+        PEER_WINDOW seconds: a member that trickles a byte now and then stays within every
+        read timeout, and would hold the download (and its clients) for ever."""
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    while True:
+                        mark = self.written
+                        await trio.sleep(PEER_WINDOW)
+                        if self.written - mark < PEER_MIN_BYTES:
+                            scope.cancel()
+                            return
+
+                nursery.start_soon(watch)
+                await self._stream_from(offset)
+                nursery.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            raise UpstreamUnavailable(
+                self.upstream.name,
+                f"fewer than {PEER_MIN_BYTES} bytes in {PEER_WINDOW:g} s at byte {self.written}",
+            )
 
     async def _stream_from(self, offset: int) -> None:
         raw = await self.upstream.raw_blob(self.remote_repo, self.digest, offset)

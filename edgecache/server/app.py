@@ -23,6 +23,7 @@ from ..oci.digest import Digest
 from ..oci.names import lookup_reference, validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..peers import sign
+from ..peers.site import MAX_MEMBERS
 from ..store import Store
 from ..store.keys import check_keys
 from ..store.scrub import Verdict
@@ -117,6 +118,7 @@ class App:
         self.fetcher.on_fetch = self.metrics.upstream_fetch_started
         self.fetcher.on_body = self.metrics.upstream_body_read
         self.ready = False
+        self._peer_labels: set[str] = set()
 
     async def _refetch(self, repo: str, digest: Digest, kind: str) -> bool:
         """Fetch quarantined content of a proxied repository again (the scrub's healing)."""
@@ -189,8 +191,9 @@ class App:
                 await req.respond_error(errors.InternalError("internal server error"))
         finally:
             if req.peer is not None and not req.internal:
-                self.metrics.peer_requests.labels(req.peer).inc()
-                self.metrics.peer_served_bytes.labels(req.peer).inc(req.sent_bytes)
+                label = self._peer_label(req.peer)
+                self.metrics.peer_requests.labels(label).inc()
+                self.metrics.peer_served_bytes.labels(label).inc(req.sent_bytes)
             if not req.internal:
                 seconds = time.monotonic() - started
                 self.metrics.observe(
@@ -332,6 +335,16 @@ class App:
             await admin.dispatch(self, req)
             return
         raise errors.NotFound(f"no such endpoint: {path}")
+
+    def _peer_label(self, sender: str) -> str:
+        """The metrics label of a member: itself, while the labels stay few (with [peers] dns
+        any sender holding the secret is one, and labels are never forgotten)."""
+        if sender in self.config.peers.members or sender in self._peer_labels:
+            return sender
+        if len(self._peer_labels) < MAX_MEMBERS:
+            self._peer_labels.add(sender)
+            return sender
+        return "other"
 
     def _token_url(self, req: Request) -> str | None:
         """The token endpoint as this client reached the server (its Host), for the Bearer

@@ -9,9 +9,11 @@ so the node asks it first. The uplink is a real docker-registry behind FaultProx
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +49,18 @@ def bad_gzip(handler: BaseHTTPRequestHandler) -> None:
     handler.send_header("Content-Encoding", "gzip")
     handler.end_headers()
     handler.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(junk), junk))
+
+
+def trickle(handler: BaseHTTPRequestHandler) -> None:
+    """The right size announced, then a byte every 2 s: within every read timeout."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(2 << 20))
+    handler.end_headers()
+    with contextlib.suppress(OSError):
+        for _ in range(60):
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(2)  # the fake member's pace, not synchronisation
 
 
 def serve(answer: Answer, port: int) -> ThreadingHTTPServer:
@@ -145,3 +159,18 @@ def test_a_member_sending_an_undecodable_body_does_not_take_the_node_down(
         assert get(node, digest) == (200, data)  # from the uplink, after the member failed
         with httpx.Client(base_url=node.url) as client:
             assert client.get("/healthz").status_code == 200
+
+
+def test_a_member_trickling_bytes_is_given_up_for_the_uplink(
+    tmp_path: Path, upstream: RunningUpstream, blob: tuple[str, bytes]
+) -> None:
+    """A member that sends a byte every 2 s never trips a read timeout; the download leaves it
+    once it moved too little in a window (PEER_WINDOW) and resumes from the uplink. The bytes
+    it trickled were junk: the digest catches them, the client streaming them is broken off
+    (never a complete 200), and the blob, fetched again, is published right."""
+    digest, data = blob
+    with lying_site(tmp_path, upstream, digest, trickle) as (node, _):
+        first = get(node, digest)
+        assert first == (200, data) or isinstance(first, str), first
+        assert "bytes in 10 s" in node.log_text()
+        assert get(node, digest) == (200, data)
