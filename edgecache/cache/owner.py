@@ -25,6 +25,7 @@ only misses, pushes and admin requests come this way.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -76,6 +77,15 @@ class Answer:
     own: Mapping[str, str]  # the PREFIX headers, which were not relayed
     headers: Mapping[str, str]  # what was relayed
     body: bytes | None  # kept only for a list answer (LIST_AGE) of at most LIST_KEPT bytes
+
+
+def seconds(text: str | None) -> float | None:
+    """An age header's value (TAG_AGE, LIST_AGE): seconds, at least 0; None if not one."""
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 class NeedOwner(Exception):

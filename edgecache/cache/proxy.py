@@ -7,7 +7,7 @@
 - Upstream trouble (unreachable, timeout, 5xx, 429, auth) never fails a pull of what is
   cached: the cached manifest is served, marked stale. Only never-cached content fails.
 - With peers (edgecache/peers/), a manifest the uplink cannot give (unreachable, failing) is
-  asked of the other members, each within PEER_MANIFEST_BUDGET: an image cached on any live
+  asked of the other members, each within peers/site.py ANSWER_BUDGET: an image cached on any live
   node pulls from every node while the uplink is down ("site-wide stale"). A tag learnt that
   way is answered with the stale warning and is not marked as confirmed upstream. A peer's own
   request is answered from this node's cache and uplink only (never asked on).
@@ -24,7 +24,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,7 @@ from ..upstream.documents import referrers_document
 from .failures import upstream_failures
 from .fetch import Fetcher
 from .flight import SingleFlight
-from .owner import TAG_AGE
+from .owner import TAG_AGE, seconds
 from .routing import Target
 
 if TYPE_CHECKING:
@@ -53,8 +53,6 @@ log = logging.getLogger("edgecache.proxy")
 
 STALE_WARNING = '110 edgecache "Response is Stale: upstream {name} unavailable ({reason})"'
 
-# A member that has not answered a manifest in this long is passed over for the next.
-PEER_MANIFEST_BUDGET = 3.0
 NOT_FOUND_TTL = 30.0  # short: a repository created upstream shows up soon
 # Tags confirmed upstream: a forgotten entry only costs one more revalidation HEAD.
 CHECKED_ENTRIES = 50_000
@@ -73,14 +71,6 @@ class ManifestResult:
     info: ManifestInfo | None  # cached (or just fetched) manifest
     remote: RemoteInfo | None = None  # HEAD of an uncached manifest answered from upstream
     warning: str | None = None  # set when serving stale content
-
-
-def _age(text: str | None) -> float | None:
-    try:
-        age = float(text) if text is not None else -1.0
-    except ValueError:
-        return None
-    return age if 0 <= age < float("inf") else None
 
 
 @dataclass(frozen=True)
@@ -187,20 +177,12 @@ class ManifestProxy:
         """The uplink cannot confirm a cached tag: the members' copies of it, and how long ago
         each confirmed it upstream (TAG_AGE). One confirmed more recently than this node did
         that names another digest is taken (the tag moved while this node did not look)."""
-        assert self.site is not None
         mine = self.tag_age(target.store_repo, tag)
         best: tuple[float, str, RemoteManifest] | None = None
-        for peer in self.site.all(f"{target.store_repo}:{tag}"):
-            try:
-                remote = await peer.get_manifest(
-                    target.store_repo, tag, deadline=PEER_MANIFEST_BUDGET
-                )
-                parse_manifest(remote.data, remote.media_type)
-            except (UpstreamError, errors.OCIError):
-                continue
-            age = _age(remote.own.get(TAG_AGE))
+        async for url, remote in self._peer_manifests(target, tag):
+            age = seconds(remote.own.get(TAG_AGE))
             if age is not None and (best is None or age < best[0]):
-                best = (age, peer.config.url, remote)
+                best = (age, url, remote)
         if best is None or best[2].digest == cached.digest:
             return None
         if mine is not None and mine <= best[0]:
@@ -321,20 +303,23 @@ class ManifestProxy:
     async def _from_peers(
         self, target: Target, reference: str
     ) -> tuple[str, RemoteManifest] | None:
-        """A member's copy of a manifest the uplink could not give (each asked within
-        PEER_MANIFEST_BUDGET, in rendezvous order of the reference: the load spreads)."""
+        """A member's copy of a manifest the uplink could not give."""
+        async for found in self._peer_manifests(target, reference):
+            return found
+        return None
+
+    async def _peer_manifests(
+        self, target: Target, reference: str
+    ) -> AsyncIterator[tuple[str, RemoteManifest]]:
+        """The members' valid copies of a manifest (peers/site.py Site.manifests)."""
         assert self.site is not None
-        for peer in self.site.all(f"{target.store_repo}:{reference}"):
+        async for peer, remote in self.site.manifests(target.store_repo, reference):
             try:
-                remote = await peer.get_manifest(
-                    target.store_repo, reference, deadline=PEER_MANIFEST_BUDGET
-                )
                 parse_manifest(remote.data, remote.media_type)
-            except (UpstreamError, errors.OCIError) as exc:
+            except errors.OCIError as exc:
                 log.info("manifest %s of %s: %s: %s", reference, target.store_repo, peer.name, exc)
                 continue
-            return peer.config.url, remote
-        return None
+            yield peer.config.url, remote
 
     async def _remote_head(self, upstream: Upstream, target: Target, ref: Reference) -> RemoteInfo:
         what = f"manifest {ref}"

@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
 import trio
 
 from ..config import PeersConfig, UpstreamConfig
-from ..upstream import Upstream
+from ..upstream import Upstream, UpstreamError
 from ..upstream.breaker import BreakerState, CircuitBreaker
+from ..upstream.client import RemoteManifest
 from ..upstream.session import tls_context
 from . import ring, sign
 
 log = logging.getLogger("edgecache.peers")
 
+# A member that has not answered a manifest (or a blob's head) in this long is passed over
+# for the next (Spegel caps manifests at 3 s).
+ANSWER_BUDGET = 3.0
 CONNECT_TIMEOUT = 1.0
 IDLE_TIMEOUT = 3.0
 FAILURES = 3
@@ -183,6 +187,19 @@ class Site:
         above = [self.peers[url] for url in ranked if self.peers[url].available]
         below = [peer for peer in self.all(digest) if peer not in above]
         return above, below
+
+    async def manifests(
+        self, repo: str, reference: str
+    ) -> AsyncIterator[tuple[Upstream, RemoteManifest]]:
+        """The members' answers for a manifest, in rendezvous order of the reference (the
+        load spreads), each asked within ANSWER_BUDGET; members that fail are passed over."""
+        for peer in self.all(f"{repo}:{reference}"):
+            try:
+                remote = await peer.get_manifest(repo, reference, deadline=ANSWER_BUDGET)
+            except UpstreamError as exc:
+                log.debug("manifest %s of %s: %s: %s", reference, repo, peer.name, exc)
+                continue
+            yield peer, remote
 
     def all(self, key: str) -> list[Upstream]:
         """Every other member whose circuit is closed, in rendezvous order of `key`."""

@@ -14,14 +14,13 @@ Local repositories need no such care: their reads are the store's, in every proc
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..bounded import BoundedCache
-from ..cache.owner import LIST_AGE, TAG_AGE, Answer, NeedOwner
+from ..cache.owner import LIST_AGE, TAG_AGE, Answer, NeedOwner, seconds
 from ..cache.routing import Target
 from ..config import ProxyConfig
 from ..oci import errors
@@ -61,11 +60,11 @@ class LocalAnswers:
         """Keep what the owner's answer says may be answered here for a while."""
         now = time.monotonic()
         tag_key = req.extra.get("tag_key")
-        tag_age = _seconds(answer.own.get(TAG_AGE))
+        tag_age = seconds(answer.own.get(TAG_AGE))
         if tag_key is not None and tag_age is not None:
             self.confirmed.put(tag_key, now - tag_age)
         list_key = req.extra.get("list_key")
-        list_age = _seconds(answer.own.get(LIST_AGE))
+        list_age = seconds(answer.own.get(LIST_AGE))
         fresh = list_age is not None and list_age < self.list_ttl
         if list_key is not None and fresh and answer.status == 200 and answer.body is not None:
             assert list_age is not None
@@ -121,14 +120,6 @@ async def get_list(app: App, req: Request, route: Route, target: Target) -> None
         raise NeedOwner(f"{route.kind} of a proxied repository")
     headers = {k: v for k, v in kept.headers.items() if k != "content-length"}
     await req.respond(200, headers, kept.body)
-
-
-def _seconds(text: str | None) -> float | None:
-    try:
-        value = float(text) if text is not None else math.nan
-    except ValueError:
-        return None
-    return max(0.0, value) if math.isfinite(value) else None
 
 
 PROXY_ROUTES: dict[tuple[str, str], Callable[[App, Request, Route, Target], Awaitable[None]]] = {

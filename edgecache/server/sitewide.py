@@ -2,9 +2,10 @@
 
 A local (pushed) repository's manifest or blob that is not on this node is asked of the
 other members in turn (rendezvous order of the content: the load spreads), each within
-PEER_BUDGET to answer, and the first that has it is relayed to the client: content pushed or
-preloaded on one node pulls from every node. Nothing is stored here: the copy stays where it
-was pushed (the origin's GC governs it), so no node holds pinned content it did not receive.
+ANSWER_BUDGET (peers/site.py) to answer, and the first that has it is relayed to the
+client: content pushed or preloaded on one node pulls from every node. Nothing is stored
+here: the copy stays where it was pushed (the origin's GC governs it), so no node holds
+pinned content it did not receive.
 A blob's body is hashed as it is relayed and its last bytes go only once the digest checks:
 a client never holds a complete 200 of bytes that did not verify. A peer's own request is
 never relayed on (it is answered from this node's store alone).
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..oci import errors
 from ..oci.digest import Digest
+from ..peers.site import ANSWER_BUDGET
 from ..upstream import UpstreamError
 from .http import Request
 
@@ -26,20 +28,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgecache.peers")
 
-PEER_BUDGET = 3.0  # seconds a member may take to answer (as cache/proxy.py's manifests)
-
 
 async def manifest(app: App, req: Request, repo: str, reference: str) -> bool:
     """Relay a member's copy of a manifest (False: no member has it)."""
     site = app.fetcher.site
     if site is None or req.peer is not None:
         return False
-    for peer in site.all(f"{repo}:{reference}"):
-        try:
-            remote = await peer.get_manifest(repo, reference, deadline=PEER_BUDGET)
-        except UpstreamError as exc:
-            log.debug("manifest %s of %s: %s: %s", reference, repo, peer.name, exc)
-            continue
+    async for _, remote in site.manifests(repo, reference):
         req.extra["cache"] = "peer"
         headers = {
             "Content-Type": remote.media_type,
@@ -60,7 +55,7 @@ async def blob(app: App, req: Request, repo: str, digest: Digest, headers: dict[
     for peer in site.all(str(digest)):
         try:
             if req.method == "HEAD":
-                info = await peer.head_blob(repo, digest, deadline=PEER_BUDGET)
+                info = await peer.head_blob(repo, digest, deadline=ANSWER_BUDGET)
                 if info.size is None:
                     continue
                 await req.start(200, {**headers, "Content-Length": str(info.size)})

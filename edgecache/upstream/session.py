@@ -25,6 +25,7 @@ import trio
 
 from edgecache.bounded import BoundedCache
 from edgecache.config import UpstreamConfig
+from edgecache.peers.sign import HEADER as SIGNATURE_HEADER
 from edgecache.upstream.auth import (
     BasicCredentials,
     Challenge,
@@ -89,9 +90,6 @@ def _tls_failure(exc: BaseException) -> str | None:
             return f"TLS failed ({seen.reason or seen})"
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-SIGNATURE_HEADER = "edgecache-peer"  # peers/sign.py HEADER (no import cycle)
 
 
 def _target(url: httpx.URL) -> str:
