@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_preload_parser(sub)
     add_export_parser(sub)
+    from .preheat.cli import add_parser as add_preheat_parser
+
+    add_preheat_parser(sub, _add_data)
     return parser
 
 
@@ -172,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             from .transfer.cli import run_preload
 
             return run_preload(args)
+        if args.command == "preheat":
+            from .preheat.cli import run as run_preheat
+
+            return run_preheat(args, lambda *a, **k: _admin(args, *a, **k))
         if args.command == "export":
             from .transfer.cli import run_export
 
@@ -370,7 +377,13 @@ def _server_endpoint(args: argparse.Namespace) -> tuple[str, str]:
     return url, token
 
 
-def _admin(args: argparse.Namespace, name: str, method: str = "GET", **params: str) -> Any:
+def _admin(
+    args: argparse.Namespace,
+    name: str,
+    method: str = "GET",
+    json_body: Any = None,
+    **params: str,
+) -> Any:
     import httpx
 
     url, token = _server_endpoint(args)
@@ -379,15 +392,24 @@ def _admin(args: argparse.Namespace, name: str, method: str = "GET", **params: s
             method,
             f"{url}/_edgecache/admin/{name}",
             params=params,
+            json=json_body,
             headers={"Authorization": f"Bearer {token}"},
             verify=False,  # the admin token, not the certificate, authenticates; loopback
             timeout=None,  # a GC over a large store takes as long as it takes
         )
     except httpx.TransportError as exc:
         raise UserError(f"cannot reach the server at {url}: {exc}") from None
-    if response.status_code != 200:
-        raise UserError(f"server answered {response.status_code}: {response.text}")
+    if response.status_code not in (200, 202):
+        raise UserError(f"server answered {response.status_code}: {_error_text(response)}")
     return response.json()
+
+
+def _error_text(response: Any) -> str:
+    """The message of an OCI error answer, else the body."""
+    try:
+        return "; ".join(e["message"] for e in response.json()["errors"])
+    except (ValueError, KeyError, TypeError):
+        return str(response.text)
 
 
 def _admin_get(args: argparse.Namespace, name: str) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from typing import Any
 
 from .configvalues import ConfigError, coerce
 from .configvalues import parse_hostport as parse_hostport  # where callers import it from
+from .preheat import config as preheat_config
+from .preheat.config import PreheatConfig
 
 # section -> key -> (type, default). Types: "str", "bool", "int", "list[str]", "users", "hostport",
 # "size" / "size0" (bytes, positive / non-negative: 10G, 512MiB, 1.5GB or a plain integer).
@@ -145,8 +147,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     },
 }
 
-# Every section a file may hold, for the message that refuses any other.
-SECTIONS = (*SCHEMA, "upstreams")
+# Every section a file may hold, for the message that refuses any other. The last two have
+# their own parsers: edgecache/preheat/config.py and edgecache/notify.py.
+SECTIONS = (*SCHEMA, "upstreams", "preheat", "notifications")
 
 # [upstreams.<name>] tables: <name> is the project path (/v2/<name>/<repo>) and the ?ns= host.
 UPSTREAM_SCHEMA: dict[str, tuple[str, Any]] = {
@@ -312,6 +315,8 @@ class Config:
     eviction: EvictionConfig = field(default_factory=EvictionConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
+    preheat: PreheatConfig = field(default_factory=PreheatConfig)
+    notifications: tuple[Any, ...] = ()  # notify.Endpoint: [[notifications.endpoints]]
 
     def upstream_for(self, name: str) -> UpstreamConfig | None:
         """The upstream whose name or alias is `name` (a project path or an ns host)."""
@@ -345,6 +350,8 @@ def load(
         section: {key: default for key, (_, default) in keys.items()}
         for section, keys in SCHEMA.items()
     }
+    preheat_raw: object = None
+    notifications_raw: object = None
     if path is not None:
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -366,6 +373,8 @@ def load(
                 if not isinstance(table, dict):
                     raise ConfigError(f"upstreams.{name}: expected a table")
                 upstream_tables[name] = table
+        preheat_raw = raw.pop("preheat", None)
+        notifications_raw = raw.pop("notifications", None)
         for section, table in raw.items():
             if section not in SCHEMA:
                 owners = [name for name, keys in SCHEMA.items() if section in keys]
@@ -468,6 +477,8 @@ def load(
         eviction=EvictionConfig(**values["eviction"]),
         scrub=ScrubConfig(**values["scrub"]),
         peers=_peers(values["peers"]),
+        preheat=preheat_config.parse(preheat_raw),
+        notifications=_notifications(notifications_raw),
     )
     if config.server.idle_timeout <= 0:
         raise ConfigError(
@@ -488,7 +499,40 @@ def load(
             f"upstream (one of {', '.join(upstreams) or 'none configured'})"
         )
     _check_names_unique(config)
+    _check_watched_upstreams(config)
     return config
+
+
+def _notifications(raw: object) -> tuple[Any, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or set(raw) - {"endpoints"}:
+        raise ConfigError(
+            "[notifications]: expected only [[notifications.endpoints]] tables (name, url, ...)"
+        )
+    from .notify import parse_endpoints  # httpx and trio: only when configured
+
+    return parse_endpoints(raw.get("endpoints", []))
+
+
+def _check_watched_upstreams(config: Config) -> None:
+    """A watched tag is polled upstream: its repository must be a proxied one."""
+    from .cache.routing import resolve
+    from .oci.errors import OCIError
+
+    for policy in config.preheat.policies:
+        for ref in policy.watch:
+            repo, _ = preheat_config.split_image(ref)
+            try:
+                proxied = resolve(config, repo, None).proxied
+            except OCIError:
+                proxied = False
+            if not proxied:
+                raise ConfigError(
+                    f"preheat policy {policy.name!r}: watch {ref!r}: expected a repository of "
+                    "an upstream, as clients name it (<upstream>/<repository>, e.g. "
+                    f"docker.io/library/nginx:1.27; upstreams: {', '.join(config.upstreams)})"
+                )
 
 
 # Peer secrets shorter than this are refused: an HMAC key is only as strong as its bytes.

@@ -29,6 +29,8 @@ import errno
 import logging
 import os
 import random
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -67,6 +69,29 @@ PEER_WINDOW = 10.0
 PEER_MIN_BYTES = 64 << 10
 # The httpx path queues at most this much ahead of the disk writer (back-pressure upstream).
 QUEUE_LIMIT = 4 * WRITE_CHUNK
+
+
+class Pacer:
+    """A bandwidth cap (bytes a second) for downloads that must not compete with clients
+    (preheat windows): a token bucket with one second of burst, safe across threads."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._allowance = float(rate)
+        self._last = clock()
+
+    def delay(self, n: int) -> float:
+        """Take n bytes; the seconds to wait before using them."""
+        with self._lock:
+            now = self._clock()
+            self._allowance = min(
+                float(self.rate), self._allowance + (now - self._last) * self.rate
+            )
+            self._last = now
+            self._allowance -= n
+            return 0.0 if self._allowance >= 0 else -self._allowance / self.rate
 
 
 class BlobFetch:
@@ -112,6 +137,18 @@ class BlobFetch:
         self.on_bytes: Callable[[str, int], None] = lambda name, n: None
         self.on_disk_full: Callable[[], None] = lambda: None
         self.on_body: Callable[[str, str], None] = lambda name, reader: None
+        # A cap on this download's rate (a preheat's); a client joining lifts it.
+        self.pace: Pacer | None = None
+        self._cancelled = False
+
+    def _paced_sleep(self, n: int) -> None:
+        """In the pump's thread: wait out the cap for n bytes, a slice at a time, so that a
+        client joining (pace lifted) or a cancel is not kept waiting."""
+        pace = self.pace
+        wait = pace.delay(n) if pace is not None else 0.0
+        while wait > 0 and self.pace is not None and not self._cancelled:
+            time.sleep(min(wait, 0.1))
+            wait -= 0.1
 
     def also_link(self, repo: str) -> None:
         """Link the blob into `repo` too when it is published (the caller checked upstream)."""
@@ -335,6 +372,8 @@ class BlobFetch:
 
         def progress(n: int) -> None:  # in the worker thread, after each write
             token.run_sync_soon(advance, n)
+            if self.pace is not None:
+                self._paced_sleep(n)
 
         def work() -> rawget.BodyBroken | None:
             try:
@@ -348,6 +387,7 @@ class BlobFetch:
             try:
                 await trio.sleep_forever()
             finally:
+                self._cancelled = True  # a paced thread stops waiting
                 raw.response.shutdown()  # the thread's recv returns at once
 
         with unwrapped_errors():
@@ -392,6 +432,8 @@ class BlobFetch:
         skip = offset - stream.offset  # the upstream ignored Range: drop what we have
         cap = self.cap
         async for chunk in stream.chunks():
+            if self.pace is not None:
+                await trio.sleep(self.pace.delay(len(chunk)))
             self.upstream_bytes += len(chunk)
             self.on_bytes(self.upstream.name, len(chunk))
             if stream.offset + stream.received > cap:
@@ -507,6 +549,7 @@ class Fetcher:
         digest: Digest,
         *,
         via_peers: bool = True,
+        pace: Pacer | None = None,
     ) -> tuple[BlobFetch, int]:
         """The fetch for `digest` (started if needed) and a read descriptor of its temp file.
         `via_peers` False (a peer's request): a new fetch asks the uplink only. A peer's
@@ -515,8 +558,12 @@ class Fetcher:
 
         Synchronous on purpose: no checkpoint between finding the fetch and dup'ing its
         descriptor, so the fetch cannot finish and close it in between.
+
+        `pace` caps a new download's rate (a preheat's); anyone joining without one lifts it.
         """
         fetch = self.inflight.get(digest)
+        if fetch is not None and pace is None:
+            fetch.pace = None
         if fetch is None:
             declared = self.store.index.declared_size(str(digest))
             above, below = self.site.sources(str(digest)) if self.site and via_peers else ([], [])
@@ -526,6 +573,7 @@ class Fetcher:
             fetch.on_bytes = self.on_upstream_bytes
             fetch.on_disk_full = self.on_disk_full
             fetch.on_body = self.on_body
+            fetch.pace = pace
             self.inflight[digest] = fetch
             self.started_fetches += 1
             self.on_fetch(fetch.upstream.name)

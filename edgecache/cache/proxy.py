@@ -92,6 +92,10 @@ class ManifestProxy:
         # (store repo, digest) -> tag, from HEADs of uncached tags awaiting the GET by digest.
         self._resolved: BoundedCache[tuple[str, str], str] = BoundedCache(RESOLVED_ENTRIES)
         self.site: Site | None = None  # the members asked when the uplink fails
+        # A manifest this repository did not hold was stored (a proxy pull's preheat event).
+        self.on_new_manifest: Callable[[str, str | None, ManifestInfo], None] = (
+            lambda repo, tag, info: None
+        )
 
     async def manifest(
         self,
@@ -217,6 +221,17 @@ class ManifestProxy:
             cached, warning=STALE_WARNING.format(name=upstream.name, reason=reason)
         )
 
+    async def refresh_tag(self, target: Target, upstream: Upstream, tag: str) -> ManifestInfo:
+        """The tag as the uplink has it now, fetched and stored if it moved (a watched tag,
+        a preheat): whatever tag_ttl says. Upstream errors are raised, never answered stale."""
+        if self.store.manifest(target.store_repo, tag) is None:
+            return (await self._fetch(target, upstream, tag, tag)).info
+        result = await self.flights.run(
+            ("reval", target.store_repo, tag), lambda: self._revalidate(target, upstream, tag)
+        )
+        assert isinstance(result, ManifestInfo)
+        return result
+
     async def _revalidate(self, target: Target, upstream: Upstream, tag: str) -> ManifestInfo:
         remote = await upstream.head_manifest(
             target.remote_repo, tag, deadline=self.config.revalidate_timeout
@@ -284,6 +299,7 @@ class ManifestProxy:
                 f"{source} sent an invalid manifest {reference} of "
                 f"{target.remote_repo}: {exc.message}"
             ) from None
+        new = self.store.resolve(target.store_repo, str(remote.digest)) is None
         # Children are fetched lazily, by digest, when clients ask for them.
         await self.store.put_manifest(
             target.store_repo, remote.data, manifest, remote.digest, tag, require_children=False
@@ -298,6 +314,8 @@ class ManifestProxy:
             self._checked.put((target.store_repo, tag), time.monotonic())
         info = self.store.manifest(target.store_repo, str(remote.digest))
         assert info is not None
+        if new:
+            self.on_new_manifest(target.store_repo, tag, info)
         return info
 
     async def _from_peers(

@@ -6,6 +6,15 @@ GET  gc/history        records of past runs, newest first
 POST evict             apply the size / free-disk / age limits now
 POST scrub[?wait=false] run a full scrub pass now (verify every stored file) and report it
                        (or only start it)
+GET  preheat/policies  the preheat policies (from the config file and from this API)
+PUT  preheat/policies/NAME   set a policy (JSON: the keys of [[preheat.policies]])
+DELETE preheat/policies/NAME remove a policy this API set
+POST preheat/run       {"policy": NAME} or {"images": [...], "providers": [...],
+                       "platforms": [...]}: queue a job, answered 202 with its record
+GET  preheat/jobs[?limit=N]  jobs, newest first; preheat/jobs/ID one job
+POST preheat/jobs/ID/cancel  cancel a queued or running job
+POST preheat/events    read the events `edgecache preload` recorded in the index (what it
+                       imported), for the policies' event triggers
 """
 
 from __future__ import annotations
@@ -52,8 +61,114 @@ async def dispatch(app: App, req: Request) -> None:
     elif name == "scrub" and method == "POST":
         wait = req.query.get("wait", "true").lower() not in ("0", "false", "no")
         await req.respond_json(200, await app.housekeeper.scrub.request_pass(wait=wait))
+    elif name.startswith("preheat/"):
+        await _preheat(app, req, name[len("preheat/") :])
     else:
         raise errors.NotFound(f"no admin endpoint {method} {req.path}")
+
+
+MAX_BODY = 1 << 20
+
+
+async def _json_body(req: Request) -> dict[str, Any]:
+    data = await req.read_body(MAX_BODY)
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError as exc:
+        raise errors.BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise errors.BadRequest("the body must be a JSON object")
+    return value
+
+
+async def _preheat(app: App, req: Request, name: str) -> None:
+    from ..preheat.engine import PreheatError, parse_images
+
+    engine = app.preheat
+    if engine is None:
+        raise errors.NotFound("preheat runs in the owner process only")
+    method = req.method
+    try:
+        if name == "policies" and method in ("GET", "HEAD"):
+            tables = [
+                p.as_table() | {"source": "admin" if p.name in engine.admin_policies else "config"}
+                for p in engine.policies.values()
+            ]
+            await req.respond_json(200, tables)
+        elif name.startswith("policies/") and method == "PUT":
+            body = await _json_body(req)
+            wanted = name[len("policies/") :]
+            if body.setdefault("name", wanted) != wanted:
+                raise errors.BadRequest(
+                    f"the body names policy {body['name']!r}, the URL {wanted!r}"
+                )
+            policy = await engine.put_policy(body)
+            await req.respond_json(200, policy.as_table() | {"source": "admin"})
+        elif name.startswith("policies/") and method == "DELETE":
+            wanted = name[len("policies/") :]
+            if not await engine.delete_policy(wanted):
+                raise errors.NotFound(f"no preheat policy {wanted!r}")
+            await req.respond_json(200, {"deleted": wanted})
+        elif name == "run" and method == "POST":
+            body = await _json_body(req)
+            job = _submit(engine, body, parse_images)
+            await req.respond_json(202, job.record())
+        elif name == "jobs" and method in ("GET", "HEAD"):
+            limit = parse_decimal(req.query.get("limit", ""))
+            await req.respond_json(200, engine.jobs(50 if limit is None else min(limit, 1000)))
+        elif name.startswith("jobs/") and name.endswith("/cancel") and method == "POST":
+            job_id = name[len("jobs/") : -len("/cancel")]
+            if not engine.cancel(job_id):
+                raise errors.NotFound(f"no queued or running preheat job {job_id!r}")
+            await req.respond_json(200, {"cancelled": job_id})
+        elif name.startswith("jobs/") and method in ("GET", "HEAD"):
+            record = engine.job(name[len("jobs/") :])
+            if record is None:
+                raise errors.NotFound(f"no preheat job {name[len('jobs/') :]!r}")
+            await req.respond_json(200, record)
+        elif name == "events" and method == "POST":
+            await req.read_body(MAX_BODY)
+            count = await engine.drain_events()
+            await req.respond_json(200, {"events": count})
+        else:
+            raise errors.NotFound(f"no admin endpoint {method} {req.path}")
+    except PreheatError as exc:
+        raise errors.BadRequest(str(exc)) from None
+
+
+def _submit(engine: Any, body: dict[str, Any], parse_images: Any) -> Any:
+    from ..preheat.engine import PreheatError
+    from ..preheat.policy import Platform, Selector
+
+    unknown = set(body) - {"policy", "images", "providers", "platforms"}
+    if unknown:
+        raise PreheatError(
+            f"unknown key {sorted(unknown)[0]!r} (expected policy, images, providers, platforms)"
+        )
+    if "policy" in body:
+        policy = engine.policies.get(body["policy"]) if isinstance(body["policy"], str) else None
+        if policy is None:
+            defined = ", ".join(sorted(engine.policies)) or "none"
+            raise PreheatError(f"no preheat policy {body['policy']!r} (defined: {defined})")
+        return engine.submit("manual", policy=policy)
+    images = body.get("images")
+    if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
+        raise PreheatError('expected "policy": NAME or "images": ["repo:tag", ...]')
+    if len(images) > 1000:
+        raise PreheatError("at most 1000 images in one job")
+    providers = body.get("providers") or ["site"]
+    if not isinstance(providers, list) or not all(isinstance(p, str) for p in providers):
+        raise PreheatError('"providers": expected a list of provider names')
+    platforms = body.get("platforms") or []
+    if not isinstance(platforms, list) or not all(isinstance(p, str) for p in platforms):
+        raise PreheatError('"platforms": expected a list such as ["linux/amd64"]')
+    try:
+        selector = Selector(platforms=tuple(Platform.parse(p) for p in platforms))
+    except ValueError as exc:
+        raise PreheatError(str(exc)) from None
+    return engine.submit(
+        "manual", images=parse_images(images), providers_=providers, selector=selector
+    )
 
 
 async def status(app: App) -> dict[str, Any]:
@@ -70,6 +185,10 @@ async def status(app: App) -> dict[str, Any]:
     stats["evicted_images"] = app.housekeeper.evicted_images
     stats["scrub"] = await app.housekeeper.scrub.status()
     stats["workers"] = app.workers_status()
+    if app.preheat is not None:
+        stats["preheat"] = app.preheat.status()
+    if app.notifier is not None:
+        stats["notifications"] = app.notifier.status()
     site = app.fetcher.site
     if site is not None:
         fetched = 'edgecache_upstream_bytes_total{{upstream="peer {}"}}'

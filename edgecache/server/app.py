@@ -7,8 +7,9 @@ import hmac
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -18,13 +19,14 @@ from ..cache.proxy import ManifestProxy
 from ..cache.routing import Target, resolve
 from ..config import Config
 from ..gc import Housekeeper
+from ..notify import Notifier, make_event
 from ..oci import errors
 from ..oci.digest import Digest
 from ..oci.names import lookup_reference, validate_namespace, validate_repository
 from ..oci.routes import Route, parse_v2_path
 from ..peers import sign
 from ..peers.site import MAX_MEMBERS
-from ..store import Store
+from ..store import ManifestInfo, Store
 from ..store.keys import check_keys
 from ..store.scrub import Verdict
 from ..upstream import Upstream
@@ -34,6 +36,9 @@ from .auth import Authenticator
 from .http import Request
 from .manifest_cache import ManifestCache
 from .metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from ..preheat.engine import Preheater
 
 log = logging.getLogger("edgecache.server")
 
@@ -119,6 +124,20 @@ class App:
         self.fetcher.on_body = self.metrics.upstream_body_read
         self.ready = False
         self._peer_labels: set[str] = set()
+        # Set in the owner when it runs (server/run.py): preheat's engine, which this app's
+        # pushes and first proxy pulls hand events to.
+        self.preheat: Preheater | None = None
+        self.proxy.on_new_manifest = self._pulled_new
+        # Webhook notifications ([[notifications.endpoints]]), sent by every serving process
+        # for the requests it answers to clients.
+        self.notifier: Notifier | None = None
+        self.public_url = ""
+        self._instance = str(uuid.uuid4())  # a notification's source.instanceID
+
+    def _pulled_new(self, repo: str, tag: str | None, info: ManifestInfo) -> None:
+        """A proxied manifest this repository did not hold, fetched for a pull by tag."""
+        if self.preheat is not None and tag is not None:
+            self.preheat.event("pull", repo, tag, str(info.digest))
 
     async def _refetch(self, repo: str, digest: Digest, kind: str) -> bool:
         """Fetch quarantined content of a proxied repository again (the scrub's healing)."""
@@ -194,6 +213,8 @@ class App:
                 label = self._peer_label(req.peer)
                 self.metrics.peer_requests.labels(label).inc()
                 self.metrics.peer_served_bytes.labels(label).inc(req.sent_bytes)
+            if self.notifier is not None and not req.internal:
+                self._notify(req)
             if not req.internal:
                 seconds = time.monotonic() - started
                 self.metrics.observe(
@@ -260,6 +281,7 @@ class App:
                 error.headers["Allow"] = ", ".join(sorted(allowed))
                 raise error
             req.extra["route"] = route.kind
+            req.extra["repo"], req.extra["ref"] = route.name, route.ref
             if req.peer is not None and (method != "GET" or route.kind == "upload"):
                 raise errors.Denied("a peer request may only read (GET or HEAD)")
             if self.owner is not None and (method != "GET" or route.kind == "upload"):
@@ -335,6 +357,61 @@ class App:
             await admin.dispatch(self, req)
             return
         raise errors.NotFound(f"no such endpoint: {path}")
+
+    def _notify(self, req: Request) -> None:
+        """The registry:2 event of an answered push, pull or delete (edgecache/notify.py)."""
+        assert self.notifier is not None
+        kind, status, method = req.extra.get("route"), req.status, req.method
+        if status == 201 and (method, kind) in (("PUT", "manifest"), ("PUT", "upload"),
+                                                 ("POST", "uploads")):  # fmt: skip
+            action = "push"
+        elif method == "GET" and status in (200, 206) and kind in ("manifest", "blob"):
+            action = "pull"
+        elif method == "DELETE" and status == 202 and kind in ("manifest", "blob"):
+            action = "delete"
+        else:
+            return
+        repo = req.extra.get("repo")
+        ref = req.extra.get("ref") or ""
+        digest = req.extra.get("digest") or (ref if ":" in ref else "")
+        if not repo or (not digest and kind != "manifest"):
+            return
+        descriptor: dict[str, Any] = {"digest": digest}
+        if action != "delete":
+            # registry:2 names the size and media type of what moved (bridge.go): the index
+            # knows them (one LMDB read), and Content-Length is a range's, not the blob's.
+            record = self.store.index.blob(digest) if ":" in digest else None
+            media_type = req.extra.get("media_type") if kind == "manifest" else None
+            if kind == "manifest":
+                manifest = self.store.index.manifest(digest)
+                media_type = (manifest or {}).get("media_type") or media_type
+            descriptor["mediaType"] = media_type or "application/octet-stream"
+            if record is not None:
+                descriptor["size"] = int(record["size"])
+        client = req.scope.get("client") or ("", 0)
+        request = {
+            "id": req.extra.get("request_id", ""),
+            "addr": f"{client[0]}:{client[1]}",
+            "host": req.headers.get("host", ""),
+            "method": method,
+            "useragent": req.headers.get("user-agent", ""),
+        }
+        tag = ref if kind == "manifest" and ref and ":" not in ref else None
+        # As registry:2 builds it: from the Host the client used.
+        host = req.headers.get("host") or req.headers.get(":authority") or ""
+        base = (
+            f"{'https' if self.config.server.tls else 'http'}://{host}" if host else self.public_url
+        )
+        try:
+            event = make_event(
+                action, repo, descriptor, tag=tag, base_url=base, request=request,
+                actor=req.extra.get("user"),
+                source={"addr": self.config.server.listen, "instanceID": self._instance},
+            )  # fmt: skip
+        except Exception:
+            log.exception("building the notification of %s %s failed", method, req.path)
+            return
+        self.notifier.emit(event)
 
     def _peer_label(self, sender: str) -> str:
         """The metrics label of a member: itself, while the labels stay few (with [peers] dns

@@ -46,6 +46,10 @@ class CachedReader:
         return view[:n]  # valid until the next read: HTTP/1.x sends it uncopied
 
 
+_NOTED = {"docker-content-digest": "digest", "content-type": "media_type",
+          "content-length": "length"}  # fmt: skip
+
+
 @dataclass
 class Request:
     scope: dict[str, Any]
@@ -131,6 +135,11 @@ class Request:
             self.headers_out[owner.CACHE] = self.extra["cache"]  # for the asker's access log
         self.status = status
         self.started = True
+        if status < 300:  # what a notification (edgecache/notify.py) says of the answer
+            for name, value in headers.items():  # relayed answers' names are lowercase
+                key = _NOTED.get(name.lower())
+                if key is not None:
+                    self.extra[key] = value
         await self.send(
             {
                 "type": "http.response.start",

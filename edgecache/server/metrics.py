@@ -117,6 +117,32 @@ class Metrics:
             ["peer"],
             registry=self.registry,
         )
+        # Preheat (edgecache/preheat/) and notifications (edgecache/notify.py).
+        self.preheat_jobs = Counter(
+            "edgecache_preheat_jobs",
+            "Preheat jobs ended, by trigger and final state.",
+            ["trigger", "state"],
+            registry=self.registry,
+        )
+        self.preheat_bytes = Counter(
+            "edgecache_preheat_bytes",
+            "Blob bytes preheat fetched into this node (provider site).",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.preheat_provider_up = Gauge(
+            "edgecache_preheat_provider_up",
+            "1 while a preheat provider answers its health check, 0 when it does not.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.notifications = Counter(
+            "edgecache_notifications",
+            "Notification deliveries to webhook endpoints, by endpoint and result "
+            "(sent, failed: a retried attempt, dropped: the queue overflowed).",
+            ["endpoint", "result"],
+            registry=self.registry,
+        )
 
         self.forwarded = Counter(
             "edgecache_owner_forwards",

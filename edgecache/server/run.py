@@ -9,6 +9,7 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.trio import serve as hypercorn_serve
@@ -23,6 +24,9 @@ from ..upstream import Upstream
 from ..usererror import UserError, data_dir_error, open_store
 from . import connguard, tokens
 from .accesslog import AccessLog
+
+if TYPE_CHECKING:
+    from ..preheat.engine import Preheater
 from .app import App
 from .startup import banner, bound_address, listen_socket
 from .workers import Supervisor, WorkerJob, owner_socket, unix_listener
@@ -150,12 +154,16 @@ async def serve(config: Config) -> None:
                 await nursery.start(site.probe, lambda url, ok: up.labels(url).set(1 if ok else 0))
             await nursery.start(app.housekeeper.run)
             nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
+            await _start_notifier(app, nursery)
+            preheater = _preheater(app)
             if supervisor is not None:
                 app.worker_sockets = supervisor.sockets
                 app.workers_status = supervisor.status
                 await nursery.start(supervisor.run)
             binds = await nursery.start(_serve_until_signal, app, hc, nursery, supervisor)
             url = _connectable(binds[0])
+            app.public_url = preheater.public_url = url
+            await nursery.start(preheater.run)
             info = {"url": url, "pid": os.getpid(), "tls": config.server.tls}
             _write_private(server_file, json.dumps(info | public_config(config)) + "\n")
             print(
@@ -195,6 +203,7 @@ async def serve_worker(job: WorkerJob) -> None:
             key = bytes.fromhex((store.layout.run / TOKEN_KEY).read_text().strip())
             app.auth.tokens = tokens.TokenIssuer(key, config.auth.token_ttl)
             nursery.start_soon(_flush_access_loop, app, config.eviction.check_interval)
+            await _start_notifier(app, nursery)
             nursery.start_soon(_until_owner_gone, nursery.cancel_scope)
             await nursery.start(_serve_until_signal, app, hc, nursery, None)
     finally:
@@ -204,6 +213,34 @@ async def serve_worker(job: WorkerJob) -> None:
                 app.access_log.close()
         Path(job.own_socket).unlink(missing_ok=True)
         store.close()
+
+
+async def _start_notifier(app: App, nursery: trio.Nursery) -> None:
+    if not app.config.notifications:
+        return
+    from ..notify import Notifier
+
+    counter = app.metrics.notifications
+    app.notifier = Notifier(
+        app.config.notifications, on_result=lambda name, result: counter.labels(name, result).inc()
+    )
+    await nursery.start(app.notifier.run)
+
+
+def _preheater(app: App) -> Preheater:
+    from ..preheat.engine import Preheater
+
+    preheater = Preheater(app, app.config.preheat)
+    metrics = app.metrics
+    preheater.on_job_end = lambda job: metrics.preheat_jobs.labels(job.trigger, job.state).inc()
+    preheater.on_health = lambda name, up: metrics.preheat_provider_up.labels(name).set(
+        1 if up else 0
+    )
+    preheater.on_bytes = lambda policy, n: metrics.preheat_bytes.labels(policy).inc(n)
+    for name in app.config.preheat.providers:
+        metrics.preheat_provider_up.labels(name).set(1)
+    app.preheat = preheater
+    return preheater
 
 
 class _QuietInternal(logging.Filter):

@@ -85,8 +85,12 @@ class TokenIssuer:
         self.ttl = ttl
         self._clock = clock
 
-    def issue(self, subject: str, access: Mapping[str, Iterable[str]]) -> dict[str, Any]:
-        """The token endpoint's JSON answer for a grant."""
+    def issue(
+        self, subject: str, access: Mapping[str, Iterable[str]], ttl: float | None = None
+    ) -> dict[str, Any]:
+        """The token endpoint's JSON answer for a grant; `ttl` (at most a day) instead of the
+        configured one for a credential edgecache hands to a slower consumer (a P2P engine)."""
+        lifetime = int(min(ttl, 86400.0)) if ttl is not None else int(self.ttl)
         now = int(self._clock())
         claims = {
             "iss": ISSUER,
@@ -94,7 +98,7 @@ class TokenIssuer:
             "aud": SERVICE,
             "iat": now,
             "nbf": now,
-            "exp": now + int(self.ttl),
+            "exp": now + lifetime,
             "jti": uuid.uuid4().hex,
             "access": [
                 {"type": "repository", "name": name, "actions": sorted(actions)}
@@ -106,7 +110,7 @@ class TokenIssuer:
         return {
             "token": token,
             "access_token": token,
-            "expires_in": int(self.ttl),
+            "expires_in": lifetime,
             "issued_at": issued.replace("+00:00", "Z"),
         }
 

@@ -44,6 +44,11 @@ LMDB named databases (keys are UTF-8; values are compact JSON)::
                "scrub_since"               when the scrub first ran here (first pass due from)
     access     <repo>\0<digest>            last time the manifest was pulled (batched writes)
     gcruns     <start time>                record of a GC run (what was freed or skipped)
+    preheat    job/<id>                    a preheat job's record (edgecache/preheat/jobs.py);
+                                           ids sort by creation, the newest jobs_kept stay
+               policy/<name>               a policy set through the admin API
+               event/<id>                  an event `edgecache preload` recorded for the
+                                           server's preheat triggers (removed once handled)
 
 Visibility rule: bytes go to tmp/ (or uploads/), the digest is verified, the file is fsynced
 and renamed into blobs/ (over any file already there: a verified copy replaces a damaged

@@ -33,6 +33,7 @@ _DBS = (
     "access",
     "gcruns",
     "declared",
+    "preheat",
 )
 GC_RUNS_KEPT = 1000  # records of past garbage-collection runs (runs can be asked for at will)
 
@@ -492,3 +493,42 @@ class Index:
                     if len(runs) >= limit:
                         break
         return runs
+
+    # ---- preheat: jobs (bounded history) and policies set through the admin API ------------
+
+    def put_preheat(self, key: str, record: dict[str, Any] | None, keep: int = 0) -> None:
+        """Write (None: delete) one record; with `keep`, only the newest `keep` records under
+        the key's prefix ("job/") stay (keys sort by creation)."""
+        prefix = key.split("/", 1)[0].encode() + b"/"
+        with self.env.begin(write=True, db=self.db["preheat"]) as txn:
+            if record is None:
+                txn.delete(key.encode())
+                return
+            txn.put(key.encode(), _dump(record))
+            if keep:
+                cursor = txn.cursor()
+                count = 0
+                if cursor.set_range(prefix):
+                    for k in cursor.iternext(values=False):
+                        if not k.startswith(prefix):
+                            break
+                        count += 1
+                extra = count - keep
+                if extra > 0 and cursor.set_range(prefix):
+                    while extra > 0 and cursor.key().startswith(prefix):
+                        cursor.delete()
+                        extra -= 1
+
+    def preheat_records(self, prefix: str, limit: int = 0) -> list[dict[str, Any]]:
+        """Records under `prefix`, newest (last key) first; limit 0 = all."""
+        found: list[dict[str, Any]] = []
+        for _, value in reversed(list(self._scan("preheat", prefix.encode()))):
+            found.append(_load(value))
+            if limit and len(found) >= limit:
+                break
+        return found
+
+    def preheat_record(self, key: str) -> dict[str, Any] | None:
+        with self.env.begin(db=self.db["preheat"]) as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else _load(raw)

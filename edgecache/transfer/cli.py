@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
 from .errors import TransferError
@@ -109,7 +110,50 @@ def run_preload(args: argparse.Namespace) -> int:
     for name, digest in summary.images:
         print(f"{name} {digest}")
     print(f"preloaded {summary.line()}")
+    _preload_events(_data(args), summary.images)
     return 0
+
+
+def _preload_events(data: Path, images: list[tuple[str, Any]]) -> None:
+    """The preload event of preheat policies: recorded in the index (a server started later
+    picks it up), then the running server, if any, is told to look (edgecache/preheat/)."""
+    import json
+    import time
+
+    from ..preheat.config import split_image
+    from ..preheat.jobs import new_id
+    from ..store import Store
+
+    if not images:
+        return
+    event_id = new_id(time.time())
+    record = {
+        "id": event_id,
+        "kind": "preload",
+        "images": [
+            {"repository": repo, "tag": tag, "digest": str(digest)}
+            for name, digest in images
+            for repo, tag in [split_image(name)]
+        ],
+    }
+    store = Store.open(data)
+    try:
+        store.index.put_preheat(f"event/{event_id}", record)
+    finally:
+        store.close()
+    try:
+        import httpx
+
+        url = json.loads((data / "run" / "server.json").read_text())["url"]
+        token = (data / "run" / "admin-token").read_text().strip()
+        httpx.post(
+            f"{url}/_edgecache/admin/preheat/events",
+            headers={"Authorization": f"Bearer {token}"},
+            verify=False,  # the admin token authenticates; loopback
+            timeout=10,
+        )
+    except (OSError, ValueError, KeyError, httpx.HTTPError):
+        pass  # no server running: it reads the events when it starts
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -112,6 +112,11 @@ def tls_context(config: UpstreamConfig) -> ssl.SSLContext:
     return _tls_context(config.ca_file, config.insecure)
 
 
+def context_for(ca_file: str, insecure: bool = False) -> ssl.SSLContext:
+    """The shared context of these settings (for clients that are not upstreams)."""
+    return _tls_context(ca_file, insecure)
+
+
 @functools.lru_cache(maxsize=64)
 def _tls_context(ca_file: str, insecure: bool) -> ssl.SSLContext:
     if ca_file:

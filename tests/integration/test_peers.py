@@ -194,6 +194,42 @@ def test_an_image_crosses_the_uplink_once_for_the_whole_site(
                 assert head.status_code == 200
 
 
+def test_a_preheat_on_one_node_warms_the_whole_site(
+    site: list[EdgecacheServer], upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """Preheat's site provider: the node's fetches go through the blobs' owners, so every
+    blob ends up on its owner too, and a pull through any other node costs the uplink no blob
+    bytes."""
+    img = image(upstream, "site/preheated")
+    blob_bytes = sum(img.blobs.values())
+    first = site[0]
+    with httpx.Client(base_url=first.url, timeout=60) as client:
+        started = client.post(
+            "/_edgecache/admin/preheat/run",
+            json={"images": [f"{UPSTREAM}/{img.repo}:{img.tag}"]},
+            headers={"Authorization": f"Bearer {first.admin_token}"},
+        )
+        assert started.status_code == 202, started.text
+        job_id = started.json()["id"]
+
+        def ended() -> dict[str, object] | None:
+            record = client.get(
+                f"/_edgecache/admin/preheat/jobs/{job_id}",
+                headers={"Authorization": f"Bearer {first.admin_token}"},
+            ).json()
+            return record if record["state"] not in ("queued", "running") else None
+
+        job = wait_for(ended, timeout=60, what="the preheat job to end")
+    assert job["state"] == "succeeded", job
+    assert sum(uplink_bytes(node) for node in site) == blob_bytes
+    before = relay.bytes_to_client
+    for node in site[1:]:
+        pull(node, img)
+    # Two manifest revalidations, no blob bytes.
+    assert relay.bytes_to_client - before < 2 * 64 * 1024
+    assert sum(uplink_bytes(node) for node in site) == blob_bytes
+
+
 def test_a_miss_asks_the_owner(site: list[EdgecacheServer], upstream: RunningUpstream) -> None:
     img = image(upstream, "site/owner", layers=4, size=2 * MiB)
     members = {node.url: node for node in site}

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import httpx
+import jwt
 import pytest
 
 from tests.integration.test_proxy import metric
-from tests.support import EdgecacheServer, make_image, require_tool, run
+from tests.support import Containerd, EdgecacheServer, make_image, require_tool, run
 
 PASSWORD = "s3cret-pass"
 
@@ -105,3 +108,51 @@ def test_the_token_endpoint_refuses_what_it_must(server: EdgecacheServer) -> Non
         assert other_service.status_code == 400
         posted = client.post("/_edgecache/token", headers=basic("alice", PASSWORD))
         assert posted.status_code == 405
+
+
+def test_an_expired_token_is_refused(server: EdgecacheServer) -> None:
+    """A token signed with the server's own key whose time is up (made here with the key from
+    <data>/run/token-key, as the server would have made it an hour ago)."""
+    key = bytes.fromhex((server.data / "run" / "token-key").read_text().strip())
+    issued = int(time.time()) - 3600
+    claims = {
+        "iss": "edgecache", "sub": "alice", "aud": "edgecache", "iat": issued, "nbf": issued,
+        "exp": issued + 300, "jti": "x",
+        "access": [{"type": "repository", "name": "team/app", "actions": ["pull"]}],
+    }  # fmt: skip
+    expired = jwt.encode(claims, key, algorithm="HS256")
+    fresh = jwt.encode(claims | {"iat": issued + 3600, "exp": issued + 3900}, key, "HS256")
+    with server.client() as client:
+        refused = client.get(
+            "/v2/team/app/tags/list", headers={"Authorization": f"Bearer {expired}"}
+        )
+        assert refused.status_code == 401
+        assert "expired" in refused.text
+        assert refused.headers["www-authenticate"].startswith("Bearer realm=")
+        ok = client.get("/v2/team/app/tags/list", headers={"Authorization": f"Bearer {fresh}"})
+        assert ok.status_code == 200  # the same claims in time: the refusal was the expiry
+
+
+def test_containerd_pulls_through_the_bearer_challenge(
+    server: EdgecacheServer, tmp_path: Path
+) -> None:
+    require_tool("containerd")
+    ref = make_image(tmp_path / "img", [100_000], seed=12)
+    skopeo = [require_tool("skopeo"), "--insecure-policy"]
+    run([*skopeo, "copy", "--dest-tls-verify=false", "--dest-creds", f"alice:{PASSWORD}",
+         ref, f"docker://{server.host}/team/ctr:v1"], timeout=120)  # fmt: skip
+    digest = json.loads((Path(ref.split(":")[1]) / "index.json").read_text())["manifests"][0][
+        "digest"
+    ]
+    with tempfile.TemporaryDirectory(prefix="ec-ctrd-") as base, Containerd(base) as daemon:
+        name = f"{server.host}/team/ctr:v1"
+        refused = daemon.ctr("images", "pull", "--plain-http", "--snapshotter", "native", name,
+                             check=False)  # fmt: skip
+        assert refused.returncode != 0  # anonymous pulls are off: the challenge needs a user
+        daemon.ctr("images", "pull", "--plain-http", "--snapshotter", "native",
+                   "--user", f"alice:{PASSWORD}", name)  # fmt: skip
+        listed = daemon.ctr("images", "ls").stdout
+        assert name in listed and digest in listed
+    with server.client() as client:  # containerd exchanged its password for tokens
+        assert metric(client, "edgecache_auth_events_total", '{event="token"}') > 0
+    assert PASSWORD not in server.log_text()
