@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .preheat.cli import add_parser as add_preheat_parser
 
     add_preheat_parser(sub, _add_data)
+    from .scan.cli import add_parsers as add_scan_parsers
+
+    add_scan_parsers(sub, _add_data)
     return parser
 
 
@@ -179,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             from .preheat.cli import run as run_preheat
 
             return run_preheat(args, lambda *a, **k: _admin(args, *a, **k))
+        if args.command in ("scan", "report"):
+            from .scan.cli import run_report, run_scan
+
+            command = run_scan if args.command == "scan" else run_report
+            return command(args, lambda *a, **k: _admin(args, *a, **k))
         if args.command == "export":
             from .transfer.cli import run_export
 

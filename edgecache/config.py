@@ -20,6 +20,8 @@ from .configvalues import ConfigError, coerce
 from .configvalues import parse_hostport as parse_hostport  # where callers import it from
 from .preheat import config as preheat_config
 from .preheat.config import PreheatConfig
+from .scan.config import ScanSettings
+from .scan.config import parse as parse_scan
 
 # section -> key -> (type, default). Types: "str", "bool", "int", "list[str]", "users", "hostport",
 # "size" / "size0" (bytes, positive / non-negative: 10G, 512MiB, 1.5GB or a plain integer).
@@ -148,8 +150,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
 }
 
 # Every section a file may hold, for the message that refuses any other. The last two have
-# their own parsers: edgecache/preheat/config.py and edgecache/notify.py.
-SECTIONS = (*SCHEMA, "upstreams", "preheat", "notifications")
+# their own parsers: edgecache/preheat/config.py, edgecache/notify.py, edgecache/scan/config.py.
+SECTIONS = (*SCHEMA, "upstreams", "preheat", "notifications", "scanners", "scan", "pull_policies")
 
 # [upstreams.<name>] tables: <name> is the project path (/v2/<name>/<repo>) and the ?ns= host.
 UPSTREAM_SCHEMA: dict[str, tuple[str, Any]] = {
@@ -317,6 +319,7 @@ class Config:
     peers: PeersConfig = field(default_factory=PeersConfig)
     preheat: PreheatConfig = field(default_factory=PreheatConfig)
     notifications: tuple[Any, ...] = ()  # notify.Endpoint: [[notifications.endpoints]]
+    scan: ScanSettings = field(default_factory=ScanSettings)
 
     def upstream_for(self, name: str) -> UpstreamConfig | None:
         """The upstream whose name or alias is `name` (a project path or an ns host)."""
@@ -352,6 +355,7 @@ def load(
     }
     preheat_raw: object = None
     notifications_raw: object = None
+    scan_raw: tuple[object, object, object] = (None, None, None)
     if path is not None:
         try:
             raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -375,6 +379,11 @@ def load(
                 upstream_tables[name] = table
         preheat_raw = raw.pop("preheat", None)
         notifications_raw = raw.pop("notifications", None)
+        scan_raw = (
+            raw.pop("scanners", None),
+            raw.pop("scan", None),
+            raw.pop("pull_policies", None),
+        )
         for section, table in raw.items():
             if section not in SCHEMA:
                 owners = [name for name, keys in SCHEMA.items() if section in keys]
@@ -479,6 +488,7 @@ def load(
         peers=_peers(values["peers"]),
         preheat=preheat_config.parse(preheat_raw),
         notifications=_notifications(notifications_raw),
+        scan=parse_scan(*scan_raw),
     )
     if config.server.idle_timeout <= 0:
         raise ConfigError(

@@ -165,6 +165,15 @@ class BadRequest(OCIError):
     default_message = "bad request"
 
 
+class PolicyViolation(OCIError):
+    """A pull a [[pull_policies]] gate refuses (vulnerabilities, no scan, no signature): 412
+    with the code Harbor answers its own policy refusals with."""
+
+    code = "PROJECTPOLICYVIOLATION"
+    status = 412
+    default_message = "the image may not be pulled under this registry's pull policy"
+
+
 class NotFound(OCIError):
     code = "NOT_FOUND"
     status = 404

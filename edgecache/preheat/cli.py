@@ -80,6 +80,9 @@ def run(args: argparse.Namespace, admin: Callable[..., Any]) -> int:
             record = admin(f"preheat/jobs/{words[1]}")
             return _job(args, admin, record)
         jobs = admin("preheat/jobs", limit=str(args.limit))
+        live = [j for j in jobs if j["state"] not in FINAL]
+        if args.follow and live:  # the newest job still going
+            return _job(args, admin, live[0])
         print(json.dumps(jobs, indent=2) if args.json else jobs_table(jobs))
         return 0
     body: dict[str, Any] = {"images": words}

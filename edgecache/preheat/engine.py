@@ -94,6 +94,8 @@ class Preheater:
         self.on_job_end: Callable[[Job], None] = lambda job: None
         self.on_health: Callable[[str, bool], None] = lambda name, up: None
         self.on_bytes: Callable[[str, int], None] = lambda policy, n: None
+        # Where recorded events go (run.py: the app's, which also starts scans).
+        self.on_event: Callable[[str, str, str | None, str], None] = self.event
         self._load_admin_policies()
 
     # ---- policies set through the admin API ----------------------------------------------
@@ -246,7 +248,7 @@ class Preheater:
             for image in images[:MAX_IMAGES]:
                 if isinstance(image, dict) and isinstance(image.get("digest"), str):
                     tag = image.get("tag")
-                    self.event(
+                    self.on_event(
                         kind,
                         str(image.get("repository")),
                         tag if isinstance(tag, str) else None,
@@ -558,7 +560,7 @@ class Preheater:
     def pull_token(self, repository: str, ttl: float) -> str:
         issuer = self.app.auth.tokens
         assert issuer is not None
-        answer = issuer.issue("preheat", {repository: ["pull"]}, ttl=ttl)
+        answer = issuer.issue("edgecache:preheat", {repository: ["pull"]}, ttl=ttl)
         token: str = answer["token"]
         return token
 

@@ -45,6 +45,7 @@ from .config import ProviderConfig
 from .jobs import Image
 
 if TYPE_CHECKING:
+    from ..server.app import App
     from .engine import Preheater
 
 log = logging.getLogger("edgecache.preheat")
@@ -93,7 +94,7 @@ async def site(
         for child in manifest.blob_children:
             if child.urls:  # a foreign layer: not ours to hold
                 continue
-            n = await _ensure_blob(engine, target, child.digest, pace)
+            n = await ensure_blob(app, target, child.digest, pace)
             if n >= 0:
                 fetched += 1
                 moved += n
@@ -101,11 +102,9 @@ async def site(
     return Outcome("done" if fetched else "skipped", moved, detail)
 
 
-async def _ensure_blob(
-    engine: Preheater, target: Target, digest: Digest, pace: Pacer | None
-) -> int:
-    """Bytes fetched for the blob, or -1 when this repository had it already."""
-    app = engine.app
+async def ensure_blob(app: App, target: Target, digest: Digest, pace: Pacer | None) -> int:
+    """Bytes fetched for the blob, or -1 when this repository had it already (Fail or Retry
+    when it cannot be had)."""
     if app.store.blob(target.store_repo, digest) is not None:
         return -1
     if not target.proxied:

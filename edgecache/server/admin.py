@@ -12,6 +12,9 @@ DELETE preheat/policies/NAME remove a policy this API set
 POST preheat/run       {"policy": NAME} or {"images": [...], "providers": [...],
                        "platforms": [...]}: queue a job, answered 202 with its record
 GET  preheat/jobs[?limit=N]  jobs, newest first; preheat/jobs/ID one job
+POST scan              {"image": "repo:tag" | "repo@digest", "scanner": NAME, "wait": true}:
+                       scan an image (each platform manifest of an index) now
+GET  report?image=I[&scanner=S]  the stored reports of an image's manifests
 POST preheat/jobs/ID/cancel  cancel a queued or running job
 POST preheat/events    read the events `edgecache preload` recorded in the index (what it
                        imported), for the policies' event triggers
@@ -63,6 +66,10 @@ async def dispatch(app: App, req: Request) -> None:
         await req.respond_json(200, await app.housekeeper.scrub.request_pass(wait=wait))
     elif name.startswith("preheat/"):
         await _preheat(app, req, name[len("preheat/") :])
+    elif name == "scan" and method == "POST":
+        await _scan(app, req)
+    elif name == "report" and method in ("GET", "HEAD"):
+        await _report(app, req)
     else:
         raise errors.NotFound(f"no admin endpoint {method} {req.path}")
 
@@ -136,6 +143,60 @@ async def _preheat(app: App, req: Request, name: str) -> None:
         raise errors.BadRequest(str(exc)) from None
 
 
+async def _scan(app: App, req: Request) -> None:
+    from ..scan.service import ScanFailed
+
+    service = app.scans
+    if service is None:
+        raise errors.BadRequest("no scanner is configured ([scanners.<name>])")
+    body = await _json_body(req)
+    image, scanner, wait = body.get("image"), body.get("scanner"), body.get("wait", True)
+    if not isinstance(image, str) or not isinstance(scanner, str | None):
+        raise errors.BadRequest('expected {"image": "repo:tag", "scanner": NAME (optional)}')
+    repo, digest = await service.resolve_image(image)
+    try:
+        tasks = service.scan_image(repo, digest, "manual", scanner)
+    except ScanFailed as exc:
+        raise errors.BadRequest(str(exc)) from None
+    if not tasks:
+        raise errors.BadRequest(f"{image}: no image manifest to scan in it")
+    if wait:
+        with trio.move_on_after(service.settings.scan.timeout + 5):
+            for task in tasks:
+                await task.done.wait()
+    scans = [
+        {"digest": t.digest, "scanner": t.scanner,
+         "state": ("failed" if t.error else "done") if t.done.is_set() else "running",
+         "severity": t.severity, "error": t.error}
+        for t in tasks
+    ]  # fmt: skip
+    await req.respond_json(200, {"image": image, "repository": repo, "digest": digest,
+                                 "scans": scans})  # fmt: skip
+
+
+async def _report(app: App, req: Request) -> None:
+    from ..scan.service import stored_report
+
+    image = req.query.get("image", "")
+    scanner = req.query.get("scanner") or None
+    service = app.scans
+    if service is None:
+        raise errors.BadRequest("no scanner is configured ([scanners.<name>])")
+    repo, digest = await service.resolve_image(image)
+    manifests = []
+    for child in service.image_manifests(repo, digest):
+        found = stored_report(app, repo, child, scanner)
+        if found is None:
+            manifests.append({"digest": child, "scanned": False})
+            continue
+        record, report = found
+        manifests.append(
+            {"digest": child, "scanned": True, "record": record, "report": dict(report.raw)}
+        )
+    await req.respond_json(200, {"image": image, "repository": repo, "digest": digest,
+                                 "manifests": manifests})  # fmt: skip
+
+
 def _submit(engine: Any, body: dict[str, Any], parse_images: Any) -> Any:
     from ..preheat.engine import PreheatError
     from ..preheat.policy import Platform, Selector
@@ -189,6 +250,8 @@ async def status(app: App) -> dict[str, Any]:
         stats["preheat"] = app.preheat.status()
     if app.notifier is not None:
         stats["notifications"] = app.notifier.status()
+    if app.scans is not None:
+        stats["scanners"] = app.scans.status()
     site = app.fetcher.site
     if site is not None:
         fetched = 'edgecache_upstream_bytes_total{{upstream="peer {}"}}'

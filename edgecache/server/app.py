@@ -39,6 +39,8 @@ from .metrics import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
     from ..preheat.engine import Preheater
+    from ..scan.gate import Gate
+    from ..scan.service import ScanService
 
 log = logging.getLogger("edgecache.server")
 
@@ -132,12 +134,27 @@ class App:
         # for the requests it answers to clients.
         self.notifier: Notifier | None = None
         self.public_url = ""
+        # Scanning (scan/): the scans run in the owner; the pull gate in every process.
+        self.scans: ScanService | None = None
+        self.gate: Gate | None = None
+        if config.scan.policies:
+            from ..scan.gate import Gate
+
+            self.gate = Gate(self, config.scan)
+            self.gate.on_blocked = lambda reason: self.metrics.pulls_blocked.labels(reason).inc()
         self._instance = str(uuid.uuid4())  # a notification's source.instanceID
 
     def _pulled_new(self, repo: str, tag: str | None, info: ManifestInfo) -> None:
-        """A proxied manifest this repository did not hold, fetched for a pull by tag."""
-        if self.preheat is not None and tag is not None:
-            self.preheat.event("pull", repo, tag, str(info.digest))
+        """A proxied manifest this repository did not hold (a first proxy fetch)."""
+        self.event("pull", repo, tag, str(info.digest))
+
+    def event(self, kind: str, repo: str, tag: str | None, digest: str) -> None:
+        """A push, preload or first proxy fetch, for preheat's and scanning's triggers (in
+        the owner, which makes them all). Preheat acts on a pull by tag only."""
+        if self.preheat is not None and (kind != "pull" or tag is not None):
+            self.preheat.event(kind, repo, tag, digest)
+        if self.scans is not None:
+            self.scans.event(kind, repo, digest)
 
     async def _refetch(self, repo: str, digest: Digest, kind: str) -> bool:
         """Fetch quarantined content of a proxied repository again (the scrub's healing)."""
@@ -287,7 +304,7 @@ class App:
             if self.owner is not None and (method != "GET" or route.kind == "upload"):
                 raise NeedOwner("a write")  # before the auth check: the owner makes it
             if req.peer is None:  # a member's signature is its credential
-                await self.auth.check(
+                req.extra["user"] = await self.auth.check(
                     req.method,
                     req.headers.get("authorization"),
                     base=route.kind == "base",

@@ -89,7 +89,7 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
     if req.peer is not None and confirmed is not None:  # as the owner tells members
         req.headers_out[TAG_AGE] = f"{max(0.0, time.monotonic() - confirmed):.3f}"
     app.housekeeper.pulled(target.store_repo, info.digest)
-    await send_manifest(app, req, info)
+    await send_manifest(app, req, info, target.store_repo)
 
 
 async def get_blob(app: App, req: Request, route: Route, target: Target) -> None:

@@ -136,6 +136,25 @@ class Metrics:
             ["provider"],
             registry=self.registry,
         )
+        self.pulls_blocked = Counter(
+            "edgecache_pulls_blocked",
+            "Manifest pulls a [[pull_policies]] gate refused (412), by reason: vulnerabilities, "
+            "unscanned, scanner_down, signature.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.scans = Counter(
+            "edgecache_scans",
+            "Scans of single-platform manifests ended, by scanner and result (done, failed).",
+            ["scanner", "result"],
+            registry=self.registry,
+        )
+        self.scanner_up = Gauge(
+            "edgecache_scanner_up",
+            "1 while a scanner adapter answers (metadata and scans), 0 when it does not.",
+            ["scanner"],
+            registry=self.registry,
+        )
         self.notifications = Counter(
             "edgecache_notifications",
             "Notification deliveries to webhook endpoints, by endpoint and result "

@@ -31,8 +31,10 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
     upstream = app.upstream(target)
     ref = Reference.parse(route.ref or "")
     req.extra["cache"] = "hit" if app.store.resolve(target.store_repo, route.ref or "") else "miss"
+    # A gated repository answers a HEAD from the stored manifest too: the gate needs it.
+    gated = app.gate is not None and app.gate.policy(target.store_repo) is not None
     result = await app.proxy.manifest(
-        target, upstream, ref, head=req.method == "HEAD", via_peers=req.peer is None
+        target, upstream, ref, head=req.method == "HEAD" and not gated, via_peers=req.peer is None
     )
     if result.warning is not None:
         req.extra["cache"] = "stale"
@@ -56,7 +58,7 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
         if age is not None:
             req.headers_out[owner.TAG_AGE] = f"{age:.3f}"
     app.housekeeper.pulled(target.store_repo, result.info.digest)
-    await send_manifest(app, req, result.info)
+    await send_manifest(app, req, result.info, target.store_repo)
 
 
 async def get_blob(app: App, req: Request, route: Route, target: Target) -> None:

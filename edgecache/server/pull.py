@@ -38,7 +38,7 @@ async def get_manifest(app: App, req: Request, route: Route) -> None:
         if _ask_site(app, req) and await sitewide.manifest(app, req, repo, str(ref)):
             return
         raise errors.ManifestUnknown(_missing(app, "manifest", repo, str(ref)))
-    await send_manifest(app, req, info)
+    await send_manifest(app, req, info, repo)
 
 
 def _ask_site(app: App, req: Request) -> bool:
@@ -59,7 +59,9 @@ def _missing(app: App, kind: str, repo: str, reference: str) -> str:
     return f"{kind} {bad} was found corrupt on disk and is quarantined; push it to {repo} again"
 
 
-async def send_manifest(app: App, req: Request, info: ManifestInfo) -> None:
+async def send_manifest(app: App, req: Request, info: ManifestInfo, repo: str) -> None:
+    if app.gate is not None:  # [[pull_policies]]: 412 when the policy refuses (scan/gate.py)
+        await app.gate.check(req, repo, info)
     headers = {
         "Content-Type": info.media_type,
         "Docker-Content-Digest": str(info.digest),

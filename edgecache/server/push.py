@@ -148,8 +148,7 @@ async def put_manifest(app: App, req: Request, route: Route) -> None:
             detail={"expected": str(ref.digest), "actual": str(computed)},
         )
     await app.store.put_manifest(repo, data, manifest, computed, ref.tag)
-    if app.preheat is not None:
-        app.preheat.event("push", repo, ref.tag, str(computed))
+    app.event("push", repo, ref.tag, str(computed))
     headers = {
         "Location": f"/v2/{repo}/manifests/{computed}",
         "Docker-Content-Digest": str(computed),

@@ -27,6 +27,7 @@ from .accesslog import AccessLog
 
 if TYPE_CHECKING:
     from ..preheat.engine import Preheater
+    from ..scan.service import ScanService
 from .app import App
 from .startup import banner, bound_address, listen_socket
 from .workers import Supervisor, WorkerJob, owner_socket, unix_listener
@@ -156,6 +157,7 @@ async def serve(config: Config) -> None:
             nursery.start_soon(store.expire_uploads, config.limits.upload_idle_timeout)
             await _start_notifier(app, nursery)
             preheater = _preheater(app)
+            scans = _scans(app)
             if supervisor is not None:
                 app.worker_sockets = supervisor.sockets
                 app.workers_status = supervisor.status
@@ -163,6 +165,9 @@ async def serve(config: Config) -> None:
             binds = await nursery.start(_serve_until_signal, app, hc, nursery, supervisor)
             url = _connectable(binds[0])
             app.public_url = preheater.public_url = url
+            if scans is not None:
+                scans.public_url = url
+                await nursery.start(scans.run)
             await nursery.start(preheater.run)
             info = {"url": url, "pid": os.getpid(), "tls": config.server.tls}
             _write_private(server_file, json.dumps(info | public_config(config)) + "\n")
@@ -239,8 +244,22 @@ def _preheater(app: App) -> Preheater:
     preheater.on_bytes = lambda policy, n: metrics.preheat_bytes.labels(policy).inc(n)
     for name in app.config.preheat.providers:
         metrics.preheat_provider_up.labels(name).set(1)
+    preheater.on_event = app.event
     app.preheat = preheater
     return preheater
+
+
+def _scans(app: App) -> ScanService | None:
+    if not app.config.scan.scanners:
+        return None
+    from ..scan.service import ScanService
+
+    service = ScanService(app, app.config.scan)
+    metrics = app.metrics
+    service.on_result = lambda name, result: metrics.scans.labels(name, result).inc()
+    service.on_up = lambda name, up: metrics.scanner_up.labels(name).set(1 if up else 0)
+    app.scans = service
+    return service
 
 
 class _QuietInternal(logging.Filter):

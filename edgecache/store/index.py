@@ -34,6 +34,7 @@ _DBS = (
     "gcruns",
     "declared",
     "preheat",
+    "scans",
 )
 GC_RUNS_KEPT = 1000  # records of past garbage-collection runs (runs can be asked for at will)
 
@@ -532,3 +533,28 @@ class Index:
         with self.env.begin(db=self.db["preheat"]) as txn:
             raw = txn.get(key.encode())
         return None if raw is None else _load(raw)
+
+    # ---- scans: the pull gate's record of each stored report (scan/service.py) --------------
+
+    def put_scan(self, digest: str, scanner: str, record: dict[str, Any]) -> None:
+        """Record a manifest's report and bump `scan_gen` (cached gate decisions drop)."""
+        with self.env.begin(write=True) as txn:
+            txn.put(_wk(digest, scanner), _dump(record), db=self.db["scans"])
+            gen = int(txn.get(b"scan_gen", b"0", db=self.db["meta"]))
+            txn.put(b"scan_gen", str(gen + 1).encode(), db=self.db["meta"])
+
+    def scans_of(self, digest: str) -> list[tuple[str, dict[str, Any]]]:
+        """(scanner, record) of every report of a manifest, newest first."""
+        found = [
+            (key.decode().split(SEP)[1], _load(value))
+            for key, value in self._scan("scans", _k(digest, ""))
+        ]
+        return sorted(found, key=lambda item: -float(item[1].get("scanned", 0)))
+
+    def scans(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(digest, scanner, record) of every report."""
+        result = []
+        for key, value in self._scan("scans", b""):
+            digest, scanner = key.decode().split(SEP)
+            result.append((digest, scanner, _load(value)))
+        return result

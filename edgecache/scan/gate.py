@@ -1,0 +1,277 @@
+"""The pull gate: [[pull_policies]] applied to every manifest GET and HEAD a client makes.
+
+For a repository the first matching policy names (none: no gate, at the cost of one cached
+pattern lookup), in order:
+
+- signature (`require_signature`): the cosign signature tag (`sha256-<hex>.sig`) must be in the
+  repository (a proxied one asks its upstream); with `public_keys`, one of its simple-signing
+  payloads must name this digest and verify with one of the keys (scan/cosign.py). Otherwise
+  412 naming what is missing or wrong.
+- (the scanner's own pulls, with the token edgecache gave it, are never gated: a pull may be
+  waiting for that very scan)
+- severity (`block_severity`): the stored reports of the image's manifests (an index: each
+  platform manifest's) must have no vulnerability at or above the threshold that the allowlist
+  does not exempt; otherwise 412 with Harbor's message (scan/report.py).
+- unscanned images: `allow` serves them, `deny` refuses them (412), `wait` starts their scan
+  and holds the pull up to `wait` seconds; without an answer by then, `on_scanner_down`
+  decides. The scan pulls through edgecache, so a proxied image is fetched from the upstream
+  once, and the client's pull after it is a warm hit.
+
+It applies alike to pushed, preloaded and proxied images, by tag and by digest, in every
+serving process (a worker hands a pull that must wait, or a signature it must fetch, to the
+owner). A request from a member of the site is not gated: the member gates its own client.
+Decisions are cached per (repository, digest) until a report is stored anywhere (`scan_gen` in
+the index) or, for signatures and refusals, for SHORT seconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..bounded import BoundedCache
+from ..cache.owner import NeedOwner
+from ..cache.routing import resolve
+from ..oci import errors, mediatypes
+from ..oci.digest import Digest
+from ..oci.names import Reference
+from ..preheat.policy import select_manifests
+from ..store import ManifestInfo
+from .config import PullPolicy, ScanSettings
+from .cosign import MAX_PAYLOADS, load_public_keys, signature_layers, signature_tag, verify
+from .report import Report, gate, gate_message
+from .service import SCANNER_SUBJECT, ScanFailed, stored_report
+
+if TYPE_CHECKING:
+    from ..server.app import App
+    from ..server.http import Request
+
+log = logging.getLogger("edgecache.gate")
+
+SHORT = 10.0  # seconds a refusal or a signature verdict is trusted
+DECISIONS = 10_000
+MAX_SIGNATURE_BLOB = 1 << 20
+
+
+class Gate:
+    def __init__(self, app: App, settings: ScanSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._policies: BoundedCache[str, int] = BoundedCache(4096)
+        # (repo, digest) -> (scan_gen, decided at, refusal message or "", reason)
+        self._decisions: BoundedCache[tuple[str, str], tuple[int, float, str, str]] = BoundedCache(
+            DECISIONS
+        )
+        self._keys = [load_public_keys(p.public_keys) for p in settings.policies]
+        self.on_blocked: Callable[[str], None] = lambda reason: None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.settings.policies)
+
+    def policy(self, repo: str) -> int | None:
+        index = self._policies.get(repo)
+        if index is None:
+            index = next(
+                (i for i, p in enumerate(self.settings.policies)
+                 if p.selector.repository_matches(repo)),
+                -1,
+            )  # fmt: skip
+            self._policies.put(repo, index)
+        return None if index < 0 else index
+
+    async def check(self, req: Request, repo: str, info: ManifestInfo) -> None:
+        """Raise PolicyViolation (412) when the policy refuses this pull."""
+        if req.peer is not None or not self.settings.policies:
+            return
+        if req.extra.get("user") == SCANNER_SUBJECT:  # the scan a pull may be waiting for
+            return
+        number = self.policy(repo)
+        if number is None:
+            return
+        policy = self.settings.policies[number]
+        digest = str(info.digest)
+        gen = self.app.store.index.meta_int("scan_gen")
+        cached = self._decisions.get((repo, digest))
+        now = time.monotonic()
+        if cached is not None and cached[0] == gen and (not cached[2] or now - cached[1] < SHORT):
+            if cached[2]:
+                self._refuse(cached[3], cached[2])
+            return
+        message, reason, final = await self._decide(repo, info, policy, number)
+        if final or message:
+            self._decisions.put((repo, digest), (gen, now, message, reason))
+        if message:
+            self._refuse(reason, message)
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.on_blocked(reason)
+        raise errors.PolicyViolation(message, detail={"reason": reason})
+
+    async def _decide(
+        self, repo: str, info: ManifestInfo, policy: PullPolicy, number: int
+    ) -> tuple[str, str, bool]:
+        """(refusal message or "", reason, whether the decision may be cached)."""
+        digest = str(info.digest)
+        if policy.require_signature:
+            why = await self._signature(repo, digest, number)
+            if why:
+                return (
+                    f"{repo}@{digest} may not be pulled: {why} (require_signature)",
+                    "signature",
+                    False,
+                )
+        if not policy.needs_report:
+            return "", "", False
+        manifests = self._image_manifests(info)
+        reports: list[Report] = []
+        missing: list[str] = []
+        for child in manifests:
+            found = self._report(repo, child)
+            if found is None:
+                missing.append(child)
+            else:
+                reports.append(found)
+        if missing:
+            if policy.unscanned == "allow":
+                pass
+            elif policy.unscanned == "deny":
+                return (
+                    f"{repo}@{digest} has not been scanned yet and this registry's pull policy "
+                    'denies unscanned images (unscanned = "deny"); ask for a scan with '
+                    "`edgecache scan`",
+                    "unscanned",
+                    False,
+                )
+            else:
+                reports_now = await self._wait_for_scans(repo, digest, missing, policy)
+                if reports_now is None:
+                    if policy.on_scanner_down == "deny":
+                        return (
+                            f"{repo}@{digest} could not be scanned within {policy.wait:g} s "
+                            "(scanner down or slow) and this registry's pull policy denies "
+                            'it then (on_scanner_down = "deny"); retry later',
+                            "scanner_down",
+                            False,
+                        )
+                    return "", "", False
+                reports += reports_now
+                missing = []
+        if not policy.block_severity:
+            return "", "", not missing
+        now = datetime.datetime.now(datetime.UTC)
+        count = 0
+        matched: list[str] = []
+        for report in reports:
+            result = gate(report, policy.block_severity, policy.allowlist, now)
+            if result.blocked:
+                count += result.count
+                matched += [m for m in result.matched if m not in matched]
+        if count:
+            expiring = any(e.expires is not None for e in policy.allowlist)
+            # A decision with allowlist expiries in it is re-made after SHORT seconds.
+            return (
+                gate_message(count, policy.block_severity, matched),
+                "vulnerabilities",
+                not expiring,
+            )
+        return "", "", not missing and not any(e.expires for e in policy.allowlist)
+
+    def _image_manifests(self, info: ManifestInfo) -> list[str]:
+        if not mediatypes.is_index_type(info.media_type):
+            return [str(info.digest)]
+        try:
+            index = json.loads(info.path.read_bytes())
+            return [e["digest"] for e in select_manifests(index, ())]
+        except (OSError, ValueError, KeyError, TypeError):
+            return [str(info.digest)]
+
+    def _report(self, repo: str, digest: str) -> Report | None:
+        found = stored_report(self.app, repo, digest)
+        return None if found is None else found[1]
+
+    async def _wait_for_scans(
+        self, repo: str, digest: str, missing: list[str], policy: PullPolicy
+    ) -> list[Report] | None:
+        """Start the scans and wait up to policy.wait; the reports, or None (no answer)."""
+        service = self.app.scans
+        if self.app.owner is not None or service is None:
+            raise NeedOwner("a pull waiting for its scan")
+        try:
+            tasks = [service.request(repo, child, "pull") for child in missing]
+        except ScanFailed as exc:
+            log.warning("the scan a pull of %s@%s waits for was not started: %s", repo, digest, exc)
+            return None
+        with trio.move_on_after(policy.wait):
+            for task in tasks:
+                await task.done.wait()
+        reports = [self._report(repo, child) for child in missing]
+        if any(r is None for r in reports):
+            return None
+        return [r for r in reports if r is not None]
+
+    async def _signature(self, repo: str, digest: str, number: int) -> str:
+        """ "" when the image is signed as the policy asks; else what is wrong."""
+        tag = signature_tag(digest)
+        info = self.app.store.manifest(repo, tag)
+        if info is None:
+            info = await self._fetch_signature(repo, tag)
+        if info is None:
+            return f"no cosign signature ({tag})"
+        keys = self._keys[number]
+        if not keys:
+            return ""
+        try:
+            manifest = json.loads(info.path.read_bytes())
+        except (OSError, ValueError):
+            return "its signature manifest cannot be read"
+        payloads = []
+        # One more than verify() checks: an image with too many signatures is refused, named.
+        for layer_digest, signature in signature_layers(manifest)[: MAX_PAYLOADS + 1]:
+            data = await self._signature_blob(repo, layer_digest)
+            if data is not None:
+                payloads.append((data, signature))
+        verdict = verify(digest, payloads, keys)
+        return "" if verdict.ok else f"its signature does not verify: {verdict.reason}"
+
+    async def _fetch_signature(self, repo: str, tag: str) -> ManifestInfo | None:
+        target = resolve(self.app.config, repo, None)
+        if not target.proxied:
+            return None
+        if self.app.owner is not None:
+            raise NeedOwner("a signature to fetch")
+        try:
+            result = await self.app.proxy.manifest(
+                target, self.app.upstream(target), Reference(tag=tag), head=False
+            )
+        except errors.OCIError:
+            return None
+        return result.info
+
+    async def _signature_blob(self, repo: str, digest: str) -> bytes | None:
+        parsed = Digest.parse(digest)
+        blob = self.app.store.blob(repo, parsed)
+        if blob is None:
+            target = resolve(self.app.config, repo, None)
+            if not target.proxied:
+                return None
+            if self.app.owner is not None:
+                raise NeedOwner("a signature to fetch")
+            from ..preheat.providers import Fail, Retry, ensure_blob
+
+            try:
+                await ensure_blob(self.app, target, parsed, None)
+            except (Fail, Retry, errors.OCIError):
+                return None
+            blob = self.app.store.blob(repo, parsed)
+            if blob is None:
+                return None
+        if blob.size > MAX_SIGNATURE_BLOB:
+            return None
+        return await trio.to_thread.run_sync(blob.path.read_bytes)

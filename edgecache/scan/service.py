@@ -1,0 +1,574 @@
+"""Scans through Harbor's pluggable scanner adapter API, run by the process that owns fetches.
+
+A scan of an image is a scan of each of its single-platform manifests (an index's attestation
+manifests are not images). For one manifest and one scanner:
+
+1. `POST /api/v1/scan` with this edgecache's URL and a bearer token edgecache issued for pull
+   on that one repository, valid as long as the scan may take (server/tokens.py): the adapter
+   pulls the image through edgecache, never from the upstream.
+2. `GET /api/v1/scan/{id}/report` (Accept: the Harbor report type) after 2 s, then every
+   `Refresh-After` (or `Retry-After`) while it answers 302; a 404 means the adapter lost the
+   scan: it is submitted once more; other failures are retried with back-off; all of it within
+   `[scan] timeout`. The other report type the adapter produces is asked for once the first is
+   ready.
+3. The reports are stored as an OCI artifact whose subject is the manifest (artifactType
+   REPORT_ARTIFACT, one layer per report type, annotations naming the scanner): they show in
+   the referrers API, are exported with the image and kept by GC as long as it is; and a small
+   record in the index (`scans` database: <manifest digest>\\0<scanner> -> severity, the
+   artifact's digest, when) is what the pull gate (scan/gate.py) reads. The `scan_gen` counter
+   in `meta` is bumped so that every serving process drops its cached gate decisions.
+
+Triggers: `[scan] on` events (push, preload, the first proxy fetch of a manifest), the `[scan]
+schedule` (rescans of everything scanned before: vulnerability databases change), `edgecache
+scan IMAGE` and the admin API, and a pull that a policy's `unscanned = "wait"` holds. At most
+`[scan] concurrency` scans run at once; a scan of a manifest already queued or running is
+joined, never started twice; at most MAX_QUEUED wait.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from ..cache.routing import resolve
+from ..oci import errors, mediatypes
+from ..oci.digest import Digest
+from ..oci.manifest import parse_manifest
+from ..preheat.policy import select_manifests
+from .config import ScannerConfig, ScanSettings
+from .report import HARBOR_REPORT, VULN_REPORT_11, Report, parse_report
+
+if TYPE_CHECKING:
+    from ..server.app import App
+
+log = logging.getLogger("edgecache.scan")
+
+# The subject of the scanner's pull tokens: no user can have it (':' ends a user name), and
+# the gate lets it read an image it holds for its scan (scan/gate.py).
+SCANNER_SUBJECT = "edgecache:scanner"
+SCAN_REQUEST = "application/vnd.scanner.adapter.scan.request+json; version=1.0"
+SCAN_RESPONSE = "application/vnd.scanner.adapter.scan.response+json; version=1.0"
+METADATA = "application/vnd.scanner.adapter.metadata+json; version=1.0"
+REPORT_ARTIFACT = "application/vnd.edgecache.vulnerability.report.v1+json"
+EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+SCANNER_ANNOTATION = "io.edgecache.scanner"
+SEVERITY_ANNOTATION = "io.edgecache.severity"
+CREATED = "org.opencontainers.image.created"
+IMAGE_CONFIGS = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
+MAX_QUEUED = 1000
+FIRST_POLL = 2.0  # seconds before the first report request (Harbor's)
+MAX_POLL = 30.0
+MAX_REPORT = 64 << 20
+MAX_RECORDED = 5000  # vulnerabilities a gate record keeps (ids and severities)
+
+
+class ScanFailed(Exception):
+    """The scan could not be done (the message says why; never a credential)."""
+
+
+@dataclass
+class Task:
+    repo: str
+    digest: str
+    scanner: str
+    trigger: str
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str = ""
+    severity: str = ""
+    started: float = 0.0
+
+
+class ScanService:
+    def __init__(
+        self, app: App, settings: ScanSettings, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.clock = clock
+        self.public_url = ""
+        self._tasks: dict[tuple[str, str], Task] = {}  # queued or running, by (digest, scanner)
+        self._send, self._receive = trio.open_memory_channel[Task](MAX_QUEUED)
+        self.metadata: dict[str, dict[str, Any]] = {}
+        self.on_result: Callable[[str, str], None] = lambda scanner, result: None
+        self.on_up: Callable[[str, bool], None] = lambda scanner, up: None
+
+    # ---- asking for scans ------------------------------------------------------------------
+
+    def request(self, repo: str, digest: str, trigger: str, scanner: str | None = None) -> Task:
+        """The scan of one manifest (queued, or the one already queued or running)."""
+        config = self._scanner(scanner)
+        key = (digest, config.name)
+        task = self._tasks.get(key)
+        if task is not None:
+            return task
+        task = Task(repo, digest, config.name, trigger)
+        try:
+            self._send.send_nowait(task)
+        except trio.WouldBlock:
+            raise ScanFailed(f"{MAX_QUEUED} scans are waiting already; try again later") from None
+        self._tasks[key] = task
+        return task
+
+    def _scanner(self, name: str | None) -> ScannerConfig:
+        if name is None:
+            found = self.settings.default_scanner
+            if found is None:
+                raise ScanFailed("no scanner is configured ([scanners.<name>])")
+            return found
+        found = self.settings.scanners.get(name)
+        if found is None:
+            raise ScanFailed(
+                f"no scanner {name!r} (configured: {', '.join(self.settings.scanners)})"
+            )
+        return found
+
+    def image_manifests(self, repo: str, digest: str) -> list[str]:
+        """The single-platform manifests a scan of this manifest covers."""
+        record = self.app.store.index.manifest(digest)
+        if record is None:
+            return []
+        if not mediatypes.is_index_type(record["media_type"]):
+            # An image, not an artifact (a signature, a report, an SBOM): only images scan.
+            kind = record.get("artifact_type")
+            return [digest] if kind is None or kind in IMAGE_CONFIGS else []
+        path = self.app.store.layout.blob_path(Digest.parse(digest))
+        try:
+            index = json.loads(path.read_bytes())
+            return [e["digest"] for e in select_manifests(index, ())]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    def scan_image(
+        self, repo: str, digest: str, trigger: str, scanner: str | None = None
+    ) -> list[Task]:
+        return [self.request(repo, d, trigger, scanner) for d in self.image_manifests(repo, digest)]
+
+    def event(self, kind: str, repo: str, digest: str) -> None:
+        """A push, preload or first proxy fetch (never raises)."""
+        scan = self.settings.scan
+        if kind not in scan.on or not self.settings.scanners:
+            return
+        from ..preheat.policy import matches_any
+
+        try:
+            if not matches_any(scan.repositories, repo):
+                return
+            self.scan_image(repo, digest, kind)
+        except ScanFailed as exc:
+            log.warning("scan of %s@%s on %s not started: %s", repo, digest, kind, exc)
+        except Exception:
+            log.exception("scan of %s@%s on %s not started", repo, digest, kind)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for scanner in self.settings.scanners.values():
+                nursery.start_soon(self._metadata_loop, scanner)
+            for _ in range(self.settings.scan.concurrency):
+                nursery.start_soon(self._worker)
+            if self.settings.scan.schedule:
+                nursery.start_soon(self._schedule_loop)
+            task_status.started()
+
+    async def _worker(self) -> None:
+        async for task in self._receive:
+            task.started = self.clock()
+            try:
+                with trio.fail_after(self.settings.scan.timeout):
+                    task.severity = await self._scan(task)
+                self.on_result(task.scanner, "done")
+            except trio.TooSlowError:
+                task.error = f"the scan did not end in {self.settings.scan.timeout:g} s"
+            except ScanFailed as exc:
+                task.error = str(exc)
+            except Exception as exc:  # a scanner's answer must not take the server down
+                log.exception("scan of %s@%s failed", task.repo, task.digest)
+                task.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._tasks.pop((task.digest, task.scanner), None)
+                task.done.set()
+            if task.error:
+                self.on_result(task.scanner, "failed")
+                log.warning("scan of %s@%s by %s failed: %s", task.repo, task.digest,
+                            task.scanner, task.error)  # fmt: skip
+            else:
+                log.info("scanned %s@%s with %s: %s", task.repo, task.digest, task.scanner,
+                         task.severity or "no vulnerabilities")  # fmt: skip
+
+    async def _scan(self, task: Task) -> str:
+        config = self.settings.scanners[task.scanner]
+        if self.app.store.resolve(task.repo, task.digest) is None:
+            await self._fetch_manifest(task.repo, task.digest)
+        record = self.app.store.index.manifest(task.digest)
+        if record is None:
+            raise ScanFailed(f"manifest {task.digest} is not in {task.repo}")
+        token = self._pull_token(task.repo)
+        body = {
+            "registry": {
+                "url": config.registry_url or self.public_url,
+                "authorization": f"Bearer {token}",
+            },
+            "artifact": {
+                "repository": task.repo,
+                "digest": task.digest,
+                "mime_type": record["media_type"],
+            },
+        }
+        async with self._client(config) as client:
+            scan_id = await self._submit(client, config, body)
+            try:
+                data = await self._report(client, config, scan_id, HARBOR_REPORT)
+            except _Lost:
+                log.info("scanner %s lost scan %s; submitting it again", config.name, scan_id)
+                scan_id = await self._submit(client, config, body)
+                data = await self._report(client, config, scan_id, HARBOR_REPORT)
+            reports = {HARBOR_REPORT: data}
+            produced = self.metadata.get(config.name, {}).get("produces", [])
+            if any(VULN_REPORT_11.split(";")[0] == p.split(";")[0] for p in produced):
+                try:
+                    reports[VULN_REPORT_11] = await self._report(
+                        client, config, scan_id, VULN_REPORT_11
+                    )
+                except (ScanFailed, _Lost) as exc:
+                    log.info("scanner %s: no %s report: %s", config.name, VULN_REPORT_11, exc)
+        try:
+            parsed = parse_report(HARBOR_REPORT, data)
+        except ValueError as exc:
+            raise ScanFailed(f"scanner {config.name} sent an invalid report: {exc}") from None
+        await self._store(task, config, reports, parsed)
+        return parsed.severity
+
+    async def _fetch_manifest(self, repo: str, digest: str) -> None:
+        """A platform manifest of a proxied index, which clients had not asked for yet."""
+        target = resolve(self.app.config, repo, None)
+        if not target.proxied:
+            return
+        from ..oci.names import Reference
+
+        try:
+            await self.app.proxy.manifest(
+                target,
+                self.app.upstream(target),
+                Reference(digest=Digest.parse(digest)),
+                head=False,
+            )
+        except errors.OCIError as exc:
+            raise ScanFailed(f"manifest {digest} of {repo}: {exc.message}") from None
+
+    async def resolve_image(self, image: str) -> tuple[str, str]:
+        """`repo:tag` / `repo@digest` -> (repository, manifest digest), fetched if proxied."""
+        from ..oci.names import Reference, validate_repository
+        from ..preheat.config import split_image
+
+        repo, ref = split_image(image)
+        validate_repository(repo)
+        reference = Reference.parse(ref)
+        target = resolve(self.app.config, repo, None)
+        if target.proxied:
+            result = await self.app.proxy.manifest(
+                target, self.app.upstream(target), reference, head=False
+            )
+            if result.info is None:
+                raise errors.ManifestUnknown(f"{image}: not stored")
+            return target.store_repo, str(result.info.digest)
+        info = self.app.store.manifest(repo, ref)
+        if info is None:
+            raise errors.ManifestUnknown(f"{image} is not in this registry")
+        return repo, str(info.digest)
+
+    def _pull_token(self, repo: str) -> str:
+        issuer = self.app.auth.tokens
+        assert issuer is not None
+        answer = issuer.issue(SCANNER_SUBJECT, {repo: ["pull"]}, ttl=self.settings.scan.timeout)
+        token: str = answer["token"]
+        return token
+
+    @asynccontextmanager
+    async def _client(self, config: ScannerConfig) -> AsyncIterator[httpx.AsyncClient]:
+        verify: Any = True
+        if config.ca_file:
+            from ..upstream.session import context_for
+
+            verify = context_for(config.ca_file)
+        async with httpx.AsyncClient(
+            verify=verify,
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            headers=config.headers(),
+            follow_redirects=False,
+        ) as client:
+            yield client
+
+    async def _submit(self, client: httpx.AsyncClient, config: ScannerConfig, body: Any) -> str:
+        delay = 1.0
+        for attempt in range(4):
+            try:
+                response = await client.post(
+                    f"{config.url}/api/v1/scan",
+                    content=json.dumps(body).encode(),
+                    headers={"Content-Type": SCAN_REQUEST, "Accept": SCAN_RESPONSE},
+                )
+            except httpx.HTTPError as exc:
+                error = f"scanner {config.name} unreachable: {type(exc).__name__}"
+                self.on_up(config.name, False)
+            else:
+                if response.status_code == 202:
+                    try:
+                        scan_id = response.json()["id"]
+                    except (ValueError, KeyError, TypeError):
+                        raise ScanFailed(f"scanner {config.name}: 202 without a scan id") from None
+                    if not isinstance(scan_id, str) or not scan_id or len(scan_id) > 256:
+                        raise ScanFailed(f"scanner {config.name}: a bad scan id")
+                    return scan_id
+                error = (
+                    f"scanner {config.name} answered {response.status_code} to the scan "
+                    f"request: {_error(response)}"
+                )
+                if response.status_code < 500 and response.status_code != 429:
+                    raise ScanFailed(error)
+            if attempt < 3:
+                await trio.sleep(delay)
+                delay *= 2
+        raise ScanFailed(error)
+
+    async def _report(
+        self, client: httpx.AsyncClient, config: ScannerConfig, scan_id: str, media_type: str
+    ) -> bytes:
+        url = f"{config.url}/api/v1/scan/{quote(scan_id, safe='')}/report"
+        wait = FIRST_POLL
+        failures = 0
+        while True:
+            await trio.sleep(wait)
+            try:
+                response = await client.get(url, headers={"Accept": media_type})
+            except httpx.HTTPError as exc:
+                failures += 1
+                self.on_up(config.name, False)
+                if failures > 5:
+                    raise ScanFailed(
+                        f"scanner {config.name} unreachable: {type(exc).__name__}"
+                    ) from None
+                wait = min(MAX_POLL, 2.0**failures)
+                continue
+            status = response.status_code
+            if status == 302:
+                wait = _refresh_after(response)
+                failures = 0
+                continue
+            if status == 404:
+                raise _Lost(f"scanner {config.name} does not know scan {scan_id}")
+            if status == 200:
+                self.on_up(config.name, True)
+                if len(response.content) > MAX_REPORT:
+                    raise ScanFailed(f"scanner {config.name}: a report over {MAX_REPORT} bytes")
+                return response.content
+            if status >= 500 or status == 429:
+                failures += 1
+                if failures > 5:
+                    raise ScanFailed(f"scanner {config.name} answered {status}: {_error(response)}")
+                wait = min(MAX_POLL, 2.0**failures)
+                continue
+            raise ScanFailed(
+                f"scanner {config.name} answered {status} for the report: {_error(response)}"
+            )
+
+    async def _store(
+        self, task: Task, config: ScannerConfig, reports: dict[str, bytes], parsed: Report
+    ) -> None:
+        """The reports as a referrer of the manifest, and the gate's record in the index."""
+        store = self.app.store
+        record = store.index.manifest(task.digest)
+        if record is None:
+            raise ScanFailed(f"manifest {task.digest} was removed during its scan")
+        layers = []
+        await self._put_blob(task.repo, b"{}")
+        for media_type, data in reports.items():
+            digest = await self._put_blob(task.repo, data)
+            layers.append({"mediaType": media_type, "digest": digest, "size": len(data)})
+        now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+        artifact = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": REPORT_ARTIFACT,
+            "config": {"mediaType": EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+            "layers": layers,
+            "subject": {
+                "mediaType": record["media_type"],
+                "digest": task.digest,
+                "size": int(record["size"]),
+            },
+            "annotations": {
+                CREATED: now,
+                SCANNER_ANNOTATION: config.name,
+                SEVERITY_ANNOTATION: parsed.severity or "None",
+            },
+        }
+        data = json.dumps(artifact, separators=(",", ":")).encode()
+        artifact_digest = Digest.of_bytes(data)
+        manifest = parse_manifest(data, "application/vnd.oci.image.manifest.v1+json")
+        await store.put_manifest(task.repo, data, manifest, artifact_digest, None)
+        gate_record = {
+            "repo": task.repo,
+            "scanner": config.name,
+            "severity": parsed.severity,
+            "artifact": str(artifact_digest),
+            "scanned": self.clock(),
+            "vulnerabilities": len(parsed.vulnerabilities),
+        }
+        await trio.to_thread.run_sync(store.index.put_scan, task.digest, config.name, gate_record)
+
+    async def _put_blob(self, repo: str, data: bytes) -> str:
+        digest = Digest.of_bytes(data)
+        if self.app.store.blob(repo, digest) is None:
+
+            async def one() -> AsyncIterator[bytes]:
+                yield data
+
+            await self.app.store.put_blob_stream(repo, digest, one())
+        return str(digest)
+
+    # ---- metadata, schedule ------------------------------------------------------------------
+
+    async def _metadata_loop(self, config: ScannerConfig) -> None:
+        while True:
+            await self.check_metadata(config)
+            await trio.sleep(config.metadata_interval)
+
+    async def check_metadata(self, config: ScannerConfig) -> None:
+        entry: dict[str, Any] = {"checked": self.clock()}
+        try:
+            async with self._client(config) as client:
+                response = await client.get(
+                    f"{config.url}/api/v1/metadata", headers={"Accept": METADATA}
+                )
+            if response.status_code != 200:
+                raise ScanFailed(f"GET /api/v1/metadata: {response.status_code} {_error(response)}")
+            value = response.json()
+            scanner = value.get("scanner") or {}
+            produces = [
+                m
+                for capability in value.get("capabilities") or []
+                for m in capability.get("produces_mime_types") or []
+                if isinstance(m, str)
+            ]
+            entry |= {
+                "up": True,
+                "name": str(scanner.get("name", ""))[:100],
+                "vendor": str(scanner.get("vendor", ""))[:100],
+                "version": str(scanner.get("version", ""))[:100],
+                "produces": produces[:20],
+                "error": "",
+            }
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError, ScanFailed) as exc:
+            reason = str(exc) if isinstance(exc, ScanFailed) else type(exc).__name__
+            entry |= {"up": False, "error": reason[:300]}
+            entry["produces"] = self.metadata.get(config.name, {}).get("produces", [])
+        before = self.metadata.get(config.name, {}).get("up")
+        self.metadata[config.name] = entry
+        if before is not None and before != entry["up"]:
+            log.warning("scanner %s is %s", config.name,
+                        "up" if entry["up"] else f"down ({entry['error']})")  # fmt: skip
+        self.on_up(config.name, bool(entry["up"]))
+
+    async def _schedule_loop(self) -> None:
+        from croniter import croniter
+
+        schedule = croniter(
+            self.settings.scan.schedule, datetime.datetime.fromtimestamp(self.clock())
+        )
+        while True:
+            when = schedule.get_next(float)
+            await trio.sleep(max(0.0, when - self.clock()))
+            count = 0
+            for digest, scanner, record in self.app.store.index.scans():
+                if self.app.store.index.manifest(digest) is None:
+                    continue
+                try:
+                    self.request(record["repo"], digest, "schedule", scanner)
+                    count += 1
+                except ScanFailed as exc:
+                    log.warning("scheduled rescans stopped at %d: %s", count, exc)
+                    break
+            log.info("scheduled rescan of %d manifests", count)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "scanner": name,
+                "url": config.url,
+                "default": config is self.settings.default_scanner,
+                "up": self.metadata.get(name, {}).get("up"),
+                "adapter": " ".join(
+                    str(self.metadata.get(name, {}).get(k, "")) for k in ("name", "version")
+                ).strip(),
+                "error": self.metadata.get(name, {}).get("error", ""),
+                "running": sum(1 for (_, s), t in self._tasks.items() if s == name and t.started),
+                "queued": sum(
+                    1 for (_, s), t in self._tasks.items() if s == name and not t.started
+                ),
+            }
+            for name, config in self.settings.scanners.items()
+        ]
+
+
+class _Lost(Exception):
+    pass
+
+
+def _refresh_after(response: httpx.Response) -> float:
+    for header in ("refresh-after", "retry-after"):
+        value = response.headers.get(header)
+        if value is not None:
+            try:
+                return min(max(float(value), 0.1), MAX_POLL)
+            except ValueError:
+                break
+    return FIRST_POLL
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]
+
+
+def target_for(app: App, repo: str) -> Any:
+    return resolve(app.config, repo, None)
+
+
+def stored_report(
+    app: App, repo: str, digest: str, scanner: str | None = None
+) -> tuple[dict[str, Any], Report] | None:
+    """The newest stored report of a manifest (the gate record and the parsed Harbor report)."""
+    for name, record in app.store.index.scans_of(digest):
+        if scanner is not None and name != scanner:
+            continue
+        artifact = app.store.index.manifest(record["artifact"])
+        if artifact is None:
+            continue
+        path = app.store.layout.blob_path(Digest.parse(record["artifact"]))
+        try:
+            document = json.loads(path.read_bytes())
+            layer = next(
+                layer for layer in document["layers"] if layer["mediaType"] == HARBOR_REPORT
+            )
+            data = app.store.layout.blob_path(Digest.parse(layer["digest"])).read_bytes()
+            return record, parse_report(HARBOR_REPORT, data)
+        except (OSError, ValueError, KeyError, StopIteration, errors.OCIError):
+            continue
+    return None

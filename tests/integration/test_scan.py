@@ -1,0 +1,334 @@
+"""Scanning and pull policies against the real server (owner and worker), real containerd and
+docker-registry, and a FAKE scanner adapter (tests/fakes/scanner.py: it serves Harbor's
+pluggable scanner API exactly, validates every request and response against the saved OpenAPI
+document, and really pulls the image from edgecache with the credential it was given; its
+findings come from a marker file the test puts in an image layer).
+
+What is checked: a scan on push; a vulnerable image refused with 412 (containerd too), by tag,
+by digest and by HEAD, and let through by the allowlist; an expired allowlist entry exempts
+nothing; the adapter's credential reads only that repository; the first proxy pull of a new
+image waits for its scan, which fetched it from the upstream once; a scanner that is down
+with unscanned = wait and on_scanner_down deny / allow, and unscanned = deny; cosign
+signatures (signed, unsigned, signed by another key); reports in the referrers API, in
+`edgecache report`, and after a restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import bcrypt
+import httpx
+import jwt
+import pytest
+
+from tests.fakes.cosign import new_key, sign_image
+from tests.fakes.scanner import FakeScannerAdapter, marker_layer
+from tests.integration.test_proxy import metric
+from tests.support import Containerd, EdgecacheServer, free_port, require_tool, wait_for
+from tests.upstreams import RunningUpstream, start_registry
+
+PASSWORD = "scan-pass-123"
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()}
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+HIGH = {"id": "CVE-2099-0001", "package": "openssl", "version": "3.0.1",
+        "fix_version": "3.0.9", "severity": "High"}  # fmt: skip
+LOW = {"id": "CVE-2099-0002", "package": "zlib", "version": "1.2", "severity": "Low"}
+MEDIUM = {"id": "CVE-2099-0003", "package": "curl", "version": "8.0", "severity": "Medium"}
+
+
+def image_blobs(vulns: list[dict[str, Any]], salt: str) -> tuple[bytes, bytes, bytes]:
+    """(config, layer, manifest) of a one-layer image whose layer holds the scanner's marker;
+    a real image: containerd unpacks it and checks the config's diff_ids."""
+    layer = marker_layer(vulns, extra_files={"salt.txt": salt.encode()})
+    diff_id = "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()  # fmt: skip
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha(layer), "size": len(layer)}],
+    }).encode()  # fmt: skip
+    return config, layer, manifest
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push(base_url: str, repo: str, tag: str, blobs: tuple[bytes, ...], manifest: bytes,
+         headers: dict[str, str] | None = None) -> str:  # fmt: skip
+    with httpx.Client(base_url=base_url, headers=headers or {}, timeout=60) as client:
+        for blob in blobs:
+            answer = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha(blob)},
+                                 content=blob)  # fmt: skip
+            if answer.status_code == 202:  # docker-registry: monolithic in two steps
+                location = answer.headers["location"]
+                joined = "&" if "?" in location else "?"
+                answer = client.put(f"{location}{joined}digest={sha(blob)}", content=blob)
+            assert answer.status_code == 201, answer.text
+        put = client.put(f"/v2/{repo}/manifests/{tag}", content=manifest,
+                         headers={"Content-Type": OCI_MANIFEST})  # fmt: skip
+        assert put.status_code == 201, put.text
+    return sha(manifest)
+
+
+def push_image(server: EdgecacheServer, repo: str, vulns: list[dict[str, Any]], salt: str) -> str:
+    config, layer, manifest = image_blobs(vulns, salt)
+    return push(server.url, repo, "v1", (config, layer), manifest, BASIC)
+
+
+@pytest.fixture(scope="module")
+def scanner() -> Iterator[FakeScannerAdapter]:
+    with FakeScannerAdapter("1.1", auth=("apikey", "adapter-key-123"), pending_polls=1) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUpstream]:
+    with start_registry(tmp_path_factory.mktemp("upstream"), "anonymous") as registry:
+        yield registry
+
+
+KEYS: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    scanner: FakeScannerAdapter,
+    upstream: RunningUpstream,
+) -> Iterator[EdgecacheServer]:
+    base = tmp_path_factory.mktemp("scan")
+    (base / "adapter-key").write_text("adapter-key-123\n")
+    KEYS["good"], pem = new_key("ecdsa-p256")
+    KEYS["other"], _ = new_key("ed25519")
+    (base / "cosign.pub").write_bytes(pem)
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    config = f"""
+[auth]
+anonymous_pull = false
+anonymous_push = true
+[auth.users]
+alice = "{hashed}"
+
+[upstreams.up]
+url = "{upstream.url}"
+retries = 1
+
+[scanners.fake]
+url = "{scanner.url}"
+auth = "apikey"
+secret_file = "{base / "adapter-key"}"
+
+[scan]
+on = ["push"]
+timeout = 60
+
+[[pull_policies]]
+repositories = ["gated/**"]
+block_severity = "High"
+allowlist = [{{ id = "CVE-2099-0001", expires = "2001-01-01" }}]
+
+[[pull_policies]]
+repositories = ["allowed/**"]
+block_severity = "High"
+allowlist = ["CVE-2099-0001"]
+
+[[pull_policies]]
+repositories = ["up/waited/**"]
+block_severity = "Critical"
+unscanned = "wait"
+wait = 60
+
+[[pull_policies]]
+repositories = ["signed/**"]
+require_signature = true
+public_keys = ["{base / "cosign.pub"}"]
+"""
+    with EdgecacheServer(base, config_text=config) as srv:
+        yield srv
+
+
+def scanned(server: EdgecacheServer, image: str) -> dict[str, Any]:
+    """The admin API's report of an image, once every manifest of it has one."""
+
+    def ready() -> dict[str, Any] | None:
+        with server.client() as client:
+            token = {"Authorization": f"Bearer {server.admin_token}"}
+            answer = client.get("/_edgecache/admin/report", params={"image": image}, headers=token)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        return body if all(m["scanned"] for m in body["manifests"]) else None
+
+    return wait_for(ready, timeout=60, what=f"the report of {image}")
+
+
+def test_a_vulnerable_image_is_refused_and_the_allowlist_lets_it_through(
+    server: EdgecacheServer, scanner: FakeScannerAdapter
+) -> None:
+    digest = push_image(server, "gated/app", [HIGH, LOW], "gated")
+    report = scanned(server, "gated/app:v1")
+    assert {v["id"] for v in report["manifests"][0]["report"]["vulnerabilities"]} == {
+        HIGH["id"],
+        LOW["id"],
+    }
+    with server.client(headers=BASIC) as client:
+        for method, ref in (("GET", "v1"), ("HEAD", "v1"), ("GET", digest)):
+            refused = client.request(method, f"/v2/gated/app/manifests/{ref}")
+            assert refused.status_code == 412, (method, ref, refused.text)
+        error = client.get("/v2/gated/app/manifests/v1").json()["errors"][0]
+    assert error["code"] == "PROJECTPOLICYVIOLATION"
+    # Harbor's wording; the expired allowlist entry exempts nothing.
+    assert error["message"].startswith("current image with 1 vulnerability cannot be pulled")
+    assert '"High"' in error["message"] and "CVE-2099-0001" in error["message"]
+    assert "CVE-2099-0002" not in error["message"]  # Low: under the threshold
+    # The same image where the CVE is allowlisted.
+    push_image(server, "allowed/app", [HIGH, LOW], "gated")
+    scanned(server, "allowed/app:v1")
+    with server.client(headers=BASIC) as client:
+        assert client.get("/v2/allowed/app/manifests/v1").status_code == 200
+        assert metric(client, "edgecache_pulls_blocked_total", '{reason="vulnerabilities"}') >= 3
+    # The adapter pulled with a token for pull on gated/app alone, valid for the scan timeout.
+    record = next(r for r in scanner.scans.values() if r.artifact["repository"] == "gated/app")
+    assert record.ok and scanner.rejections == []
+    token = record.authorization.removeprefix("Bearer ")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["access"] == [{"type": "repository", "name": "gated/app", "actions": ["pull"]}]
+    assert claims["exp"] - claims["iat"] == 60
+    with server.client() as client:
+        other = client.get(
+            "/v2/allowed/app/tags/list", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert other.status_code == 401
+    assert token not in server.log_text() and "adapter-key-123" not in server.log_text()
+
+
+def test_containerd_is_refused_with_the_message_and_pulls_the_allowlisted_image(
+    server: EdgecacheServer,
+) -> None:
+    require_tool("containerd")
+    push_image(server, "gated/ctr", [HIGH], "ctr")
+    push_image(server, "allowed/ctr", [HIGH], "ctr")
+    scanned(server, "gated/ctr:v1")
+    scanned(server, "allowed/ctr:v1")
+    with tempfile.TemporaryDirectory(prefix="ec-ctrd-") as base, Containerd(base) as daemon:
+        pull = ["images", "pull", "--plain-http", "--snapshotter", "native",
+                "--user", f"alice:{PASSWORD}"]  # fmt: skip
+        refused = daemon.ctr(*pull, f"{server.host}/gated/ctr:v1", check=False)
+        assert refused.returncode != 0
+        assert "412" in refused.stderr or "Precondition Failed" in refused.stderr, refused.stderr
+        daemon.ctr(*pull, f"{server.host}/allowed/ctr:v1")
+        assert f"{server.host}/allowed/ctr:v1" in daemon.ctr("images", "ls").stdout
+
+
+def test_the_first_proxy_pull_waits_for_the_scan_and_the_upstream_is_asked_once(
+    server: EdgecacheServer, upstream: RunningUpstream
+) -> None:
+    config, layer, manifest = image_blobs([MEDIUM], "waited")
+    push(upstream.url, "waited/app", "v1", (config, layer), manifest)
+    with server.client(headers=BASIC) as client:
+        got = client.get("/v2/up/waited/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        assert got.status_code == 200, got.text
+        # The scan was done before the answer (Medium is under the Critical threshold).
+        report = scanned(server, "up/waited/app:v1")
+        assert report["manifests"][0]["record"]["severity"] == "Medium"
+        for blob in (config, layer):
+            answer = client.get(f"/v2/up/waited/app/blobs/{sha(blob)}")
+            assert answer.status_code == 200 and answer.content == blob
+    for blob in (config, layer):  # the scanner's pull fetched it; the client's was a hit
+        assert upstream.settled_served_bytes(sha(blob), len(blob)) == len(blob)
+
+
+def test_signatures_are_required_and_verified(server: EdgecacheServer) -> None:
+    results = {}
+    for name, key in (("good", KEYS["good"]), ("other", KEYS["other"]), ("none", None)):
+        repo = f"signed/{name}"
+        digest = push_image(server, repo, [], name)
+        if key is not None:
+            artifact = sign_image(digest, f"{server.host}/{repo}", key)
+            push(server.url, repo, artifact.tag, tuple(artifact.blobs.values()),
+                 artifact.manifest, BASIC)  # fmt: skip
+        with server.client(headers=BASIC) as client:
+            results[name] = client.get(f"/v2/{repo}/manifests/v1")
+    assert results["good"].status_code == 200, results["good"].text
+    assert results["other"].status_code == 412
+    assert "does not verify" in results["other"].text
+    assert results["none"].status_code == 412 and "no cosign signature" in results["none"].text
+    with server.client() as client:
+        assert metric(client, "edgecache_pulls_blocked_total", '{reason="signature"}') >= 2
+
+
+def test_reports_show_in_the_referrers_api_the_cli_and_after_a_restart(
+    server: EdgecacheServer, scanner: FakeScannerAdapter
+) -> None:
+    digest = push_image(server, "gated/kept", [HIGH], "kept")
+    scanned(server, "gated/kept:v1")
+    with server.client(headers=BASIC) as client:
+        referrers = client.get(f"/v2/gated/kept/referrers/{digest}").json()["manifests"]
+    assert [r["artifactType"] for r in referrers] == [
+        "application/vnd.edgecache.vulnerability.report.v1+json"
+    ]
+    shown = server.cli("report", "--data", str(server.data), "gated/kept:v1")
+    assert shown.returncode == 0, shown.stderr
+    assert "CVE-2099-0001" in shown.stdout and "3.0.9" in shown.stdout and "High" in shown.stdout
+    scans_before = len(scanner.scans)
+    server.stop()
+    server.restart()
+    with server.client(headers=BASIC) as client:
+        assert client.get("/v2/gated/kept/manifests/v1").status_code == 412
+    assert len(scanner.scans) == scans_before  # the stored report, not a new scan
+
+
+@pytest.fixture(scope="module")
+def scannerless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgecacheServer]:
+    base = tmp_path_factory.mktemp("down")
+    config = f"""
+[auth]
+anonymous_push = true
+
+[scanners.gone]
+url = "http://127.0.0.1:{free_port()}"
+
+[[pull_policies]]
+repositories = ["deny-when-down/**"]
+unscanned = "wait"
+wait = 1
+on_scanner_down = "deny"
+
+[[pull_policies]]
+repositories = ["allow-when-down/**"]
+unscanned = "wait"
+wait = 1
+on_scanner_down = "allow"
+
+[[pull_policies]]
+repositories = ["strict/**"]
+unscanned = "deny"
+"""
+    with EdgecacheServer(base, config_text=config) as srv:
+        yield srv
+
+
+def test_a_scanner_that_is_down_and_unscanned_images(scannerless: EdgecacheServer) -> None:
+    answers = {}
+    for repo in ("deny-when-down/app", "allow-when-down/app", "strict/app"):
+        push_image(scannerless, repo, [], repo)
+        with scannerless.client() as client:
+            answers[repo] = client.get(f"/v2/{repo}/manifests/v1")
+    assert answers["deny-when-down/app"].status_code == 412
+    assert "could not be scanned" in answers["deny-when-down/app"].text
+    assert answers["allow-when-down/app"].status_code == 200
+    assert answers["strict/app"].status_code == 412
+    assert "has not been scanned" in answers["strict/app"].text
+    status = scannerless.cli("status", "--data", str(scannerless.data), "--json")
+    scanners = json.loads(status.stdout)["scanners"]
+    assert scanners[0]["scanner"] == "gone" and scanners[0]["up"] is False
