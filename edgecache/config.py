@@ -531,6 +531,11 @@ def _check_watched_upstreams(config: Config) -> None:
     from .oci.errors import OCIError
 
     for policy in config.preheat.policies:
+        if policy.severity and not config.scan.scanners:
+            raise ConfigError(
+                f"preheat policy {policy.name!r}: severity filters on vulnerability reports, "
+                "and no [scanners.<name>] is configured"
+            )
         for ref in policy.watch:
             repo, _ = preheat_config.split_image(ref)
             try:

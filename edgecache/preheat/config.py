@@ -110,6 +110,9 @@ class PolicyConfig:
     window: Window | None = None
     bandwidth: int = 0  # bytes a second; 0 = no cap
     enabled: bool = True
+    # Only images whose stored reports have no vulnerability at or above this (scan/);
+    # unscanned images are left out. "" = no filter.
+    severity: str = ""
 
     def as_table(self) -> dict[str, Any]:
         """The policy as the config / admin API writes it."""
@@ -127,6 +130,7 @@ class PolicyConfig:
             "window": str(self.window) if self.window else "",
             "bandwidth": self.bandwidth,
             "enabled": self.enabled,
+            "severity": self.severity,
         }
         return table
 
@@ -292,11 +296,14 @@ def parse_policy(
             f"(at most {MAX_NAME})"
         )
     where = f"preheat policy {name!r}" if where.startswith("admin") else where
+    severity = ""
     if table.get("severity"):
-        raise ConfigError(
-            f"{where}.severity: the vulnerability filter needs a scanner, and scanning is not "
-            "built yet; remove the key"
-        )
+        from ..scan.report import parse_severity
+
+        try:
+            severity = parse_severity(str(table["severity"]))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.severity: {exc}") from None
     patterns: dict[str, tuple[str, ...]] = {}
     for key in ("repositories", "tags"):
         values = coerce(f"{where}.{key}", "list[str]", table.get(key, ["**"]), False)
@@ -365,6 +372,7 @@ def parse_policy(
         window=window,
         bandwidth=bandwidth,
         enabled=enabled,
+        severity=severity,
     )
 
 

@@ -117,6 +117,11 @@ class Preheater:
             policy = parse_policy("admin", table, self.config.providers)
         except ConfigError as exc:
             raise PreheatError(str(exc)) from None
+        if policy.severity and not self.app.config.scan.scanners:
+            raise PreheatError(
+                f"policy {policy.name!r}: severity filters on vulnerability reports, and no "
+                "[scanners.<name>] is configured"
+            )
         if policy.name not in self.policies and len(self.policies) >= 100:
             raise PreheatError("at most 100 preheat policies")
         self._check_watch(policy)
@@ -408,6 +413,8 @@ class Preheater:
         for image in job.images[:MAX_IMAGES]:
             try:
                 await self._resolve(image, selector, policy is not None)
+                if policy is not None and policy.severity and image.ready:
+                    image.skipped = self._vulnerable(image, policy.severity)
             except (errors.OCIError, providers.Fail, providers.Retry, UpstreamError) as exc:
                 image.error = getattr(exc, "message", None) or str(exc)
             self._mark(job)
@@ -466,6 +473,23 @@ class Preheater:
             ]
         if filtered and selector.signed and not await self._signed(target, image):
             image.skipped = "not signed (no cosign signature tag or signature referrer)"
+
+    def _vulnerable(self, image: Image, threshold: str) -> str:
+        """Why the severity filter leaves the image out ("" when it does not)."""
+        from ..scan.report import severity_rank
+        from ..scan.service import stored_report
+
+        for entry in image.manifests:
+            found = stored_report(self.app, image.repository, entry["digest"])
+            if found is None:
+                return "not scanned yet (the policy's severity filter needs a report)"
+            worst = found[1].severity
+            if worst != "None" and severity_rank(worst) >= severity_rank(threshold):
+                return (
+                    f"vulnerable: its report's highest severity is {worst} "
+                    f"(the policy takes images below {threshold})"
+                )
+        return ""
 
     async def _top_manifest(self, target: Target, image: Image, reference: str) -> ManifestInfo:
         app = self.app

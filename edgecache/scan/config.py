@@ -82,6 +82,7 @@ class ScanConfig:
 @dataclass(frozen=True)
 class PullPolicy:
     selector: Selector
+    name: str = ""
     block_severity: str = ""  # "" = no severity gate
     allowlist: tuple[AllowEntry, ...] = ()
     unscanned: str = "allow"
@@ -94,6 +95,24 @@ class PullPolicy:
     @property
     def needs_report(self) -> bool:
         return bool(self.block_severity) or self.unscanned != "allow"
+
+    def as_table(self) -> dict[str, Any]:
+        """The policy as the config / admin API writes it."""
+        allowlist: list[Any] = [
+            {"id": e.cve, "expires": e.expires.isoformat()} if e.expires else e.cve
+            for e in self.allowlist
+        ]
+        return {
+            "name": self.name,
+            "repositories": list(self.selector.repositories),
+            "block_severity": self.block_severity,
+            "allowlist": allowlist,
+            "unscanned": self.unscanned,
+            "wait": self.wait,
+            "on_scanner_down": self.on_scanner_down,
+            "require_signature": self.require_signature,
+            "public_keys": list(self.key_files),
+        }
 
 
 @dataclass(frozen=True)
@@ -122,6 +141,7 @@ _SCANNER_KEYS = (
     "metadata_interval",
 )  # fmt: skip
 _POLICY_KEYS = (
+    "name",
     "repositories", "block_severity", "allowlist", "unscanned", "wait", "on_scanner_down",
     "require_signature", "public_keys",
 )  # fmt: skip
@@ -256,14 +276,27 @@ def _policies(raw: object, scanners: Mapping[str, ScannerConfig]) -> tuple[PullP
         raise ConfigError("pull_policies: expected [[pull_policies]] tables")
     if len(raw) > MAX_POLICIES:
         raise ConfigError(f"pull_policies: {len(raw)}; at most {MAX_POLICIES}")
-    return tuple(
-        parse_policy(f"pull_policies[{i}]", table, scanners) for i, table in enumerate(raw)
+    policies = tuple(
+        parse_policy(f"pull_policies[{i}]", table, scanners, f"config-{i + 1}")
+        for i, table in enumerate(raw)
     )
+    names = [p.name for p in policies]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"pull_policies[{i}].name = {name!r}: used twice")
+    return policies
 
 
-def parse_policy(where: str, table: object, scanners: Mapping[str, ScannerConfig]) -> PullPolicy:
+def parse_policy(
+    where: str, table: object, scanners: Mapping[str, ScannerConfig], name: str = ""
+) -> PullPolicy:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
+    name = table.get("name", name)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}.name = {name!r}: expected a name of letters, digits, '.', '_' and '-'"
+        )
     for key in table:
         if key not in _POLICY_KEYS:
             raise ConfigError(
@@ -321,6 +354,7 @@ def parse_policy(where: str, table: object, scanners: Mapping[str, ScannerConfig
         raise ConfigError(f"{where}.public_keys: set require_signature = true to use them")
     return PullPolicy(
         selector=Selector(repositories=repositories),
+        name=name,
         block_severity=severity,
         allowlist=allowlist,
         unscanned=unscanned,

@@ -38,13 +38,23 @@ import trio
 from ..bounded import BoundedCache
 from ..cache.owner import NeedOwner
 from ..cache.routing import resolve
+from ..configvalues import ConfigError
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
 from ..oci.names import Reference
-from ..preheat.policy import select_manifests
+from ..peers.site import ANSWER_BUDGET
+from ..preheat.policy import Selector, select_manifests
 from ..store import ManifestInfo
-from .config import PullPolicy, ScanSettings
-from .cosign import MAX_PAYLOADS, load_public_keys, signature_layers, signature_tag, verify
+from ..upstream import Upstream, UpstreamError
+from .config import PullPolicy, ScanSettings, parse_policy
+from .cosign import (
+    MAX_PAYLOADS,
+    PublicKey,
+    load_public_keys,
+    signature_layers,
+    signature_tag,
+    verify,
+)
 from .report import Report, gate, gate_message
 from .service import SCANNER_SUBJECT, ScanFailed, stored_report
 
@@ -55,6 +65,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgecache.gate")
 
 SHORT = 10.0  # seconds a refusal or a signature verdict is trusted
+NOT_ON_SITE = 30.0  # seconds before the members are asked again for a report they lacked
+MAX_COPIED = 64 << 20  # bytes of a report blob copied from a member
 DECISIONS = 10_000
 MAX_SIGNATURE_BLOB = 1 << 20
 
@@ -68,34 +80,65 @@ class Gate:
         self._decisions: BoundedCache[tuple[str, str], tuple[int, float, str, str]] = BoundedCache(
             DECISIONS
         )
-        self._keys = [load_public_keys(p.public_keys) for p in settings.policies]
+        self.policies: list[PullPolicy] = []
+        self.admin_names: set[str] = set()
+        self._keys: list[list[PublicKey]] = []
+        self._gen = -1
+        # (repo, digest) no member had a report of, lately
+        self._not_on_site: BoundedCache[tuple[str, str], float] = BoundedCache(
+            DECISIONS, ttl=NOT_ON_SITE
+        )
         self.on_blocked: Callable[[str], None] = lambda reason: None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """The policies: those set through the admin API (by name), then the config's; read
+        again whenever `policy_gen` in the index moved (any process may have set one)."""
+        gen = self.app.store.index.meta_int("policy_gen")
+        if gen == self._gen:
+            return
+        admin: list[PullPolicy] = []
+        for name, table in self.app.store.index.pull_policies():
+            try:
+                admin.append(
+                    parse_policy(f"pull policy {name!r}", table, self.settings.scanners, name)
+                )
+            except ConfigError as exc:  # a key file gone since: that policy refuses all
+                log.warning("pull policy %s set through the admin API is not valid: %s", name, exc)
+                admin.append(PullPolicy(Selector(), name=name, unscanned="deny",
+                                        require_signature=True))  # fmt: skip
+        self.policies = admin + list(self.settings.policies)
+        self.admin_names = {p.name for p in admin}
+        self._keys = [load_public_keys(p.public_keys) for p in self.policies]
+        self._policies.clear()
+        self._decisions.clear()
+        self._gen = gen
 
     @property
     def enabled(self) -> bool:
-        return bool(self.settings.policies)
+        return bool(self.policies)
 
     def policy(self, repo: str) -> int | None:
+        self.refresh()
         index = self._policies.get(repo)
         if index is None:
             index = next(
-                (i for i, p in enumerate(self.settings.policies)
-                 if p.selector.repository_matches(repo)),
+                (i for i, p in enumerate(self.policies) if p.selector.repository_matches(repo)),
                 -1,
-            )  # fmt: skip
+            )
             self._policies.put(repo, index)
         return None if index < 0 else index
 
     async def check(self, req: Request, repo: str, info: ManifestInfo) -> None:
         """Raise PolicyViolation (412) when the policy refuses this pull."""
-        if req.peer is not None or not self.settings.policies:
+        if req.peer is not None:
             return
         if req.extra.get("user") == SCANNER_SUBJECT:  # the scan a pull may be waiting for
             return
         number = self.policy(repo)
         if number is None:
             return
-        policy = self.settings.policies[number]
+        policy = self.policies[number]
         digest = str(info.digest)
         gen = self.app.store.index.meta_int("scan_gen")
         cached = self._decisions.get((repo, digest))
@@ -134,6 +177,8 @@ class Gate:
         missing: list[str] = []
         for child in manifests:
             found = self._report(repo, child)
+            if found is None:
+                found = await self._from_site(repo, child)
             if found is None:
                 missing.append(child)
             else:
@@ -195,6 +240,68 @@ class Gate:
     def _report(self, repo: str, digest: str) -> Report | None:
         found = stored_report(self.app, repo, digest)
         return None if found is None else found[1]
+
+    async def _from_site(self, repo: str, digest: str) -> Report | None:
+        """A report another member of the site stored (scanned there), copied here: the
+        referrers API of each member, asked for the report artifact, then its manifest and
+        report blob, each verified against its digest. A member that fails is passed over;
+        one that had nothing is not asked again for NOT_ON_SITE seconds."""
+        site = self.app.fetcher.site
+        if site is None or self._not_on_site.get((repo, digest)) is not None:
+            return None
+        if self.app.owner is not None:
+            raise NeedOwner("a report another member may have")
+        for member in site.all(digest):
+            try:
+                with trio.move_on_after(3 * ANSWER_BUDGET):
+                    found = await self._copy_report(member, repo, digest)
+                    if found is not None:
+                        return found
+            except (UpstreamError, errors.OCIError, ValueError, KeyError, TypeError) as exc:
+                log.info("report of %s@%s from %s: %s", repo, digest, member.name, exc)
+        self._not_on_site.put((repo, digest), time.monotonic())
+        return None
+
+    async def _copy_report(self, member: Upstream, repo: str, digest: str) -> Report | None:
+        from ..oci.manifest import parse_manifest
+        from .service import REPORT_ARTIFACT, SCANNER_ANNOTATION, record_report
+
+        subject = Digest.parse(digest)
+        raw = await member.referrers(repo, subject, REPORT_ARTIFACT, deadline=ANSWER_BUDGET)
+        listing = json.loads(raw).get("manifests") or []
+        for descriptor in listing[:4]:
+            if descriptor.get("artifactType") != REPORT_ARTIFACT:
+                continue
+            remote = await member.get_manifest(repo, descriptor["digest"], deadline=ANSWER_BUDGET)
+            document = json.loads(remote.data)
+            if (document.get("subject") or {}).get("digest") != digest:
+                continue
+            blobs = {}
+            for layer in [document["config"], *document["layers"]]:
+                blobs[layer["digest"]] = await self._small_blob(member, repo, layer)
+            manifest = parse_manifest(remote.data, remote.media_type)
+            scanner = (document.get("annotations") or {}).get(SCANNER_ANNOTATION, member.name)
+            report = await record_report(
+                self.app, repo, digest, str(scanner)[:64], remote.data, manifest, blobs
+            )
+            log.info("report of %s@%s copied from member %s", repo, digest, member.name)
+            return report
+        return None
+
+    async def _small_blob(self, member: Upstream, repo: str, layer: dict[str, object]) -> bytes:
+        digest = Digest.parse(str(layer["digest"]))
+        size = layer.get("size")
+        if not isinstance(size, int) or not 0 <= size <= MAX_COPIED:
+            raise ValueError(f"a report blob of {size} bytes")
+        data = bytearray()
+        async with member.open_blob(repo, digest) as stream:
+            async for chunk in stream.chunks():
+                data += chunk
+                if len(data) > size:
+                    raise ValueError(f"blob {digest} runs past its {size} bytes")
+        if len(data) != size or Digest.of_bytes(bytes(data)) != digest:
+            raise ValueError(f"blob {digest} from the member does not verify")
+        return bytes(data)
 
     async def _wait_for_scans(
         self, repo: str, digest: str, missing: list[str], policy: PullPolicy

@@ -43,7 +43,7 @@ import trio
 from ..cache.routing import resolve
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
-from ..oci.manifest import parse_manifest
+from ..oci.manifest import Manifest, parse_manifest
 from ..preheat.policy import select_manifests
 from .config import ScannerConfig, ScanSettings
 from .report import HARBOR_REPORT, VULN_REPORT_11, Report, parse_report
@@ -60,6 +60,10 @@ SCAN_REQUEST = "application/vnd.scanner.adapter.scan.request+json; version=1.0"
 SCAN_RESPONSE = "application/vnd.scanner.adapter.scan.response+json; version=1.0"
 METADATA = "application/vnd.scanner.adapter.metadata+json; version=1.0"
 REPORT_ARTIFACT = "application/vnd.edgecache.vulnerability.report.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SBOM_REPORT = "application/vnd.security.sbom.report+json; version=1.0"
+SPDX = "application/spdx+json"
+SBOM_TYPES = (SPDX, "application/vnd.cyclonedx+json")
 EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
 SCANNER_ANNOTATION = "io.edgecache.scanner"
@@ -246,11 +250,27 @@ class ScanService:
                     )
                 except (ScanFailed, _Lost) as exc:
                     log.info("scanner %s: no %s report: %s", config.name, VULN_REPORT_11, exc)
+            sbom = None
+            sbom_types = self.metadata.get(config.name, {}).get("sbom_types") or []
+            if sbom_types:  # a v1.2 adapter with the SBOM capability
+                chosen = SPDX if SPDX in sbom_types else sbom_types[0]
+                try:
+                    sbom = await self._report(
+                        client, config, scan_id, SBOM_REPORT, f"?sbom_media_type={quote(chosen)}"
+                    )
+                except (ScanFailed, _Lost) as exc:
+                    log.info("scanner %s: no SBOM: %s", config.name, exc)
         try:
             parsed = parse_report(HARBOR_REPORT, data)
         except ValueError as exc:
             raise ScanFailed(f"scanner {config.name} sent an invalid report: {exc}") from None
         await self._store(task, config, reports, parsed)
+        if sbom is not None:
+            try:
+                await self._store_sbom(task, config, sbom)
+            except (ValueError, KeyError, TypeError, errors.OCIError) as exc:
+                log.warning("the SBOM of %s@%s from %s was not stored: %s", task.repo,
+                            task.digest, config.name, exc)  # fmt: skip
         return parsed.severity
 
     async def _fetch_manifest(self, repo: str, digest: str) -> None:
@@ -346,9 +366,14 @@ class ScanService:
         raise ScanFailed(error)
 
     async def _report(
-        self, client: httpx.AsyncClient, config: ScannerConfig, scan_id: str, media_type: str
+        self,
+        client: httpx.AsyncClient,
+        config: ScannerConfig,
+        scan_id: str,
+        media_type: str,
+        query: str = "",
     ) -> bytes:
-        url = f"{config.url}/api/v1/scan/{quote(scan_id, safe='')}/report"
+        url = f"{config.url}/api/v1/scan/{quote(scan_id, safe='')}/report{query}"
         wait = FIRST_POLL
         failures = 0
         while True:
@@ -390,19 +415,19 @@ class ScanService:
         self, task: Task, config: ScannerConfig, reports: dict[str, bytes], parsed: Report
     ) -> None:
         """The reports as a referrer of the manifest, and the gate's record in the index."""
-        store = self.app.store
-        record = store.index.manifest(task.digest)
+        record = self.app.store.index.manifest(task.digest)
         if record is None:
             raise ScanFailed(f"manifest {task.digest} was removed during its scan")
+        blobs = {EMPTY_DIGEST: b"{}"}
         layers = []
-        await self._put_blob(task.repo, b"{}")
         for media_type, data in reports.items():
-            digest = await self._put_blob(task.repo, data)
+            digest = str(Digest.of_bytes(data))
+            blobs[digest] = data
             layers.append({"mediaType": media_type, "digest": digest, "size": len(data)})
         now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
         artifact = {
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": OCI_MANIFEST,
             "artifactType": REPORT_ARTIFACT,
             "config": {"mediaType": EMPTY, "digest": EMPTY_DIGEST, "size": 2},
             "layers": layers,
@@ -418,28 +443,42 @@ class ScanService:
             },
         }
         data = json.dumps(artifact, separators=(",", ":")).encode()
-        artifact_digest = Digest.of_bytes(data)
-        manifest = parse_manifest(data, "application/vnd.oci.image.manifest.v1+json")
-        await store.put_manifest(task.repo, data, manifest, artifact_digest, None)
-        gate_record = {
-            "repo": task.repo,
-            "scanner": config.name,
-            "severity": parsed.severity,
-            "artifact": str(artifact_digest),
-            "scanned": self.clock(),
-            "vulnerabilities": len(parsed.vulnerabilities),
+        manifest = parse_manifest(data, OCI_MANIFEST)
+        await record_report(self.app, task.repo, task.digest, config.name, data, manifest, blobs)
+
+    async def _store_sbom(self, task: Task, config: ScannerConfig, answer: bytes) -> None:
+        """The SBOM (the adapter's HarborSbomReport's `sbom` document) as a referrer of the
+        manifest whose artifactType is its format (application/spdx+json, CycloneDX)."""
+        document = json.loads(answer)
+        media_type = document["media_type"]
+        if media_type not in SBOM_TYPES or not isinstance(document.get("sbom"), dict):
+            raise ValueError(f"an SBOM report of type {str(media_type)[:80]!r}")
+        sbom = json.dumps(document["sbom"], separators=(",", ":")).encode()
+        record = self.app.store.index.manifest(task.digest)
+        if record is None:
+            raise ValueError(f"manifest {task.digest} was removed during its scan")
+        digest = str(Digest.of_bytes(sbom))
+        artifact = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": media_type,
+            "config": {"mediaType": EMPTY, "digest": EMPTY_DIGEST, "size": 2},
+            "layers": [{"mediaType": media_type, "digest": digest, "size": len(sbom)}],
+            "subject": {
+                "mediaType": record["media_type"],
+                "digest": task.digest,
+                "size": int(record["size"]),
+            },
+            "annotations": {
+                CREATED: datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+                SCANNER_ANNOTATION: config.name,
+            },
         }
-        await trio.to_thread.run_sync(store.index.put_scan, task.digest, config.name, gate_record)
-
-    async def _put_blob(self, repo: str, data: bytes) -> str:
-        digest = Digest.of_bytes(data)
-        if self.app.store.blob(repo, digest) is None:
-
-            async def one() -> AsyncIterator[bytes]:
-                yield data
-
-            await self.app.store.put_blob_stream(repo, digest, one())
-        return str(digest)
+        data = json.dumps(artifact, separators=(",", ":")).encode()
+        await store_artifact(
+            self.app, task.repo, data, parse_manifest(data, OCI_MANIFEST),
+            {EMPTY_DIGEST: b"{}", digest: sbom},
+        )  # fmt: skip
 
     # ---- metadata, schedule ------------------------------------------------------------------
 
@@ -465,7 +504,15 @@ class ScanService:
                 for m in capability.get("produces_mime_types") or []
                 if isinstance(m, str)
             ]
+            sbom_types = [
+                t
+                for capability in value.get("capabilities") or []
+                if capability.get("type") == "sbom"
+                for t in (capability.get("additional_attributes") or {}).get("sbom_media_types", [])
+                if t in SBOM_TYPES
+            ]
             entry |= {
+                "sbom_types": sbom_types,
                 "up": True,
                 "name": str(scanner.get("name", ""))[:100],
                 "vendor": str(scanner.get("vendor", ""))[:100],
@@ -549,6 +596,53 @@ def _error(response: httpx.Response) -> str:
 
 def target_for(app: App, repo: str) -> Any:
     return resolve(app.config, repo, None)
+
+
+async def record_report(
+    app: App,
+    repo: str,
+    subject: str,
+    scanner: str,
+    artifact: bytes,
+    manifest: Manifest,
+    blobs: dict[str, bytes],
+) -> Report:
+    """Store a report artifact (its blobs, then its manifest: a referrer of `subject`) and the
+    gate's record; the Harbor report it holds. Made here by a scan, or copied from a member of
+    the site (scan/gate.py): ValueError when it holds no valid Harbor report."""
+    harbor = next((d for d in manifest.blob_children if d.media_type == HARBOR_REPORT), None)
+    if harbor is None or str(harbor.digest) not in blobs:
+        raise ValueError("the report artifact has no Harbor report layer")
+    parsed = parse_report(HARBOR_REPORT, blobs[str(harbor.digest)])
+    artifact_digest = await store_artifact(app, repo, artifact, manifest, blobs)
+    record = {
+        "repo": repo,
+        "scanner": scanner,
+        "severity": parsed.severity,
+        "artifact": str(artifact_digest),
+        "scanned": time.time(),
+        "vulnerabilities": len(parsed.vulnerabilities),
+    }
+    await trio.to_thread.run_sync(app.store.index.put_scan, subject, scanner, record)
+    return parsed
+
+
+async def store_artifact(
+    app: App, repo: str, artifact: bytes, manifest: Manifest, blobs: dict[str, bytes]
+) -> Digest:
+    """An artifact's blobs, then its manifest (a referrer of its subject), in `repo`."""
+    store = app.store
+    for digest, data in blobs.items():
+        parsed_digest = Digest.parse(digest)
+        if store.blob(repo, parsed_digest) is None:
+
+            async def one(data: bytes = data) -> AsyncIterator[bytes]:
+                yield data
+
+            await store.put_blob_stream(repo, parsed_digest, one())
+    artifact_digest = Digest.of_bytes(artifact)
+    await store.put_manifest(repo, artifact, manifest, artifact_digest, None)
+    return artifact_digest
 
 
 def stored_report(

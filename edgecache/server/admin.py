@@ -15,6 +15,9 @@ GET  preheat/jobs[?limit=N]  jobs, newest first; preheat/jobs/ID one job
 POST scan              {"image": "repo:tag" | "repo@digest", "scanner": NAME, "wait": true}:
                        scan an image (each platform manifest of an index) now
 GET  report?image=I[&scanner=S]  the stored reports of an image's manifests
+GET  pull_policies     the pull policies in the order they are tried (the API's, then the
+                       config's)
+PUT  pull_policies/NAME  set one (JSON: the keys of [[pull_policies]]); DELETE removes it
 POST preheat/jobs/ID/cancel  cancel a queued or running job
 POST preheat/events    read the events `edgecache preload` recorded in the index (what it
                        imported), for the policies' event triggers
@@ -66,6 +69,8 @@ async def dispatch(app: App, req: Request) -> None:
         await req.respond_json(200, await app.housekeeper.scrub.request_pass(wait=wait))
     elif name.startswith("preheat/"):
         await _preheat(app, req, name[len("preheat/") :])
+    elif name == "pull_policies" or name.startswith("pull_policies/"):
+        await _pull_policies(app, req, name.partition("/")[2])
     elif name == "scan" and method == "POST":
         await _scan(app, req)
     elif name == "report" and method in ("GET", "HEAD"):
@@ -141,6 +146,46 @@ async def _preheat(app: App, req: Request, name: str) -> None:
             raise errors.NotFound(f"no admin endpoint {method} {req.path}")
     except PreheatError as exc:
         raise errors.BadRequest(str(exc)) from None
+
+
+async def _pull_policies(app: App, req: Request, name: str) -> None:
+    from ..configvalues import ConfigError
+    from ..scan.config import parse_policy
+
+    gate = app.gate
+    gate.refresh()
+    if not name and req.method in ("GET", "HEAD"):
+        tables = [
+            p.as_table() | {"source": "admin" if p.name in gate.admin_names else "config"}
+            for p in gate.policies
+        ]
+        await req.respond_json(200, tables)
+        return
+    if not name:
+        raise errors.MethodNotAllowed(f"{req.method} is not allowed on pull_policies")
+    if req.method == "PUT":
+        body = await _json_body(req)
+        if body.setdefault("name", name) != name:
+            raise errors.BadRequest(f"the body names policy {body['name']!r}, the URL {name!r}")
+        if name not in gate.admin_names and any(p.name == name for p in gate.policies):
+            raise errors.BadRequest(f"pull policy {name!r} is in the config file; change it there")
+        if name not in gate.admin_names and len(gate.admin_names) >= 100:
+            raise errors.BadRequest("at most 100 pull policies through the admin API")
+        try:
+            policy = parse_policy(f"pull policy {name!r}", body, app.config.scan.scanners, name)
+        except ConfigError as exc:
+            raise errors.BadRequest(str(exc)) from None
+        await trio.to_thread.run_sync(app.store.index.put_pull_policy, name, policy.as_table())
+        gate.refresh()
+        await req.respond_json(200, policy.as_table() | {"source": "admin"})
+    elif req.method == "DELETE":
+        if name not in gate.admin_names:
+            raise errors.NotFound(f"no pull policy {name!r} set through the admin API")
+        await trio.to_thread.run_sync(app.store.index.put_pull_policy, name, None)
+        gate.refresh()
+        await req.respond_json(200, {"deleted": name})
+    else:
+        raise errors.MethodNotAllowed(f"{req.method} is not allowed on pull_policies/{name}")
 
 
 async def _scan(app: App, req: Request) -> None:

@@ -26,6 +26,7 @@ from ..oci.names import lookup_reference, validate_namespace, validate_repositor
 from ..oci.routes import Route, parse_v2_path
 from ..peers import sign
 from ..peers.site import MAX_MEMBERS
+from ..scan.gate import Gate
 from ..store import ManifestInfo, Store
 from ..store.keys import check_keys
 from ..store.scrub import Verdict
@@ -39,7 +40,6 @@ from .metrics import CONTENT_TYPE, Metrics
 
 if TYPE_CHECKING:
     from ..preheat.engine import Preheater
-    from ..scan.gate import Gate
     from ..scan.service import ScanService
 
 log = logging.getLogger("edgecache.server")
@@ -136,12 +136,8 @@ class App:
         self.public_url = ""
         # Scanning (scan/): the scans run in the owner; the pull gate in every process.
         self.scans: ScanService | None = None
-        self.gate: Gate | None = None
-        if config.scan.policies:
-            from ..scan.gate import Gate
-
-            self.gate = Gate(self, config.scan)
-            self.gate.on_blocked = lambda reason: self.metrics.pulls_blocked.labels(reason).inc()
+        self.gate = Gate(self, config.scan)  # with no policy: one counter read per manifest
+        self.gate.on_blocked = lambda reason: self.metrics.pulls_blocked.labels(reason).inc()
         self._instance = str(uuid.uuid4())  # a notification's source.instanceID
 
     def _pulled_new(self, repo: str, tag: str | None, info: ManifestInfo) -> None:

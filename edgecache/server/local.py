@@ -113,6 +113,11 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
 async def get_list(app: App, req: Request, route: Route, target: Target) -> None:
     """A tag list or referrers of a proxied repository: the owner's answer while it is younger
     than list_ttl (the owner caches lists for as long)."""
+    if route.kind == "referrers" and app.store.referrers(
+        target.store_repo, Digest.parse(route.ref or "")
+    ):
+        # This cache attached some itself (reports): the owner adds them to the upstream's.
+        raise NeedOwner("referrers with local ones")
     key = (req.path, req.scope.get("query_string", b"").decode("latin-1"))
     req.extra["list_key"] = key
     kept = app.local.lists.get(key)

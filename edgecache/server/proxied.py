@@ -32,7 +32,7 @@ async def get_manifest(app: App, req: Request, route: Route, target: Target) -> 
     ref = Reference.parse(route.ref or "")
     req.extra["cache"] = "hit" if app.store.resolve(target.store_repo, route.ref or "") else "miss"
     # A gated repository answers a HEAD from the stored manifest too: the gate needs it.
-    gated = app.gate is not None and app.gate.policy(target.store_repo) is not None
+    gated = app.gate.policy(target.store_repo) is not None
     result = await app.proxy.manifest(
         target, upstream, ref, head=req.method == "HEAD" and not gated, via_peers=req.peer is None
     )
@@ -213,6 +213,14 @@ async def referrers(app: App, req: Request, route: Route, target: Target) -> Non
     subject = Digest.parse(route.ref or "")
     wanted = req.query.get("artifactType")
     descriptors = await app.proxy.referrers(target, app.upstream(target), subject, wanted)
+    # And what this cache attached itself (vulnerability reports: scan/service.py), which the
+    # upstream does not have.
+    known = {d.get("digest") for d in descriptors}
+    descriptors = descriptors + [
+        d
+        for d in app.store.referrers(target.store_repo, subject)
+        if d.get("digest") not in known and (wanted is None or d.get("artifactType") == wanted)
+    ]
     _list_age(app, req, "referrers", target.store_repo, str(subject))
     headers = {"Content-Type": mediatypes.OCI_INDEX}
     if wanted is not None:

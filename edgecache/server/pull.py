@@ -60,8 +60,7 @@ def _missing(app: App, kind: str, repo: str, reference: str) -> str:
 
 
 async def send_manifest(app: App, req: Request, info: ManifestInfo, repo: str) -> None:
-    if app.gate is not None:  # [[pull_policies]]: 412 when the policy refuses (scan/gate.py)
-        await app.gate.check(req, repo, info)
+    await app.gate.check(req, repo, info)  # [[pull_policies]]: 412 if refused (scan/gate.py)
     headers = {
         "Content-Type": info.media_type,
         "Docker-Content-Digest": str(info.digest),

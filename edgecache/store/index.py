@@ -35,6 +35,7 @@ _DBS = (
     "declared",
     "preheat",
     "scans",
+    "policies",
 )
 GC_RUNS_KEPT = 1000  # records of past garbage-collection runs (runs can be asked for at will)
 
@@ -558,3 +559,20 @@ class Index:
             digest, scanner = key.decode().split(SEP)
             result.append((digest, scanner, _load(value)))
         return result
+
+    # ---- pull policies set through the admin API (scan/gate.py) ----------------------------
+
+    def put_pull_policy(self, name: str, table: dict[str, Any] | None) -> None:
+        """Set (None: delete) a pull policy and bump `policy_gen`: every serving process
+        reloads them."""
+        with self.env.begin(write=True) as txn:
+            if table is None:
+                txn.delete(name.encode(), db=self.db["policies"])
+            else:
+                txn.put(name.encode(), _dump(table), db=self.db["policies"])
+            gen = int(txn.get(b"policy_gen", b"0", db=self.db["meta"]))
+            txn.put(b"policy_gen", str(gen + 1).encode(), db=self.db["meta"])
+
+    def pull_policies(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, table) of the policies set through the admin API, by name."""
+        return [(k.decode(), _load(v)) for k, v in self._scan("policies", b"")]

@@ -257,8 +257,8 @@ def test_bad_requests_get_a_precise_4xx(server: EdgecacheServer) -> None:
     assert bad.status_code == 400 and "no preheat provider 'df'" in bad.text
     bad = admin(server, "PUT", "preheat/policies/x", {"tags": ["{a,b"]})
     assert bad.status_code == 400 and "tags" in bad.text
-    bad = admin(server, "PUT", "preheat/policies/x", {"severity": "high"})
-    assert bad.status_code == 400 and "scanner" in bad.text
+    bad = admin(server, "PUT", "preheat/policies/x", {"severity": "hgih"})
+    assert bad.status_code == 400 and "unknown severity" in bad.text
     bad = admin(server, "PUT", "preheat/policies/x", {"watch": ["team/app:v1"]})
     assert bad.status_code == 400 and "upstream" in bad.text
     assert admin(server, "DELETE", "preheat/policies/pushed").status_code == 400

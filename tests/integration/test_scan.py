@@ -21,6 +21,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import bcrypt
@@ -37,6 +38,7 @@ from tests.upstreams import RunningUpstream, start_registry
 PASSWORD = "scan-pass-123"
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()}
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 HIGH = {"id": "CVE-2099-0001", "package": "openssl", "version": "3.0.1",
         "fix_version": "3.0.9", "severity": "High"}  # fmt: skip
 LOW = {"id": "CVE-2099-0002", "package": "zlib", "version": "1.2", "severity": "Low"}
@@ -332,3 +334,113 @@ def test_a_scanner_that_is_down_and_unscanned_images(scannerless: EdgecacheServe
     status = scannerless.cli("status", "--data", str(scannerless.data), "--json")
     scanners = json.loads(status.stdout)["scanners"]
     assert scanners[0]["scanner"] == "gone" and scanners[0]["up"] is False
+
+
+def test_a_preheat_policy_filters_on_the_reports(server: EdgecacheServer) -> None:
+    push_image(server, "filtered/bad", [HIGH], "filtered-bad")
+    push_image(server, "filtered/clean", [LOW], "filtered-clean")
+    scanned(server, "filtered/bad:v1")
+    scanned(server, "filtered/clean:v1")
+    policy = {"name": "safe", "repositories": ["filtered/**"], "severity": "High"}
+    token = {"Authorization": f"Bearer {server.admin_token}"}
+    with server.client() as client:
+        put = client.put("/_edgecache/admin/preheat/policies/safe", json=policy, headers=token)
+        assert put.status_code == 200, put.text
+    done = server.cli("preheat", "--data", str(server.data), "run", "safe", "--follow", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    images = {i["image"]: i for i in json.loads(done.stdout)["images"]}
+    assert images["filtered/bad:v1"]["skipped"].startswith("vulnerable: ")
+    assert "High" in images["filtered/bad:v1"]["skipped"]
+    assert "skipped" not in images["filtered/clean:v1"]
+
+
+def test_an_index_is_scanned_per_platform_and_the_cli_scans_and_reports(
+    server: EdgecacheServer, scanner: FakeScannerAdapter
+) -> None:
+    entries = []
+    blobs: list[bytes] = []
+    for arch, vulns in (("amd64", [HIGH]), ("arm64", [MEDIUM])):
+        config, layer, manifest = image_blobs(vulns, f"multi-{arch}")
+        push(server.url, "multi/app", arch, (config, layer), manifest, BASIC)
+        entries.append({"mediaType": OCI_MANIFEST, "digest": sha(manifest),
+                        "size": len(manifest),
+                        "platform": {"os": "linux", "architecture": arch}})  # fmt: skip
+        blobs += [config, layer]
+    index = json.dumps({"schemaVersion": 2, "manifests": entries, "mediaType": OCI_INDEX}).encode()
+    with httpx.Client(base_url=server.url, headers=BASIC) as client:
+        put = client.put("/v2/multi/app/manifests/v1", content=index,
+                         headers={"Content-Type": OCI_INDEX})  # fmt: skip
+        assert put.status_code == 201
+    report = scanned(server, "multi/app:v1")
+    assert [m["digest"] for m in report["manifests"]] == [e["digest"] for e in entries]
+    assert [m["record"]["severity"] for m in report["manifests"]] == ["High", "Medium"]
+    before = len(scanner.scans)
+    rescan = server.cli("scan", "--data", str(server.data), "multi/app:v1")
+    assert rescan.returncode == 0, rescan.stdout + rescan.stderr
+    assert rescan.stdout.count(": done") == 2 and "highest severity High" in rescan.stdout
+    assert len(scanner.scans) == before + 2
+    shown = server.cli("report", "--data", str(server.data), "multi/app:v1", "--json")
+    assert shown.returncode == 0
+    assert len(json.loads(shown.stdout)["manifests"]) == 2
+
+
+def test_pull_policies_set_through_the_admin_api_apply_in_every_process(
+    server: EdgecacheServer,
+) -> None:
+    push_image(server, "hot/app", [], "hot")
+    token = {"Authorization": f"Bearer {server.admin_token}"}
+    with server.client() as client:
+        assert client.get("/v2/hot/app/manifests/v1", headers=BASIC).status_code == 200
+        policy = {"repositories": ["hot/**"], "require_signature": True}
+        put = client.put("/_edgecache/admin/pull_policies/hot", json=policy, headers=token)
+        assert put.status_code == 200, put.text
+        listed = client.get("/_edgecache/admin/pull_policies", headers=token).json()
+        assert listed[0]["name"] == "hot" and listed[0]["source"] == "admin"
+        assert [p["source"] for p in listed[1:]] == ["config"] * (len(listed) - 1)
+        bad = client.put("/_edgecache/admin/pull_policies/x", json={"unscanned": "maybe"},
+                         headers=token)  # fmt: skip
+        assert bad.status_code == 400 and "unscanned" in bad.text
+        refused = client.put("/_edgecache/admin/pull_policies/config-1", json={}, headers=token)
+        assert refused.status_code == 400 and "config file" in refused.text
+    # New connections, spread by the kernel over the owner and the worker: each refuses.
+    for _ in range(6):
+        with server.client(headers=BASIC) as client:
+            answer = client.get("/v2/hot/app/manifests/v1")
+            assert answer.status_code == 412 and "no cosign signature" in answer.text
+    with server.client() as client:
+        deleted = client.delete("/_edgecache/admin/pull_policies/hot", headers=token)
+        assert deleted.status_code == 200
+    for _ in range(6):
+        with server.client(headers=BASIC) as client:
+            assert client.get("/v2/hot/app/manifests/v1").status_code == 200
+
+
+def test_a_v12_adapter_with_the_sbom_capability_attaches_an_sbom(tmp_path: Path) -> None:
+    with FakeScannerAdapter("1.2", sbom=True, pending_polls=1) as fake:
+        config = (
+            "[auth]\nanonymous_push = true\n\n[scanners.fake]\n"
+            f'url = "{fake.url}"\n\n[scan]\non = ["push"]\n'
+        )
+        with EdgecacheServer(tmp_path / "sbom", config_text=config) as srv:
+            digest = push_image(srv, "team/sbom", [HIGH], "sbom")
+            scanned(srv, "team/sbom:v1")
+
+            def referrers() -> list[dict[str, Any]] | None:
+                with srv.client() as client:
+                    listed = client.get(f"/v2/team/sbom/referrers/{digest}").json()["manifests"]
+                return listed if len(listed) == 2 else None
+
+            listed = wait_for(referrers, timeout=30, what="the report and the SBOM")
+            kinds = sorted(m["artifactType"] for m in listed)
+            assert kinds == [
+                "application/spdx+json",
+                "application/vnd.edgecache.vulnerability.report.v1+json",
+            ]
+            sbom = next(m for m in listed if m["artifactType"] == "application/spdx+json")
+            with srv.client() as client:
+                artifact = client.get(f"/v2/team/sbom/manifests/{sbom['digest']}").json()
+                layer = artifact["layers"][0]
+                document = client.get(f"/v2/team/sbom/blobs/{layer['digest']}").json()
+            assert artifact["subject"]["digest"] == digest
+            assert "openssl" in json.dumps(document)
+        assert fake.rejections == []

@@ -69,7 +69,8 @@ url = "http://127.0.0.1:9000/events"
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[preheat.policies]]\nname = "a"\nseverity = "high"', "needs a scanner"),
+        ('[[preheat.policies]]\nname = "a"\nseverity = "high"', "no [scanners.<name>]"),
+        ('[[preheat.policies]]\nname = "a"\nseverity = "hgih"', "unknown severity 'hgih'"),
         ('[[preheat.policies]]\nname = "a"\ntags = ["{a,b"]', "preheat.policies[0].tags"),
         ('[[preheat.policies]]\nname = "a"\nproviders = ["df"]', "'df' is not a provider"),
         ('[[preheat.policies]]\nname = "a"\non = ["tuesday"]', "'tuesday'"),
