@@ -19,7 +19,9 @@ pattern lookup), in order:
 
 It applies alike to pushed, preloaded and proxied images, by tag and by digest, in every
 serving process (a worker hands a pull that must wait, or a signature it must fetch, to the
-owner). A request from a member of the site is not gated: the member gates its own client.
+owner), and to another member's pushed content relayed here (server/sitewide.py): its
+report and signature are asked of the members too. A request from a member of the site is
+not gated: the member gates what it serves its own client.
 Decisions are cached per (repository, digest) until a report is stored anywhere (`scan_gen` in
 the index) or, for signatures and refusals, for SHORT seconds.
 """
@@ -31,6 +33,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -46,6 +49,7 @@ from ..peers.site import ANSWER_BUDGET
 from ..preheat.policy import Selector, select_manifests
 from ..store import ManifestInfo
 from ..upstream import Upstream, UpstreamError
+from ..upstream.client import RemoteManifest
 from .config import PullPolicy, ScanSettings, parse_policy
 from .cosign import (
     MAX_PAYLOADS,
@@ -131,15 +135,22 @@ class Gate:
 
     async def check(self, req: Request, repo: str, info: ManifestInfo) -> None:
         """Raise PolicyViolation (412) when the policy refuses this pull."""
+        await self._check(req, repo, _Subject(str(info.digest), info.media_type, info.path))
+
+    async def check_relayed(self, req: Request, repo: str, remote: RemoteManifest) -> None:
+        """The same for a manifest another member holds, relayed (server/sitewide.py)."""
+        await self._check(req, repo, _Subject(str(remote.digest), remote.media_type, remote.data))
+
+    async def _check(self, req: Request, repo: str, subject: _Subject) -> None:
         if req.peer is not None:
-            return
+            return  # a member fetching or relaying for its own clients, which it gates itself
         if req.extra.get("user") == SCANNER_SUBJECT:  # the scan a pull may be waiting for
             return
         number = self.policy(repo)
         if number is None:
             return
         policy = self.policies[number]
-        digest = str(info.digest)
+        digest = subject.digest
         gen = self.app.store.index.meta_int("scan_gen")
         cached = self._decisions.get((repo, digest))
         now = time.monotonic()
@@ -147,7 +158,7 @@ class Gate:
             if cached[2]:
                 self._refuse(cached[3], cached[2])
             return
-        message, reason, final = await self._decide(repo, info, policy, number)
+        message, reason, final = await self._decide(repo, subject, policy, number)
         if final or message:
             self._decisions.put((repo, digest), (gen, now, message, reason))
         if message:
@@ -158,10 +169,10 @@ class Gate:
         raise errors.PolicyViolation(message, detail={"reason": reason})
 
     async def _decide(
-        self, repo: str, info: ManifestInfo, policy: PullPolicy, number: int
+        self, repo: str, info: _Subject, policy: PullPolicy, number: int
     ) -> tuple[str, str, bool]:
         """(refusal message or "", reason, whether the decision may be cached)."""
-        digest = str(info.digest)
+        digest = info.digest
         if policy.require_signature:
             why = await self._signature(repo, digest, number)
             if why:
@@ -228,14 +239,14 @@ class Gate:
             )
         return "", "", not missing and not any(e.expires for e in policy.allowlist)
 
-    def _image_manifests(self, info: ManifestInfo) -> list[str]:
+    def _image_manifests(self, info: _Subject) -> list[str]:
         if not mediatypes.is_index_type(info.media_type):
-            return [str(info.digest)]
+            return [info.digest]
         try:
-            index = json.loads(info.path.read_bytes())
+            index = json.loads(info.read())
             return [e["digest"] for e in select_manifests(index, ())]
         except (OSError, ValueError, KeyError, TypeError):
-            return [str(info.digest)]
+            return [info.digest]
 
     def _report(self, repo: str, digest: str) -> Report | None:
         found = stored_report(self.app, repo, digest)
@@ -326,50 +337,65 @@ class Gate:
     async def _signature(self, repo: str, digest: str, number: int) -> str:
         """ "" when the image is signed as the policy asks; else what is wrong."""
         tag = signature_tag(digest)
-        info = self.app.store.manifest(repo, tag)
-        if info is None:
-            info = await self._fetch_signature(repo, tag)
-        if info is None:
+        data = await self._signature_manifest(repo, tag)
+        if data is None:
             return f"no cosign signature ({tag})"
         keys = self._keys[number]
         if not keys:
             return ""
         try:
-            manifest = json.loads(info.path.read_bytes())
-        except (OSError, ValueError):
+            manifest = json.loads(data)
+            sizes = {layer["digest"]: layer.get("size") for layer in manifest["layers"]}
+        except (ValueError, KeyError, TypeError):
             return "its signature manifest cannot be read"
         payloads = []
         # One more than verify() checks: an image with too many signatures is refused, named.
         for layer_digest, signature in signature_layers(manifest)[: MAX_PAYLOADS + 1]:
-            data = await self._signature_blob(repo, layer_digest)
-            if data is not None:
-                payloads.append((data, signature))
+            blob = await self._signature_blob(repo, layer_digest, sizes.get(layer_digest))
+            if blob is not None:
+                payloads.append((blob, signature))
         verdict = verify(digest, payloads, keys)
         return "" if verdict.ok else f"its signature does not verify: {verdict.reason}"
 
-    async def _fetch_signature(self, repo: str, tag: str) -> ManifestInfo | None:
+    async def _signature_manifest(self, repo: str, tag: str) -> bytes | None:
+        """The signature manifest: stored here, else from the upstream (a proxied
+        repository), else from a member of the site (pushed content relayed)."""
+        info = self.app.store.manifest(repo, tag)
+        if info is not None:
+            return await trio.to_thread.run_sync(info.path.read_bytes)
         target = resolve(self.app.config, repo, None)
-        if not target.proxied:
+        site = self.app.fetcher.site
+        if not target.proxied and site is None:
             return None
         if self.app.owner is not None:
             raise NeedOwner("a signature to fetch")
-        try:
-            result = await self.app.proxy.manifest(
-                target, self.app.upstream(target), Reference(tag=tag), head=False
-            )
-        except errors.OCIError:
-            return None
-        return result.info
+        if target.proxied:
+            try:
+                result = await self.app.proxy.manifest(
+                    target, self.app.upstream(target), Reference(tag=tag), head=False
+                )
+            except errors.OCIError:
+                return None
+            if result.info is None:
+                return None
+            return await trio.to_thread.run_sync(result.info.path.read_bytes)
+        assert site is not None
+        async for _, remote in site.manifests(repo, tag):
+            return remote.data
+        return None
 
-    async def _signature_blob(self, repo: str, digest: str) -> bytes | None:
+    async def _signature_blob(self, repo: str, digest: str, size: object) -> bytes | None:
         parsed = Digest.parse(digest)
         blob = self.app.store.blob(repo, parsed)
-        if blob is None:
-            target = resolve(self.app.config, repo, None)
-            if not target.proxied:
+        if blob is not None:
+            if blob.size > MAX_SIGNATURE_BLOB:
                 return None
-            if self.app.owner is not None:
-                raise NeedOwner("a signature to fetch")
+            return await trio.to_thread.run_sync(blob.path.read_bytes)
+        target = resolve(self.app.config, repo, None)
+        site = self.app.fetcher.site
+        if self.app.owner is not None and (target.proxied or site is not None):
+            raise NeedOwner("a signature to fetch")
+        if target.proxied:
             from ..preheat.providers import Fail, Retry, ensure_blob
 
             try:
@@ -377,8 +403,26 @@ class Gate:
             except (Fail, Retry, errors.OCIError):
                 return None
             blob = self.app.store.blob(repo, parsed)
-            if blob is None:
+            if blob is None or blob.size > MAX_SIGNATURE_BLOB:
                 return None
-        if blob.size > MAX_SIGNATURE_BLOB:
+            return await trio.to_thread.run_sync(blob.path.read_bytes)
+        if site is None or not isinstance(size, int) or size > MAX_SIGNATURE_BLOB:
             return None
-        return await trio.to_thread.run_sync(blob.path.read_bytes)
+        for member in site.all(digest):
+            try:
+                return await self._small_blob(member, repo, {"digest": digest, "size": size})
+            except (UpstreamError, ValueError) as exc:
+                log.info("signature blob %s of %s from %s: %s", digest, repo, member.name, exc)
+        return None
+
+
+class _Subject:
+    """The manifest a pull asks for: stored here (a file) or relayed (its bytes)."""
+
+    def __init__(self, digest: str, media_type: str, source: Path | bytes) -> None:
+        self.digest = digest
+        self.media_type = media_type
+        self._source = source
+
+    def read(self) -> bytes:
+        return self._source if isinstance(self._source, bytes) else self._source.read_bytes()

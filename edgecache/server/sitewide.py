@@ -35,6 +35,8 @@ async def manifest(app: App, req: Request, repo: str, reference: str) -> bool:
     if site is None or req.peer is not None:
         return False
     async for _, remote in site.manifests(repo, reference):
+        # The pull policy of this node applies as to anything it serves (scan/gate.py).
+        await app.gate.check_relayed(req, repo, remote)
         req.extra["cache"] = "peer"
         headers = {
             "Content-Type": remote.media_type,

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fakes.cosign import new_key, sign_image
 from tests.fakes.scanner import FakeScannerAdapter
 from tests.faultproxy import FaultProxy
 from tests.integration.test_peers import UPSTREAM, make_site, running
@@ -32,10 +33,14 @@ def test_a_report_made_on_one_node_gates_the_pull_on_another(
     config, layer, manifest = image_blobs([HIGH], "site-report")
     digest = push(upstream.url, "team/app", "v1", (config, layer), manifest)
     with FaultProxy(host, int(port)) as relay, FakeScannerAdapter("1.1", pending_polls=1) as fake:
+        key, pem = new_key("ecdsa-p256")
+        (tmp_path / "cosign.pub").write_bytes(pem)
         extra = (
-            f'\n[scanners.fake]\nurl = "{fake.url}"\n\n'
-            f'[[pull_policies]]\nrepositories = ["{UPSTREAM}/**"]\nblock_severity = "High"\n'
-            'unscanned = "deny"\n'
+            f'\n[auth]\nanonymous_push = true\n\n[scanners.fake]\nurl = "{fake.url}"\n\n'
+            f'[[pull_policies]]\nrepositories = ["{UPSTREAM}/**", "team/**"]\n'
+            'block_severity = "High"\nunscanned = "deny"\n\n'
+            '[[pull_policies]]\nrepositories = ["signed/**"]\nrequire_signature = true\n'
+            f'public_keys = ["{tmp_path / "cosign.pub"}"]\n'
         )
         with running(make_site(tmp_path, relay, n=2, extra=extra)) as nodes:
             for node in nodes:
@@ -59,3 +64,21 @@ def test_a_report_made_on_one_node_gates_the_pull_on_another(
             report = b.cli("report", "--data", str(b.data), f"{UPSTREAM}/team/app:v1", "--json")
             assert report.returncode == 0, report.stderr
             assert json.loads(report.stdout)["manifests"][0]["record"]["severity"] == "High"
+
+            # Pushed to A, relayed by B (stored only on A): B's gate applies, with A's
+            # report and A's signature.
+            local = push(a.url, "team/local", "v1", (config, layer), manifest)
+            scanned = a.cli("scan", "--data", str(a.data), "team/local:v1")
+            assert scanned.returncode == 0, scanned.stdout + scanned.stderr
+            signed = push(a.url, "signed/app", "v1", (config, layer), manifest)
+            signature = sign_image(signed, f"{a.host}/signed/app", key)
+            push(a.url, "signed/app", signature.tag, tuple(signature.blobs.values()),
+                 signature.manifest)  # fmt: skip
+            push(a.url, "signed/unsigned", "v1", (config, layer), manifest)
+            with httpx.Client(base_url=b.url, timeout=60) as client:
+                relayed = client.get("/v2/team/local/manifests/v1")
+                assert relayed.status_code == 412 and "CVE-2099-0001" in relayed.text
+                assert client.get("/v2/signed/app/manifests/v1").status_code == 200
+                unsigned = client.get("/v2/signed/unsigned/manifests/v1")
+                assert unsigned.status_code == 412 and "no cosign signature" in unsigned.text
+            assert local == signed  # the same image bytes in each repository
