@@ -491,6 +491,19 @@ class Registry(Proc):
         self.url = f"http://{LOOPBACK}:{self.port}"
         return self
 
+    def access_log(self) -> list[dict[str, Any]]:
+        """The "response completed" entries of a json_log registry (method, uri, written...)."""
+        out = []
+        assert self.log is not None
+        for line in self.log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            with contextlib.suppress(ValueError):
+                e = json.loads(line)
+                if str(e.get("msg", "")).startswith("response completed"):
+                    out.append(e)
+        return out
+
 
 def make_cert(d: Path) -> tuple[Path, Path]:
     """A self-signed EC certificate for localhost and 127.0.0.1: (cert, key)."""
@@ -521,19 +534,6 @@ def make_cert(d: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
-
-    def access_log(self) -> list[dict[str, Any]]:
-        """The "response completed" entries of a json_log registry (method, uri, written...)."""
-        out = []
-        assert self.log is not None
-        for line in self.log.read_text(errors="replace").splitlines():
-            if not line.startswith("{"):
-                continue
-            with contextlib.suppress(ValueError):
-                e = json.loads(line)
-                if str(e.get("msg", "")).startswith("response completed"):
-                    out.append(e)
-        return out
 
 
 class Nginx(Proc):

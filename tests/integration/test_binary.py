@@ -223,6 +223,22 @@ def test_binary_serve_defaults_push_pull_sigterm(
         stored = data / "blobs" / "sha256" / hexdigest[:2] / hexdigest
         assert stored.read_bytes() == content
 
+    # The frozen binary's preheat and scanning commands, against itself (their modules and
+    # what they import only run when asked: croniter, PyJWT, cryptography).
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(binary), *args, "--data", str(data)], cwd=cwd,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+    binary = Path(str(proc.args[0])) if isinstance(proc.args, list) else Path(str(proc.args))
+    warmed = cli("preheat", "edge/binary:v1", "--follow")
+    assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+    assert "site: skipped (already on this node)" in warmed.stdout
+    listed = cli("preheat", "jobs")
+    assert listed.returncode == 0 and "succeeded" in listed.stdout
+    unscanned = cli("report", "edge/binary:v1")
+    assert unscanned.returncode != 0 and "no scanner is configured" in unscanned.stderr
+    assert "Traceback" not in unscanned.stderr
+
     proc.send_signal(signal.SIGTERM)
     try:
         rc = proc.wait(timeout=30)
