@@ -132,7 +132,7 @@ auth = "apikey"
 secret_file = "{base / "adapter-key"}"
 
 [scan]
-on = ["push"]
+on = ["push", "preload"]
 timeout = 60
 
 [[pull_policies]]
@@ -444,3 +444,24 @@ def test_a_v12_adapter_with_the_sbom_capability_attaches_an_sbom(tmp_path: Path)
             assert artifact["subject"]["digest"] == digest
             assert "openssl" in json.dumps(document)
         assert fake.rejections == []
+
+
+def test_a_preload_is_scanned(
+    server: EdgecacheServer, scanner: FakeScannerAdapter, tmp_path: Path
+) -> None:
+    push_image(server, "source/app", [MEDIUM], "preloaded")
+    scanned(server, "source/app:v1")
+    archive = tmp_path / "app.tar"
+    exported = server.cli("export", "--data", str(server.data), "source/app:v1", "-o", str(archive))
+    assert exported.returncode == 0, exported.stderr
+    loaded = server.cli("preload", "--data", str(server.data), str(archive),
+                        "--as", "preloaded/app:v1")  # fmt: skip
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    # Scanned on the preload event itself (not only a report exported along with the image).
+    scanner.wait_until(
+        lambda: [r for r in scanner.scans.values() if r.artifact["repository"] == "preloaded/app"],
+        timeout=60,
+        what="a scan of the preloaded image",
+    )
+    report = scanned(server, "preloaded/app:v1")
+    assert report["manifests"][0]["record"]["severity"] == "Medium"
