@@ -6,7 +6,7 @@ manifests are not images). For one manifest and one scanner:
 1. `POST /api/v1/scan` with this edgecache's URL and a bearer token edgecache issued for pull
    on that one repository, valid as long as the scan may take (server/tokens.py): the adapter
    pulls the image through edgecache, never from the upstream.
-2. `GET /api/v1/scan/{id}/report` (Accept: the Harbor report type) after 2 s, then every
+2. `GET /api/v1/scan/{id}/report` (Accept: the Harbor report type) after 1 s, then every
    `Refresh-After` (or `Retry-After`) while it answers 302; a 404 means the adapter lost the
    scan: it is submitted once more; other failures are retried with back-off; all of it within
    `[scan] timeout`. The other report type the adapter produces is asked for once the first is
@@ -74,7 +74,7 @@ IMAGE_CONFIGS = (
     "application/vnd.docker.container.image.v1+json",
 )
 MAX_QUEUED = 1000
-FIRST_POLL = 2.0  # seconds before the first report request (Harbor's)
+FIRST_POLL = 1.0  # seconds before the first report request (Harbor waits 2)
 MAX_POLL = 30.0
 MAX_REPORT = 64 << 20
 MAX_RECORDED = 5000  # vulnerabilities a gate record keeps (ids and severities)
