@@ -32,7 +32,12 @@ def add_parser(sub: Any, add_data: Callable[[argparse.ArgumentParser], None]) ->
         "policy (run POLICY), list jobs (jobs [ID]), cancel one (cancel ID) or list the "
         "policies (policies), through the running server's admin API.",
     )
-    p.add_argument("words", nargs="+", metavar="IMAGE|run POLICY|jobs [ID]|cancel ID|policies")
+    p.add_argument(
+        "words",
+        nargs="+",
+        metavar="ARG",
+        help="IMAGE... | run POLICY | jobs [ID] | cancel ID | policies",
+    )
     p.add_argument(
         "--provider",
         action="append",
