@@ -14,4 +14,7 @@ Decisions (see the modules for the why):
   `application/vnd.docker.image.rootfs.diff.tar` (docker_save.py).
 - Nothing is published until the whole input is verified; verified blobs wait in
   `<data>/tmp/preload-*` files, which a restarted preload reuses (spool.py).
+- Referrers (signatures, SBOMs, scan reports) travel in the OCI format only: index.json lists
+  them without a name, as oras does; preload stores them untagged beside their subject
+  (export.py, oci_layout.py, importer.py).
 """

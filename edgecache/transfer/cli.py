@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import Config
 from .errors import TransferError
+from .plan import MAX_REFERRERS, plural
 
 DEFAULT_DATA = "./edgecache-data"
 
@@ -44,8 +45,11 @@ def add_preload_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "uses (through the config's upstreams: a name whose registry is an upstream's name, "
         "alias or URL host lands in that upstream's repository). A FILE may be a pipe "
         "(/dev/stdin). Repeating an import writes nothing; a killed import resumes where it "
-        "stopped. The summary counts manifests (indexes and platform manifests) and blobs "
-        "(configs and layers), each once, as export does.",
+        "stopped. Referrers in an OCI layout (signatures, SBOMs, scan reports: manifests with "
+        "a subject, listed in index.json without a name, or only among its blobs) are stored "
+        "untagged in the repository of their subject. The summary counts manifests (indexes "
+        "and platform manifests), blobs (configs and layers) and referrers, each once, as "
+        "export does.",
     )
     p.add_argument("--data", metavar="DIR", help=f"data directory (default {DEFAULT_DATA})")
     p.add_argument("files", metavar="FILE", nargs="+", help="archive or layout directory")
@@ -76,8 +80,11 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "127.0.0.1:5001/lab/app:1.0, or by a project path through an upstream's alias, e.g. "
         "lab/team/app:1.0) to an OCI-layout tar, or with --format docker a tar that docker "
         "load also reads. `edgecache preload` of the result restores the same digests. "
-        "The summary counts manifests (indexes and platform manifests) and blobs (configs "
-        "and layers), each once, as preload does. -o may be a pipe (/dev/stdout).",
+        "The OCI format carries the images' referrers (signatures, SBOMs, scan reports, and "
+        f"theirs; at most {MAX_REFERRERS}), listed in index.json without a name; --format "
+        "docker leaves them out. The summary counts manifests (indexes and platform "
+        "manifests), blobs (configs and layers) and referrers, each once, as preload does. "
+        "-o may be a pipe (/dev/stdout).",
     )
     p.add_argument("--data", metavar="DIR", help=f"data directory (default {DEFAULT_DATA})")
     p.add_argument("images", metavar="IMAGE", nargs="+")
@@ -174,6 +181,21 @@ def run_export(args: argparse.Namespace) -> int:
     for name, digest in summary.images:
         print(f"{name} {digest}")
     print(f"exported {summary.line()} to {args.output}")
+    if summary.left_out:
+        print(
+            f"edgecache export: left out {plural(summary.left_out, 'referrer')} (signatures, "
+            "SBOMs, scan reports): the docker format cannot carry them; --format oci does",
+            file=sys.stderr,
+        )
+    if summary.incomplete:
+        digest, missing = next(iter(summary.incomplete.items()))
+        more = len(summary.incomplete) - 1
+        print(
+            f"edgecache export: left out {plural(len(summary.incomplete), 'referrer')} the "
+            f"store does not hold whole (referrer {digest}: {missing}"
+            f"{f'; and {more} more' if more else ''}); pull them through this edgecache first",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -5,6 +5,12 @@ planned and checked (docker_save.py / oci_layout.py), and only then are blobs pu
 manifests and tags committed, children before parents, so that a reader (the server, which may
 be running on the same data directory) never sees a tag whose content is incomplete. What the
 store already has is linked, not written: a second import of the same file writes nothing.
+
+Referrers of an OCI layout (oci_layout.py) follow the images of their input: each is stored
+untagged, the same way (blobs, then manifests, children first, each verified), in every
+repository its subject was just stored in, or, when the input leaves the subject out, in those
+of the input's repositories that already hold it; a referrer of a referrer after the one it
+refers to, so that the referrers API never lists something whose subject is not there yet.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from . import docker_save, oci_layout
 from .archive import Limits, input_size, iter_members
 from .errors import TransferError
 from .names import ImageName, in_store, literal
-from .plan import ImagePlan, ManifestDoc, counted
+from .plan import ImagePlan, ManifestDoc, ReferrerPlan, counted
 from .progress import Progress, human_bytes
 from .spool import Inventory, Spool, Spooled
 
@@ -37,14 +43,15 @@ class Summary:
     images: list[tuple[str, Digest]] = field(default_factory=list)  # "repo:tag", manifest
     manifests: set[Digest] = field(default_factory=set)  # distinct manifests and indexes
     blobs: set[Digest] = field(default_factory=set)  # distinct configs and layers
+    referrers: set[Digest] = field(default_factory=set)  # distinct referrer manifests
     new_blobs: int = 0
     new_bytes: int = 0
     skipped: int = 0  # blobs the store already had
 
     def line(self) -> str:
+        moved = counted(len(self.images), len(self.manifests), len(self.blobs), len(self.referrers))
         return (
-            f"{counted(len(self.images), len(self.manifests), len(self.blobs))} "
-            f"({self.new_blobs} new, {human_bytes(self.new_bytes)}; {self.skipped} already "
+            f"{moved} ({self.new_blobs} new, {human_bytes(self.new_bytes)}; {self.skipped} already "
             "stored)"
         )
 
@@ -78,9 +85,12 @@ def preload(
     try:
         spool.acquire()
         for path in files:
-            plans = _read(store, spool, path, target, limits or Limits(), err, tty)
+            plans, referrers = _read(store, spool, path, target, limits or Limits(), err, tty)
+            placed = _placed(store, plans, referrers, config)  # refusals before any publish
             for plan in plans:
                 _publish(store, plan, pin, summary, config)
+            for referrer, repos in placed:
+                _publish_referrer(store, referrer, repos, pin, summary)
         spool.sweep()
     except TransferError:
         spool.sweep()
@@ -99,7 +109,7 @@ def _read(
     limits: Limits,
     err: TextIO,
     tty: bool | None,
-) -> list[ImagePlan]:
+) -> tuple[list[ImagePlan], list[ReferrerPlan]]:
     inv = Inventory(str(path))
     with Progress(f"preload {path.name}", input_size(path), out=err, tty=tty) as progress:
         for member in iter_members(path, limits, progress):
@@ -109,7 +119,7 @@ def _read(
     if "index.json" in inv.meta:
         return oci_layout.plans(inv, rename, spool.known)
     if "manifest.json" in inv.meta:
-        return docker_save.plans(inv, rename)
+        return docker_save.plans(inv, rename), []
     raise TransferError(
         f"{path}: neither an OCI image layout (no index.json) nor a docker save archive "
         "(no manifest.json)"
@@ -126,6 +136,61 @@ def _publish(store: Store, plan: ImagePlan, pin: bool, summary: Summary, config:
         _put_manifest(store, name.repo, plan.top, name.tag, pin, plan.origin)
         summary.manifests.add(plan.top.digest)
         summary.images.append((str(name), plan.top.digest))
+
+
+def _placed(
+    store: Store, plans: list[ImagePlan], referrers: list[ReferrerPlan], config: Config
+) -> list[tuple[ReferrerPlan, list[str]]]:
+    """Each referrer with the repositories it goes to, in an order that puts every referrer
+    after its subject; a referrer whose subject is nowhere to be found is refused."""
+    repos_of: dict[Digest, list[str]] = {}
+    targets: list[str] = []
+    for plan in plans:
+        for name in dict.fromkeys(in_store(config, n, plan.origin) for n in plan.names):
+            targets.append(name.repo)
+            for doc in (plan.top, *plan.children):
+                repos_of.setdefault(doc.digest, []).append(name.repo)
+    targets = list(dict.fromkeys(targets))
+    waiting = {r.top.digest for r in referrers}
+    placed: list[tuple[ReferrerPlan, list[str]]] = []
+    pending = referrers
+    while pending:
+        later = []
+        for referrer in pending:
+            subject = referrer.subject
+            if subject in repos_of:
+                repos = list(dict.fromkeys(repos_of[subject]))
+            elif subject in waiting:
+                later.append(referrer)  # its subject is a referrer not placed yet
+                continue
+            else:
+                repos = [t for t in targets if store.resolve(t, str(subject)) is not None]
+                if not repos:
+                    raise TransferError(
+                        f"{referrer.origin}: a referrer of {subject}, which is neither in the "
+                        f"input nor in {' or '.join(targets)}: refused"
+                    )
+            for doc in (referrer.top, *referrer.children):
+                repos_of.setdefault(doc.digest, []).extend(repos)
+            waiting.discard(referrer.top.digest)
+            placed.append((referrer, repos))
+        if len(later) == len(pending):  # content addressing makes a cycle impossible
+            raise TransferError(f"{later[0].origin}: referrers refer to each other: refused")
+        pending = later
+    return placed
+
+
+def _publish_referrer(
+    store: Store, referrer: ReferrerPlan, repos: list[str], pin: bool, summary: Summary
+) -> None:
+    for repo in repos:
+        for blob in referrer.blobs:
+            _put_blob(store, repo, blob, pin, summary, referrer.origin)
+        for child in referrer.children:
+            _put_manifest(store, repo, child, None, pin, referrer.origin)
+            summary.manifests.add(child.digest)
+        _put_manifest(store, repo, referrer.top, None, pin, referrer.origin)
+    summary.referrers.add(referrer.top.digest)
 
 
 def _put_blob(
