@@ -648,21 +648,46 @@ async def store_artifact(
 def stored_report(
     app: App, repo: str, digest: str, scanner: str | None = None
 ) -> tuple[dict[str, Any], Report] | None:
-    """The newest stored report of a manifest (the gate record and the parsed Harbor report)."""
+    """The newest stored report of a manifest (the gate record and the parsed Harbor report):
+    from the index's scan records, else from a report artifact among the manifest's
+    referrers in `repo` (one that came with `edgecache preload` from another site)."""
     for name, record in app.store.index.scans_of(digest):
         if scanner is not None and name != scanner:
             continue
-        artifact = app.store.index.manifest(record["artifact"])
-        if artifact is None:
+        if app.store.index.manifest(record["artifact"]) is None:
             continue
-        path = app.store.layout.blob_path(Digest.parse(record["artifact"]))
-        try:
-            document = json.loads(path.read_bytes())
-            layer = next(
-                layer for layer in document["layers"] if layer["mediaType"] == HARBOR_REPORT
-            )
-            data = app.store.layout.blob_path(Digest.parse(layer["digest"])).read_bytes()
-            return record, parse_report(HARBOR_REPORT, data)
-        except (OSError, ValueError, KeyError, StopIteration, errors.OCIError):
+        report = _artifact_report(app, record["artifact"])
+        if report is not None:
+            return record, report
+    try:
+        referrers = app.store.referrers(repo, Digest.parse(digest))
+    except errors.OCIError:
+        return None
+    found = []
+    for descriptor in referrers:
+        annotations = descriptor.get("annotations") or {}
+        name = annotations.get(SCANNER_ANNOTATION, "")
+        if descriptor.get("artifactType") != REPORT_ARTIFACT:
             continue
+        if scanner is not None and name != scanner:
+            continue
+        found.append((str(annotations.get(CREATED, "")), name, str(descriptor.get("digest"))))
+    for created, name, artifact in sorted(found, reverse=True):  # the newest first
+        report = _artifact_report(app, artifact)
+        if report is not None:
+            record = {"repo": repo, "scanner": name, "severity": report.severity,
+                      "artifact": artifact, "created": created}  # fmt: skip
+            return record, report
     return None
+
+
+def _artifact_report(app: App, artifact: str) -> Report | None:
+    """The Harbor report inside a stored report artifact (None: unreadable or invalid)."""
+    try:
+        path = app.store.layout.blob_path(Digest.parse(artifact))
+        document = json.loads(path.read_bytes())
+        layer = next(layer for layer in document["layers"] if layer["mediaType"] == HARBOR_REPORT)
+        data = app.store.layout.blob_path(Digest.parse(layer["digest"])).read_bytes()
+        return parse_report(HARBOR_REPORT, data)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration, errors.OCIError):
+        return None

@@ -12,6 +12,7 @@ from ..oci.manifest import parse_manifest
 from ..oci.names import Reference, validate_repository
 from ..oci.ranges import parse_content_range
 from ..oci.routes import Route
+from ..scan.service import REPORT_ARTIFACT
 from .http import Request
 from .pull import _repo
 
@@ -140,6 +141,12 @@ async def put_manifest(app: App, req: Request, route: Route) -> None:
     repo, ref = _repo(route), Reference.parse(route.ref or "")
     data = await req.read_body(app.config.limits.max_manifest_size)
     manifest = parse_manifest(data, req.headers.get("content-type"))
+    if manifest.effective_artifact_type == REPORT_ARTIFACT:
+        # The pull gate trusts these (scan/gate.py): only scans, members and preload make them.
+        raise errors.Denied(
+            f"artifactType {REPORT_ARTIFACT} is edgecache's own vulnerability report; it "
+            "cannot be pushed"
+        )
     digest = ref.digest.algorithm if ref.digest else "sha256"
     computed = Digest.of_bytes(data, digest)
     if ref.digest is not None and ref.digest != computed:

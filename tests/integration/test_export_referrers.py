@@ -1,9 +1,10 @@
 """Referrers travel with their image: export (OCI) on node A -> preload on an empty node B.
 
-Node A gets an image pushed over the registry API, a vulnerability report attached to it in the
-shape edgecache's scanner writes (scan/service.py: artifactType, empty config, one layer per
-report type, a subject) and a signature of that report (a referrer of a referrer). B starts
-empty, only ever sees the tar, and must answer the referrers API as A does.
+Node A gets an image pushed over the registry API, an SBOM attached to it (artifactType, empty
+config, one layer, a subject: the shape of edgecache's own report artifacts too, which clients
+may not push; tests/integration/test_scan.py exports a real one) and a signature of that SBOM
+(a referrer of a referrer). B starts empty, only ever sees the tar, and must answer the
+referrers API as A does.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from tests.support import (
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
-REPORT = "application/vnd.edgecache.vulnerability.report.v1+json"
+REPORT = "application/spdx+json"
 SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
-REPORT_LAYER = "application/vnd.security.vulnerability.report; version=1.1"
+REPORT_LAYER = "application/spdx+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 REPO = "team/app"
 

@@ -465,3 +465,40 @@ def test_a_preload_is_scanned(
     )
     report = scanned(server, "preloaded/app:v1")
     assert report["manifests"][0]["record"]["severity"] == "Medium"
+
+
+def test_a_report_travels_with_export_and_preload(
+    server: EdgecacheServer, scannerless: EdgecacheServer, tmp_path: Path
+) -> None:
+    """Exported from here (where it was scanned), preloaded into a node whose scanner is down
+    and whose policy denies unscanned images: the report came along, so it pulls."""
+    digest = push_image(server, "source/travel", [LOW], "travel")
+    scanned(server, "source/travel:v1")
+    archive = tmp_path / "travel.tar"
+    exported = server.cli("export", "--data", str(server.data), "source/travel:v1",
+                          "-o", str(archive))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert "1 referrer" in exported.stdout
+    with scannerless.client() as client:
+        assert client.get("/v2/strict/travel/manifests/v1").status_code == 404
+    loaded = scannerless.cli("preload", "--data", str(scannerless.data), str(archive),
+                             "--as", "strict/travel:v1")  # fmt: skip
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    with scannerless.client() as client:
+        answer = client.get("/v2/strict/travel/manifests/v1")
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["docker-content-digest"] == digest
+    # A client may not push a report of its own (it would let any image through the gate).
+    forged = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.edgecache.vulnerability.report.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                   "digest": sha(b"{}")},
+        "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 1},
+    }).encode()  # fmt: skip
+    with httpx.Client(base_url=scannerless.url) as client:
+        client.post("/v2/strict/travel/blobs/uploads/", params={"digest": sha(b"{}")},
+                    content=b"{}")  # fmt: skip
+        refused = client.put("/v2/strict/travel/manifests/forged", content=forged,
+                             headers={"Content-Type": OCI_MANIFEST})  # fmt: skip
+        assert refused.status_code == 403 and "cannot be pushed" in refused.text
