@@ -47,6 +47,7 @@ from ..upstream import Upstream, UpstreamError, UpstreamNotFound, UpstreamUnavai
 from ..upstream.client import BlobStream, RawBlob
 from ..upstream.errors import UpstreamCorrupt
 from .failures import not_cached
+from .owner import PACE
 
 if TYPE_CHECKING:
     from ..peers.site import Site
@@ -342,8 +343,15 @@ class BlobFetch:
                 f"fewer than {PEER_MIN_BYTES} bytes in {PEER_WINDOW:g} s at byte {self.written}",
             )
 
+    def _extra(self) -> dict[str, str]:
+        """A member asked for a capped download caps its own uplink fetch too (PACE)."""
+        pace = self.pace
+        if pace is None or self.upstream is self._uplink:
+            return {}
+        return {PACE: str(pace.rate)}
+
     async def _stream_from(self, offset: int) -> None:
-        raw = await self.upstream.raw_blob(self.remote_repo, self.digest, offset)
+        raw = await self.upstream.raw_blob(self.remote_repo, self.digest, offset, self._extra())
         if raw is not None and raw.offset == offset:
             try:
                 await self._pump(raw)
@@ -403,7 +411,9 @@ class BlobFetch:
             )
 
     async def _stream_httpx(self, offset: int) -> None:
-        async with self.upstream.open_blob(self.remote_repo, self.digest, offset) as stream:
+        async with self.upstream.open_blob(
+            self.remote_repo, self.digest, offset, self._extra()
+        ) as stream:
             self._check_size(stream.what, stream.total, stream.offset, stream.length)
             if self.total is None:
                 # A chunked body of a declared blob still gets its clients a Content-Length.

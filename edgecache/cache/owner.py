@@ -48,6 +48,9 @@ CACHE = PREFIX + "cache"
 LIST_AGE = PREFIX + "list-age"
 # The request came from the member this names, whose signature the asking process verified.
 PEER_VERIFIED = PREFIX + "peer-verified"
+# On a member's blob request: the bytes a second its download is capped at (a preheat's
+# bandwidth); a download started for it is capped alike (server/proxied.py).
+PACE = PREFIX + "pace"
 # A list answer (tags, referrers) the asker keeps is at most this large.
 LIST_KEPT = 1 << 20
 
@@ -220,6 +223,9 @@ def _request(req: Request) -> h11.Request:
     headers.append((HOP.encode(), b"1"))
     if req.peer is not None:
         headers.append((PEER_VERIFIED.encode(), req.peer.encode("latin-1")))
+        pace = req.headers.get(PACE)
+        if pace is not None:  # a member's capped download (cache/fetch.py)
+            headers.append((PACE.encode(), pace.encode("latin-1")))
     return h11.Request(method=req.method, target=target, headers=headers)
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..cache import owner
 from ..cache.failures import upstream_failures
-from ..cache.fetch import BlobFetch, reading
+from ..cache.fetch import PACE, BlobFetch, Pacer, reading
 from ..cache.routing import Target
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
@@ -17,6 +17,7 @@ from ..oci.names import Reference
 from ..oci.pagination import link_header, paginate, parse_n
 from ..oci.ranges import parse_range
 from ..oci.routes import Route
+from ..preheat.config import MIN_BANDWIDTH
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound
 from .http import Request
 from .pull import StoredFileBad, blob_headers, requested_range, send_manifest, send_stored
@@ -92,7 +93,12 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
     app.metrics.proxy_miss()
     req.extra["cache"] = "joined" if digest in app.fetcher.inflight else "miss"
     fetch, fd = app.fetcher.join(
-        upstream, target.remote_repo, target.store_repo, digest, via_peers=req.peer is None
+        upstream,
+        target.remote_repo,
+        target.store_repo,
+        digest,
+        via_peers=req.peer is None,
+        pace=_pace(req),
     )
     async with reading(fd):
         await fetch.started.wait()
@@ -117,6 +123,16 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
         if not req.disconnected:
             await req.finish()
         app.metrics.served("inflight", req.sent_bytes)
+
+
+def _pace(req: Request) -> Pacer | None:
+    """A member's capped download (a preheat's bandwidth, PACE): one started for it is capped
+    alike, so the site's uplink keeps to the cap too. Only from a member (signed)."""
+    value = req.headers.get(PACE, "")
+    if req.peer is None or not value.isdigit() or len(value) > 12:
+        return None
+    rate = int(value)
+    return Pacer(rate) if rate >= MIN_BANDWIDTH else None
 
 
 async def _send_sound(

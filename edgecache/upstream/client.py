@@ -288,12 +288,12 @@ class Upstream:
 
     @asynccontextmanager
     async def open_blob(
-        self, repo: str, digest: Digest, offset: int = 0
+        self, repo: str, digest: Digest, offset: int = 0, extra: Mapping[str, str] | None = None
     ) -> AsyncIterator[BlobStream]:
         url = self._path(repo, "blobs", str(digest))
         what = f"GET {url.path}"
         # identity: a content-coded body could not be resumed by byte offset.
-        headers = {"Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity", **(extra or {})}
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
 
@@ -321,7 +321,9 @@ class Upstream:
             )
         return BlobStream(self.name, response, offset, content_range.total)
 
-    async def raw_blob(self, repo: str, digest: Digest, offset: int = 0) -> RawBlob | None:
+    async def raw_blob(
+        self, repo: str, digest: Digest, offset: int = 0, extra: Mapping[str, str] | None = None
+    ) -> RawBlob | None:
         """A blob GET answered with a plain 2xx and a Content-Length, its head read, for a
         worker thread to read the body (rawget.py). None: make the request with open_blob,
         which handles everything else (auth refresh, retries, error answers)."""
@@ -336,6 +338,7 @@ class Upstream:
         config = self.config
         for _ in range(MAX_REDIRECTS + 1):
             headers = {"Range": f"bytes={offset}-"} if offset > 0 else {}
+            headers.update(extra or {})
             if authorization is not None and self._session.is_home(url):
                 headers["Authorization"] = authorization
             if self._session.signer is not None and self._session.is_home(url):

@@ -230,6 +230,30 @@ def test_a_preheat_on_one_node_warms_the_whole_site(
     assert sum(uplink_bytes(node) for node in site) == blob_bytes
 
 
+def test_a_capped_preheat_caps_the_owners_uplink_fetch_too(
+    site: list[EdgecacheServer], upstream: RunningUpstream, relay: FaultProxy
+) -> None:
+    """The blob's owner is another node: it downloads from the uplink for the preheating
+    node, at the policy's cap too (the cap travels with the peer request), not at full speed."""
+    img = image(upstream, "site/capped", layers=1, size=24 * MiB)
+    layer = max(img.blobs, key=lambda d: img.blobs[d])
+    owner = ring.order([n.url for n in site], layer)[0]
+    node = next(n for n in site if n.url != owner)
+    token = {"Authorization": f"Bearer {node.admin_token}"}
+    policy = {"name": "capped", "repositories": [f"{UPSTREAM}/**"],
+              "watch": [f"{UPSTREAM}/{img.repo}:{img.tag}"], "bandwidth": "6MB"}  # fmt: skip
+    with httpx.Client(base_url=node.url, timeout=60) as client:
+        assert client.put("/_edgecache/admin/preheat/policies/capped", json=policy,
+                          headers=token).status_code == 200  # fmt: skip
+    done = node.cli("preheat", "--data", str(node.data), "run", "capped", "--follow", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # 24 MiB at 6 MB/s after a one-second burst, less what the sockets' buffers (a few MB)
+    # take early: the uplink's bytes took more than a second (a lower bound; uncapped, the
+    # owner reads them over loopback in about a tenth of that).
+    assert relay.last_byte_at - relay.first_byte_at >= 1.0
+    assert sum(uplink_bytes(n) for n in site) == sum(img.blobs.values())
+
+
 def test_a_miss_asks_the_owner(site: list[EdgecacheServer], upstream: RunningUpstream) -> None:
     img = image(upstream, "site/owner", layers=4, size=2 * MiB)
     members = {node.url: node for node in site}

@@ -502,3 +502,52 @@ def test_a_report_travels_with_export_and_preload(
         refused = client.put("/v2/strict/travel/manifests/forged", content=forged,
                              headers={"Content-Type": OCI_MANIFEST})  # fmt: skip
         assert refused.status_code == 403 and "cannot be pushed" in refused.text
+
+
+def test_a_first_proxy_fetch_is_scanned_and_a_lost_scan_is_submitted_again(
+    tmp_path: Path, upstream: RunningUpstream
+) -> None:
+    """[scan] on = ["pull"]; an adapter that loses its first scan (404 for every report
+    request: it restarted) and answers Retry-After instead of Refresh-After."""
+    config_blob, layer, manifest = image_blobs([LOW], "lost")
+    digest = push(upstream.url, "lost/app", "v1", (config_blob, layer), manifest)
+    with FakeScannerAdapter("1.1", lose_scans=1, refresh_header="Retry-After") as fake:
+        config = (
+            f'[upstreams.up]\nurl = "{upstream.url}"\n\n[scanners.fake]\nurl = "{fake.url}"\n\n'
+            '[scan]\non = ["pull"]\n'
+        )
+        with EdgecacheServer(tmp_path / "lost", config_text=config) as srv:
+            with srv.client() as client:
+                got = client.get("/v2/up/lost/app/manifests/v1", headers={"Accept": OCI_MANIFEST})
+                assert got.status_code == 200
+            report = scanned(srv, "up/lost/app:v1")
+        assert report["manifests"][0]["record"]["severity"] == "Low"
+        mine = [r for r in fake.scans.values() if r.artifact.get("digest") == digest]
+        assert [r.lost for r in mine] == [True, False]  # submitted once more after the 404
+        assert fake.rejections == []
+
+
+def test_the_same_image_is_let_through_by_an_allowlist_and_blocked_again_when_it_expires(
+    server: EdgecacheServer,
+) -> None:
+    push_image(server, "listed/app", [HIGH], "listed")
+    scanned(server, "listed/app:v1")
+    token = {"Authorization": f"Bearer {server.admin_token}"}
+
+    def pull_with(allowlist: list[Any]) -> httpx.Response:
+        policy = {"repositories": ["listed/**"], "block_severity": "High", "allowlist": allowlist}
+        with server.client() as client:
+            put = client.put("/_edgecache/admin/pull_policies/listed", json=policy, headers=token)
+            assert put.status_code == 200, put.text
+        with server.client(headers=BASIC) as client:
+            return client.get("/v2/listed/app/manifests/v1")
+
+    assert pull_with([]).status_code == 412
+    assert pull_with([{"id": "CVE-2099-0001", "expires": "2999-01-01"}]).status_code == 200
+    expired = pull_with([{"id": "CVE-2099-0001", "expires": "2001-01-01"}])
+    assert expired.status_code == 412 and "CVE-2099-0001" in expired.text
+    with server.client() as client:
+        assert (
+            client.delete("/_edgecache/admin/pull_policies/listed", headers=token).status_code
+            == 200
+        )
