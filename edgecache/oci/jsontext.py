@@ -50,3 +50,20 @@ def loads(data: bytes | str) -> object:
         raise JSONInvalid(
             f"not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits"
         ) from None
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for messages ("expected a string, got null")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, dict) or hasattr(value, "keys"):
+        return "object"
+    return type(value).__name__

@@ -19,6 +19,8 @@ from edgecache.oci.errors import DigestInvalid, ManifestInvalid, ManifestTooLarg
 from edgecache.oci.integers import INT64_MAX
 from edgecache.oci.jsontext import JSONInvalid, loads
 
+from .jsontext import json_type as _json_type
+
 # distribution and the big public registries refuse manifests above 4 MiB; matching them keeps
 # whatever we accept pushable upstream and bounds the memory a single PUT can pin.
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
@@ -29,22 +31,6 @@ SCHEMA1_MESSAGE = "Docker schema1 manifests are not supported (deprecated; push 
 # own mediaType (or inference) decides in that case.
 _GENERIC_CONTENT_TYPES = frozenset({"", mt.JSON, mt.OCTET_STREAM})
 _EXPECTED = f" (expected one of {', '.join(sorted(mt.ALL_MANIFEST_TYPES))})"
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
 
 
 def _invalid(where: str, problem: str) -> ManifestInvalid:

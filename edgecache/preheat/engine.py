@@ -25,8 +25,8 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -584,21 +584,12 @@ class Preheater:
     def pull_token(self, repository: str, ttl: float) -> str:
         issuer = self.app.auth.tokens
         assert issuer is not None
-        answer = issuer.issue("edgecache:preheat", {repository: ["pull"]}, ttl=ttl)
-        token: str = answer["token"]
-        return token
+        return issuer.pull_token("edgecache:preheat", repository, ttl)
 
-    @asynccontextmanager
-    async def client(self, provider: ProviderConfig) -> AsyncIterator[httpx.AsyncClient]:
-        verify: Any = True
-        if provider.ca_file:
-            from ..upstream.session import context_for
+    def client(self, provider: ProviderConfig) -> httpx.AsyncClient:
+        from ..upstream.session import service_client
 
-            verify = context_for(provider.ca_file)
-        async with httpx.AsyncClient(
-            verify=verify, timeout=httpx.Timeout(30.0, connect=5.0), follow_redirects=False
-        ) as client:
-            yield client
+        return service_client(provider.ca_file)
 
     # ---- schedules, watched tags, health ---------------------------------------------------
 

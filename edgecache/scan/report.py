@@ -44,6 +44,8 @@ from typing import Any
 
 from edgecache.cliformat import table
 
+from ..oci.jsontext import json_type as _json_type
+
 SEVERITIES = ("Unknown", "Negligible", "Low", "Medium", "High", "Critical")
 HARBOR_REPORT = "application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.0"
 VULN_REPORT_11 = "application/vnd.security.vulnerability.report; version=1.1"
@@ -107,22 +109,6 @@ class Report:
     severity: str  # the highest of the vulnerabilities, "None" when there are none
     vulnerabilities: tuple[Vulnerability, ...]
     raw: Mapping[str, Any] = field(hash=False, repr=False)  # the report as parsed, read-only
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    return type(value).__name__
 
 
 _QUOTE = '"'

@@ -32,7 +32,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -314,24 +313,12 @@ class ScanService:
     def _pull_token(self, repo: str) -> str:
         issuer = self.app.auth.tokens
         assert issuer is not None
-        answer = issuer.issue(SCANNER_SUBJECT, {repo: ["pull"]}, ttl=self.settings.scan.timeout)
-        token: str = answer["token"]
-        return token
+        return issuer.pull_token(SCANNER_SUBJECT, repo, self.settings.scan.timeout)
 
-    @asynccontextmanager
-    async def _client(self, config: ScannerConfig) -> AsyncIterator[httpx.AsyncClient]:
-        verify: Any = True
-        if config.ca_file:
-            from ..upstream.session import context_for
+    def _client(self, config: ScannerConfig) -> httpx.AsyncClient:
+        from ..upstream.session import service_client
 
-            verify = context_for(config.ca_file)
-        async with httpx.AsyncClient(
-            verify=verify,
-            timeout=httpx.Timeout(30.0, connect=5.0),
-            headers=config.headers(),
-            follow_redirects=False,
-        ) as client:
-            yield client
+        return service_client(config.ca_file, config.headers())
 
     async def _submit(self, client: httpx.AsyncClient, config: ScannerConfig, body: Any) -> str:
         delay = 1.0

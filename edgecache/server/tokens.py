@@ -114,6 +114,12 @@ class TokenIssuer:
             "issued_at": issued.replace("+00:00", "Z"),
         }
 
+    def pull_token(self, subject: str, repository: str, ttl: float) -> str:
+        """A token for pull on one repository, for a program edgecache hands it to (a P2P
+        engine, a scanner adapter); `subject` names that program."""
+        token: str = self.issue(subject, {repository: ["pull"]}, ttl=ttl)["token"]
+        return token
+
     def verify(self, token: str) -> Grant:
         """The grant of a token this server issued and that has not expired; ValueError
         says why not (never the token)."""

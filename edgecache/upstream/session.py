@@ -112,9 +112,17 @@ def tls_context(config: UpstreamConfig) -> ssl.SSLContext:
     return _tls_context(config.ca_file, config.insecure)
 
 
-def context_for(ca_file: str, insecure: bool = False) -> ssl.SSLContext:
-    """The shared context of these settings (for clients that are not upstreams)."""
-    return _tls_context(ca_file, insecure)
+def service_client(ca_file: str = "", headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """A client for a service edgecache calls (a P2P engine's API, a scanner adapter): its
+    CA (or the default roots), 30 s to read, 5 s to connect, redirects not followed (they
+    would carry the service's credentials elsewhere)."""
+    verify: ssl.SSLContext | bool = _tls_context(ca_file, False) if ca_file else True
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        headers=headers or {},
+        follow_redirects=False,
+    )
 
 
 @functools.lru_cache(maxsize=64)
