@@ -42,6 +42,9 @@ LMDB named databases (keys are UTF-8; values are compact JSON)::
                "scrub_cursor"              last digest the scrub pass in progress verified
                "scrub_last_pass"           when the last full scrub pass ended
                "scrub_since"               when the scrub first ran here (first pass due from)
+               "scan_gen", "policy_gen"    counters bumped when a report or an admin pull
+                                           policy is stored: every serving process drops its
+                                           cached gate decisions / reloads its policies
     access     <repo>\0<digest>            last time the manifest was pulled (batched writes)
     gcruns     <start time>                record of a GC run (what was freed or skipped)
     preheat    job/<id>                    a preheat job's record (edgecache/preheat/jobs.py);
@@ -49,6 +52,11 @@ LMDB named databases (keys are UTF-8; values are compact JSON)::
                policy/<name>               a policy set through the admin API
                event/<id>                  an event `edgecache preload` recorded for the
                                            server's preheat triggers (removed once handled)
+    scans      <digest>\0<scanner>         the pull gate's record of a stored vulnerability
+                                           report (scan/service.py): {"repo", "scanner",
+                                           "severity", "artifact" (the report's referrer
+                                           manifest), "scanned", "vulnerabilities"}
+    policies   <name>                      a pull policy set through the admin API (its table)
 
 Visibility rule: bytes go to tmp/ (or uploads/), the digest is verified, the file is fsynced
 and renamed into blobs/ (over any file already there: a verified copy replaces a damaged
