@@ -75,6 +75,10 @@ def coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
 
             if len(value.split()) != 5 or not croniter.is_valid(value):
                 raise bad("a 5-field cron expression such as '0 3 * * *'")
+            try:
+                croniter(value).get_next(float)
+            except Exception:  # croniter's CroniterBadDateError: e.g. "0 0 31 2 *"
+                raise bad("a cron expression that fires some day (this one never does)") from None
         return value.strip()
     if kind == "float":
         if from_env and isinstance(value, str):
@@ -82,9 +86,15 @@ def coerce(where: str, kind: str, value: Any, from_env: bool) -> Any:
                 value = float(value.strip())
             except ValueError:
                 raise bad("a number of seconds") from None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad("a non-negative number of seconds")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise bad("a non-negative number of seconds, at most 1e12") from None
+        if not 0 <= seconds <= 1e12:  # NaN and infinities too
+            raise bad("a non-negative number of seconds, at most 1e12")
+        return seconds
     if kind == "url":
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise bad("an http:// or https:// URL")

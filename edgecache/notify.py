@@ -104,12 +104,15 @@ class Endpoint:
 
 
 def redact_url(url: str) -> str:
+    """The endpoint as logs and status show it: scheme, host and port only (webhook URLs
+    often carry their secret in the path or the query, as Slack's do, or in userinfo)."""
     try:
         parts = urlsplit(url)
     except ValueError:
-        return re.sub(r"//[^/?#]*@", "//", url)
+        return "<an endpoint URL>"
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=host))
+    shown = urlunsplit((parts.scheme, host, "", "", ""))
+    return shown + "/..." if parts.path.strip("/") or parts.query else shown
 
 
 # --- configuration ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from .. import cliformat
 from .jobs import FINAL
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace, admin: Callable[..., Any]) -> int:
     if verb == "cancel":
         if len(words) != 2:
             return _usage("preheat cancel ID")
-        print(f"cancelled {admin(f'preheat/jobs/{words[1]}/cancel', 'POST')['cancelled']}")
+        print(f"cancelled {admin(f'preheat/jobs/{_id(words[1])}/cancel', 'POST')['cancelled']}")
         return 0
     if verb == "policies":
         policies = admin("preheat/policies")
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace, admin: Callable[..., Any]) -> int:
         if len(words) > 2:
             return _usage("preheat jobs [ID]")
         if len(words) == 2:
-            record = admin(f"preheat/jobs/{words[1]}")
+            record = admin(f"preheat/jobs/{_id(words[1])}")
             return _job(args, admin, record)
         jobs = admin("preheat/jobs", limit=str(args.limit))
         live = [j for j in jobs if j["state"] not in FINAL]
@@ -96,6 +97,11 @@ def run(args: argparse.Namespace, admin: Callable[..., Any]) -> int:
     if args.platform:
         body["platforms"] = args.platform
     return _job(args, admin, admin("preheat/run", "POST", json_body=body))
+
+
+def _id(job_id: str) -> str:
+    """A job id as it goes in the admin URL: nothing in it can reach another endpoint."""
+    return quote(job_id, safe="")
 
 
 def _usage(text: str) -> int:
@@ -125,7 +131,7 @@ def _follow(admin: Callable[..., Any], record: dict[str, Any]) -> dict[str, Any]
                   file=sys.stderr, flush=True)  # fmt: skip
             shown = line
         time.sleep(POLL)
-        record = admin(f"preheat/jobs/{record['id']}")
+        record = admin(f"preheat/jobs/{_id(record['id'])}")
     if tty and shown:
         print(file=sys.stderr)
     return record

@@ -39,6 +39,9 @@ MAX_WATCHED = 100  # tags one policy watches
 MAX_NAME = 64
 # A capped download from a member must still move 64 KiB in 10 s (cache/fetch.py PEER_WINDOW).
 MIN_BANDWIDTH = 100_000
+MAX_BANDWIDTH = 10**12
+MAX_PATTERNS = 100  # per list: every push or pull event matches them on the event loop
+MAX_WATCH_INTERVAL = 7 * 86400.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
 
@@ -233,10 +236,7 @@ def parse_providers(raw: object) -> dict[str, ProviderConfig]:
         if "retries" in table:
             values["retries"] = coerce(f"{where}.retries", "int0", table["retries"], False)
         if table.get("ca_file"):
-            ca = coerce(f"{where}.ca_file", "str", table["ca_file"], False)
-            if not Path(ca).is_file():
-                raise ConfigError(f"{where}.ca_file = {ca!r}: expected a PEM file")
-            values["ca_file"] = ca
+            values["ca_file"] = check_ca_file(f"{where}.ca_file", table["ca_file"])
         if kind == "dragonfly":
             _dragonfly(where, table, values)
         providers[name] = ProviderConfig(**values)
@@ -309,6 +309,8 @@ def parse_policy(
         values = coerce(f"{where}.{key}", "list[str]", table.get(key, ["**"]), False)
         if not values:
             raise ConfigError(f'{where}.{key} = []: expected at least one pattern ("**": all)')
+        if len(values) > MAX_PATTERNS:
+            raise ConfigError(f"{where}.{key}: {len(values)} patterns; at most {MAX_PATTERNS}")
         for pattern in values:
             try:
                 check_pattern(pattern)
@@ -344,8 +346,10 @@ def parse_policy(
     if "watch" in on and not watch:
         raise ConfigError(f"{where}.on: 'watch' needs the tags to watch in {where}.watch")
     interval = coerce(f"{where}.watch_interval", "float", table.get("watch_interval", 300.0), False)
-    if interval < 1:
-        raise ConfigError(f"{where}.watch_interval = {interval:g}: expected at least 1 second")
+    if not 1 <= interval <= MAX_WATCH_INTERVAL:
+        raise ConfigError(
+            f"{where}.watch_interval = {interval:g}: expected 1 to {MAX_WATCH_INTERVAL:g} seconds"
+        )
     window = None
     if table.get("window"):
         text = table["window"]
@@ -354,11 +358,14 @@ def parse_policy(
             raise ConfigError(f"{where}.window = {text!r}: expected HH:MM-HH:MM, e.g. 22:00-06:00")
     bandwidth = 0
     if table.get("bandwidth"):
-        bandwidth = parse_size(table["bandwidth"]) or 0
-        if bandwidth < MIN_BANDWIDTH:
+        try:
+            bandwidth = parse_size(table["bandwidth"]) or 0
+        except (OverflowError, ValueError, ArithmeticError):
+            bandwidth = 0
+        if not MIN_BANDWIDTH <= bandwidth <= MAX_BANDWIDTH:
             raise ConfigError(
                 f"{where}.bandwidth = {table['bandwidth']!r}: expected bytes a second, "
-                f"at least {MIN_BANDWIDTH} (e.g. 20MB)"
+                f"{MIN_BANDWIDTH} to {MAX_BANDWIDTH} (e.g. 20MB)"
             )
     enabled = coerce(f"{where}.enabled", "bool", table.get("enabled", True), False)
     return PolicyConfig(
@@ -374,6 +381,22 @@ def parse_policy(
         enabled=enabled,
         severity=severity,
     )
+
+
+def check_ca_file(where: str, value: object) -> str:
+    """A CA bundle edgecache can load (checked now: at a first connection it would be a
+    traceback in a background task)."""
+    import ssl
+
+    path = coerce(where, "str", value, False)
+    assert isinstance(path, str)
+    if not Path(path).is_file():
+        raise ConfigError(f"{where} = {path!r}: expected a PEM file")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(f"{where} = {path!r}: not a CA bundle ({exc})") from None
+    return path
 
 
 def split_image(ref: str) -> tuple[str, str]:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextvars
 import datetime
 import logging
+import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgecache.preheat")
 
 MAX_QUEUED = 100
+RESERVED = 10  # queue places events never take
 CONCURRENT_JOBS = 2
 MAX_IMAGES = 1000  # images one job resolves
 HEALTH_INTERVAL = 30.0
@@ -86,6 +88,8 @@ class Preheater:
         self._running: dict[str, tuple[Job, trio.CancelScope]] = {}
         self._recent: dict[str, Job] = {}  # jobs of this run, for live progress
         self._to_write: dict[str, Job] = {}
+        self._dropped = 0
+        self._dropped_logged = -math.inf
         self._flush = trio.Event()
         self.watch_state: dict[tuple[str, str], dict[str, Any]] = {}
         self.health: dict[str, dict[str, Any]] = {}
@@ -109,6 +113,11 @@ class Preheater:
                     "a preheat policy set through the admin API is no longer valid: %s", exc
                 )
                 continue
+            try:
+                self._check_watch(policy)
+            except PreheatError as exc:  # the config's upstreams changed since
+                log.warning("a preheat policy set through the admin API is left out: %s", exc)
+                continue
             self.policies[policy.name] = policy
             self.admin_policies.add(policy.name)
 
@@ -117,6 +126,11 @@ class Preheater:
             policy = parse_policy("admin", table, self.config.providers)
         except ConfigError as exc:
             raise PreheatError(str(exc)) from None
+        if policy.name in self.policies and policy.name not in self.admin_policies:
+            raise PreheatError(
+                f"policy {policy.name!r} is in the config file; change it there (the admin "
+                "API sets and deletes only its own)"
+            )
         if policy.severity and not self.app.config.scan.scanners:
             raise PreheatError(
                 f"policy {policy.name!r}: severity filters on vulnerability reports, and no "
@@ -234,10 +248,28 @@ class Preheater:
             if self._waiting(policy.name, repository, digest):
                 continue
             image = Image(repository, digest, tag=tag, digest=digest)
-            try:
-                self.submit(kind, policy=policy, images=[image])
-            except PreheatError as exc:
-                log.warning("preheat %s event for %s dropped: %s", kind, image.name, exc)
+            # Events of a policy join its job still waiting to run: a burst of pulls makes one
+            # job, and the queue keeps room for the operator's and the schedule's.
+            waiting = next(
+                (j for j in self._queue
+                 if j.policy == policy.name and j.trigger == kind and len(j.images) < MAX_IMAGES),
+                None,
+            )  # fmt: skip
+            if waiting is not None:
+                waiting.images.append(image)
+                self._mark(waiting)
+                continue
+            if len(self._queue) >= MAX_QUEUED - RESERVED:
+                self._dropped += 1
+                if time.monotonic() - self._dropped_logged >= 60:
+                    log.warning(
+                        "preheat: %d event(s) dropped: %d jobs waiting (the last %d places are "
+                        "kept for manual and scheduled runs)", self._dropped, len(self._queue),
+                        RESERVED,
+                    )  # fmt: skip
+                    self._dropped, self._dropped_logged = 0, time.monotonic()
+                continue
+            self.submit(kind, policy=policy, images=[image])
 
     async def drain_events(self) -> int:
         """The events other processes recorded in the index (`edgecache preload`), handled
@@ -347,7 +379,7 @@ class Preheater:
             nursery.start_soon(self._writer)
             for _ in range(CONCURRENT_JOBS):
                 nursery.start_soon(self._runner)
-            nursery.start_soon(self._health_loop)
+            nursery.start_soon(self._guarded, self._health_loop)
             await self.drain_events()  # recorded while no server ran
             task_status.started()
             while True:
@@ -357,9 +389,9 @@ class Preheater:
                             if not policy.enabled:
                                 continue
                             if policy.schedule:
-                                loops.start_soon(self._cron_loop, policy)
+                                loops.start_soon(self._guarded, self._cron_loop, policy)
                             for ref in policy.watch if "watch" in policy.on else ():
-                                loops.start_soon(self._watch_loop, policy, ref)
+                                loops.start_soon(self._guarded, self._watch_loop, policy, ref)
                         await trio.sleep_forever()  # until the policies change
 
     async def _runner(self) -> None:
@@ -376,9 +408,9 @@ class Preheater:
         job.started = self.clock()
         self._mark(job)
         policy = self.policies.get(job.policy or "")
-        pace = Pacer(policy.bandwidth) if policy and policy.bandwidth else None
         deadline = job.deadline
         try:
+            pace = Pacer(policy.bandwidth) if policy and policy.bandwidth else None
             with trio.CancelScope() as scope:
                 if deadline is not None:
                     scope.deadline = trio.current_time() + max(0.0, deadline - self.clock())
@@ -398,6 +430,10 @@ class Preheater:
         finally:
             _IN_JOB.reset(token)
             self._running.pop(job.id, None)
+            if job.state not in FINAL:  # the server is stopping: cancelled from outside
+                job.state = "stopped"
+                job.error = "the server stopped during the job"
+                job.settle()
             job.finished = self.clock()
             self._mark(job)
             self.on_job_end(job)
@@ -415,7 +451,14 @@ class Preheater:
                 await self._resolve(image, selector, policy is not None)
                 if policy is not None and policy.severity and image.ready:
                     image.skipped = self._vulnerable(image, policy.severity)
-            except (errors.OCIError, providers.Fail, providers.Retry, UpstreamError) as exc:
+            except (
+                errors.OCIError,
+                providers.Fail,
+                providers.Retry,
+                UpstreamError,
+                OSError,
+                ValueError,
+            ) as exc:
                 image.error = getattr(exc, "message", None) or str(exc)
             self._mark(job)
         del job.images[MAX_IMAGES:]
@@ -424,19 +467,23 @@ class Preheater:
         """What a policy run covers: the tags held here that its patterns match, and the
         tags it watches."""
         images: dict[tuple[str, str], Image] = {}
+        for ref in policy.watch:  # first: never cut off by the held tags
+            repo, tag = split_image(ref)
+            images.setdefault((repo, tag), Image(repo, tag, tag=tag))
         store = self.app.store
         for repo in store.repositories():
+            if len(images) >= MAX_IMAGES:
+                break
             if not policy.selector.repository_matches(repo):
                 continue
             for tag in store.tags(repo):
                 if _COSIGN_TAG.fullmatch(tag) or not policy.selector.tag_matches(tag):
                     continue
-                images[(repo, tag)] = Image(repo, tag, tag=tag)
+                images.setdefault((repo, tag), Image(repo, tag, tag=tag))
                 if len(images) >= MAX_IMAGES:
+                    log.warning("preheat policy %s: more than %d images; the first %d run",
+                                policy.name, MAX_IMAGES, MAX_IMAGES)  # fmt: skip
                     break
-        for ref in policy.watch:
-            repo, tag = split_image(ref)
-            images.setdefault((repo, tag), Image(repo, tag, tag=tag))
         return list(images.values())
 
     async def _resolve(self, image: Image, selector: Selector, filtered: bool) -> None:
@@ -593,6 +640,17 @@ class Preheater:
 
     # ---- schedules, watched tags, health ---------------------------------------------------
 
+    async def _guarded(self, loop: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """A background loop that a bug (or an input nobody foresaw) cannot end, nor the
+        server with it: logged, then started again after a minute."""
+        while True:
+            try:
+                await loop(*args)
+                return
+            except Exception:
+                log.exception("preheat: %s failed; starting it again in 60 s", loop.__name__)
+                await trio.sleep(60)
+
     async def _cron_loop(self, policy: PolicyConfig) -> None:
         from croniter import croniter
 
@@ -675,8 +733,10 @@ class Preheater:
         path = "/healthy" if provider.type == "dragonfly" else "/health"
         error = ""
         try:
+            from ..upstream.session import call_service
+
             async with self.client(provider) as client:
-                response = await client.get(provider.url + path, timeout=5.0)
+                response = await call_service(client, "GET", provider.url + path, deadline=5.0)
             up = response.status_code == 200
             if not up:
                 error = f"GET {path}: {response.status_code}"

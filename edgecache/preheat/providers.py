@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ from ..oci.mediatypes import is_index_type
 from ..oci.names import Reference
 from ..store import ManifestInfo
 from ..upstream import UpstreamError, UpstreamNotFound
+from ..upstream.session import call_service
 from .config import ProviderConfig
 from .jobs import Image
 
@@ -181,13 +183,13 @@ async def _df_call(
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     try:
-        response = await client.request(
-            method, provider.url + path, json=body, headers=_df_headers(provider)
+        response = await call_service(
+            client, method, provider.url + path, json=body, headers=_df_headers(provider)
         )
     except httpx.HTTPError as exc:
         raise Retry(f"Dragonfly manager {provider.url}: {type(exc).__name__}: {exc}") from None
     status = response.status_code
-    text = response.text[:300]
+    text = printable(response.text[:300])
     if status == 401:
         raise Fail("the Dragonfly manager refused the personal access token (401): is it "
                    f"the right token_file? {text}")  # fmt: skip
@@ -258,7 +260,14 @@ def _retry_after(response: httpx.Response) -> float | None:
         seconds = float(value)
     except ValueError:
         return None
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), 300.0)
+
+
+def printable(text: str) -> str:
+    """A service's words, safe for a log line or a terminal (no newlines, no escapes)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 # ---- kraken ------------------------------------------------------------------------------
@@ -307,7 +316,9 @@ async def kraken(
         )
     async with engine.client(provider) as client:
         try:
-            response = await client.post(
+            response = await call_service(
+                client,
+                "POST",
                 provider.url + "/registry/notifications",
                 content=_json_bytes({"events": events}),
                 headers={"Content-Type": KRAKEN_EVENTS},
@@ -317,7 +328,10 @@ async def kraken(
         if response.status_code >= 500 or response.status_code == 429:
             raise Retry(f"the Kraken proxy answered {response.status_code}")
         if response.status_code != 200:
-            raise Fail(f"the Kraken proxy answered {response.status_code}: {response.text[:300]}")
+            raise Fail(
+                f"the Kraken proxy answered {response.status_code}: "
+                f"{printable(response.text[:300])}"
+            )
         if not provider.check_url or not image.tag:
             return Outcome("sent", 0, f"{len(events)} push event(s) sent; Kraken does not say "
                            "whether it processed them (no check_url)")  # fmt: skip
@@ -333,7 +347,7 @@ async def _kraken_check(client: httpx.AsyncClient, provider: ProviderConfig, ima
     with trio.move_on_after(provider.timeout):
         while True:
             try:
-                response = await client.get(url)
+                response = await call_service(client, "GET", url)
                 last = f"{response.status_code} {response.text[:100]!r}"
                 if response.status_code == 200 and image.digest in response.text:
                     return

@@ -41,6 +41,7 @@ EVENTS = ("push", "preload", "pull")
 UNSCANNED = ("allow", "wait", "deny")
 MAX_POLICIES = 100
 MAX_KEYS = 16
+MAX_KEY_FILE = 64 << 10  # bytes read of a public key file
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -210,10 +211,9 @@ def _scanners(raw: object) -> dict[str, ScannerConfig]:
                 f"{where}.registry_url", "url", table["registry_url"], False
             )
         if table.get("ca_file"):
-            ca = coerce(f"{where}.ca_file", "str", table["ca_file"], False)
-            if not Path(ca).is_file():
-                raise ConfigError(f"{where}.ca_file = {ca!r}: expected a PEM file")
-            values["ca_file"] = ca
+            from ..preheat.config import check_ca_file
+
+            values["ca_file"] = check_ca_file(f"{where}.ca_file", table["ca_file"])
         interval = coerce(
             f"{where}.metadata_interval", "float", table.get("metadata_interval", 300.0), False
         )
@@ -337,7 +337,10 @@ def parse_policy(
     pems: list[bytes] = []
     for path in files:
         try:
-            pems.append(Path(path).read_bytes())
+            if not Path(path).is_file():  # a FIFO would hang the reading process
+                raise ConfigError(f"{where}.public_keys: {path!r}: expected a PEM file")
+            with open(path, "rb") as f:
+                pems.append(f.read(MAX_KEY_FILE))
         except OSError as exc:
             raise ConfigError(
                 f"{where}.public_keys: {path!r}: cannot read it ({exc.strerror})"

@@ -42,7 +42,7 @@ from ..bounded import BoundedCache
 from ..cache.owner import NeedOwner
 from ..cache.routing import resolve
 from ..configvalues import ConfigError
-from ..oci import errors, mediatypes
+from ..oci import errors, jsontext, mediatypes
 from ..oci.digest import Digest
 from ..oci.names import Reference
 from ..peers.site import ANSWER_BUDGET
@@ -70,6 +70,8 @@ log = logging.getLogger("edgecache.gate")
 
 SHORT = 10.0  # seconds a refusal or a signature verdict is trusted
 NOT_ON_SITE = 30.0  # seconds before the members are asked again for a report they lacked
+SITE_BUDGET = 10.0  # seconds one manifest's report is looked for among the members
+MAX_CHILDREN = 64  # platform manifests of an index one decision looks at
 MAX_COPIED = 64 << 20  # bytes of a report blob copied from a member
 DECISIONS = 10_000
 MAX_SIGNATURE_BLOB = 1 << 20
@@ -80,10 +82,9 @@ class Gate:
         self.app = app
         self.settings = settings
         self._policies: BoundedCache[str, int] = BoundedCache(4096)
-        # (repo, digest) -> (scan_gen, decided at, refusal message or "", reason)
-        self._decisions: BoundedCache[tuple[str, str], tuple[int, float, str, str]] = BoundedCache(
-            DECISIONS
-        )
+        # (repo, digest) -> ((scan_gen, policy_gen), until when (None: until they move),
+        #                     refusal message or "", reason)
+        self._decisions: BoundedCache[tuple[str, str], _Decision] = BoundedCache(DECISIONS)
         self.policies: list[PullPolicy] = []
         self.admin_names: set[str] = set()
         self._keys: list[list[PublicKey]] = []
@@ -92,6 +93,7 @@ class Gate:
         self._not_on_site: BoundedCache[tuple[str, str], float] = BoundedCache(
             DECISIONS, ttl=NOT_ON_SITE
         )
+        self._asking: dict[tuple[str, str], trio.Event] = {}
         self.on_blocked: Callable[[str], None] = lambda reason: None
         self.refresh()
 
@@ -107,10 +109,9 @@ class Gate:
                 admin.append(
                     parse_policy(f"pull policy {name!r}", table, self.settings.scanners, name)
                 )
-            except ConfigError as exc:  # a key file gone since: that policy refuses all
+            except ConfigError as exc:  # a key file gone since: it refuses its repositories
                 log.warning("pull policy %s set through the admin API is not valid: %s", name, exc)
-                admin.append(PullPolicy(Selector(), name=name, unscanned="deny",
-                                        require_signature=True))  # fmt: skip
+                admin.append(_refusing(name, table))
         self.policies = admin + list(self.settings.policies)
         self.admin_names = {p.name for p in admin}
         self._keys = [load_public_keys(p.public_keys) for p in self.policies]
@@ -149,18 +150,21 @@ class Gate:
         number = self.policy(repo)
         if number is None:
             return
-        policy = self.policies[number]
+        # Taken now: the policies may change (refresh) while this decision awaits.
+        policy, keys, policy_gen = self.policies[number], self._keys[number], self._gen
         digest = subject.digest
-        gen = self.app.store.index.meta_int("scan_gen")
+        gens = (self.app.store.index.meta_int("scan_gen"), policy_gen)
         cached = self._decisions.get((repo, digest))
         now = time.monotonic()
-        if cached is not None and cached[0] == gen and (not cached[2] or now - cached[1] < SHORT):
+        if cached is not None and cached[0] == gens and (cached[1] is None or now < cached[1]):
             if cached[2]:
                 self._refuse(cached[3], cached[2])
             return
-        message, reason, final = await self._decide(repo, subject, policy, number)
-        if final or message:
-            self._decisions.put((repo, digest), (gen, now, message, reason))
+        message, reason, lasting = await self._decide(repo, subject, policy, keys)
+        # A refusal, a signature's verdict, an allowlist with expiries: re-made after SHORT
+        # seconds; a verdict on reports alone: until a report or a policy changes.
+        expires = None if lasting and not message else now + SHORT
+        self._decisions.put((repo, digest), (gens, expires, message, reason))
         if message:
             self._refuse(reason, message)
 
@@ -169,12 +173,12 @@ class Gate:
         raise errors.PolicyViolation(message, detail={"reason": reason})
 
     async def _decide(
-        self, repo: str, info: _Subject, policy: PullPolicy, number: int
+        self, repo: str, info: _Subject, policy: PullPolicy, keys: list[PublicKey]
     ) -> tuple[str, str, bool]:
         """(refusal message or "", reason, whether the decision may be cached)."""
         digest = info.digest
         if policy.require_signature:
-            why = await self._signature(repo, digest, number)
+            why = await self._signature(repo, digest, keys)
             if why:
                 return (
                     f"{repo}@{digest} may not be pulled: {why} (require_signature)",
@@ -184,6 +188,13 @@ class Gate:
         if not policy.needs_report:
             return "", "", False
         manifests = self._image_manifests(info)
+        if len(manifests) > MAX_CHILDREN:
+            return (
+                f"{repo}@{digest} is an index of {len(manifests)} platform manifests; this "
+                f"registry's pull policy checks at most {MAX_CHILDREN}",
+                "unscanned",
+                False,
+            )
         reports: list[Report] = []
         missing: list[str] = []
         for child in manifests:
@@ -253,48 +264,73 @@ class Gate:
         return None if found is None else found[1]
 
     async def _from_site(self, repo: str, digest: str) -> Report | None:
-        """A report another member of the site stored (scanned there), copied here: the
-        referrers API of each member, asked for the report artifact, then its manifest and
-        report blob, each verified against its digest. A member that fails is passed over;
-        one that had nothing is not asked again for NOT_ON_SITE seconds."""
+        """A report another member of the site recorded (scanned there, or preloaded), copied
+        here: each member's scan records of the digest (GET /_edgecache/peer/reports/...,
+        signed; never the referrers API, which an upstream fills), then the report's manifest
+        and blobs, each verified against its digest. A member that fails is passed over; when
+        none had one, they are not asked again for NOT_ON_SITE seconds. One lookup per
+        (repository, digest) at a time: others wait for it."""
         site = self.app.fetcher.site
         if site is None or self._not_on_site.get((repo, digest)) is not None:
             return None
         if self.app.owner is not None:
             raise NeedOwner("a report another member may have")
-        for member in site.all(digest):
-            try:
-                with trio.move_on_after(3 * ANSWER_BUDGET):
-                    found = await self._copy_report(member, repo, digest)
+        key = (repo, digest)
+        running = self._asking.get(key)
+        if running is not None:
+            await running.wait()
+            return self._report(repo, digest)
+        done = self._asking[key] = trio.Event()
+        try:
+            with trio.move_on_after(SITE_BUDGET):
+                for member in site.all(digest):
+                    try:
+                        found = await self._copy_report(member, repo, digest)
+                    except Exception as exc:  # whatever a member answers: the next one
+                        log.info("report of %s@%s from %s: %s: %s", repo, digest, member.name,
+                                 type(exc).__name__, exc)  # fmt: skip
+                        continue
                     if found is not None:
                         return found
-            except (UpstreamError, errors.OCIError, ValueError, KeyError, TypeError) as exc:
-                log.info("report of %s@%s from %s: %s", repo, digest, member.name, exc)
-        self._not_on_site.put((repo, digest), time.monotonic())
-        return None
+            self._not_on_site.put(key, time.monotonic())
+            return None
+        finally:
+            del self._asking[key]
+            done.set()
 
     async def _copy_report(self, member: Upstream, repo: str, digest: str) -> Report | None:
         from ..oci.manifest import parse_manifest
-        from .service import REPORT_ARTIFACT, SCANNER_ANNOTATION, record_report
+        from ..oci.names import validate_repository
+        from .service import record_report
 
-        subject = Digest.parse(digest)
-        raw = await member.referrers(repo, subject, REPORT_ARTIFACT, deadline=ANSWER_BUDGET)
-        listing = json.loads(raw).get("manifests") or []
-        for descriptor in listing[:4]:
-            if descriptor.get("artifactType") != REPORT_ARTIFACT:
+        path = f"/_edgecache/peer/reports/{digest}"
+        answer = jsontext.loads(await member.get_small(path, deadline=ANSWER_BUDGET))
+        reports = answer.get("reports") if isinstance(answer, dict) else None
+        if not isinstance(reports, list):
+            raise ValueError("not a reports answer")
+        for entry in reports[:4]:
+            if not isinstance(entry, dict):
                 continue
-            remote = await member.get_manifest(repo, descriptor["digest"], deadline=ANSWER_BUDGET)
-            document = json.loads(remote.data)
+            its_repo = validate_repository(str(entry.get("repo")))
+            artifact = str(Digest.parse(str(entry.get("artifact"))))
+            remote = await member.get_manifest(its_repo, artifact, deadline=ANSWER_BUDGET)
+            if str(remote.digest) != artifact:
+                raise ValueError(f"asked for {artifact}, got {remote.digest}")
+            document = jsontext.loads(remote.data)
+            if not isinstance(document, dict):
+                raise ValueError("the report artifact is not a JSON object")
             if (document.get("subject") or {}).get("digest") != digest:
                 continue
-            blobs = {}
-            for layer in [document["config"], *document["layers"]]:
-                blobs[layer["digest"]] = await self._small_blob(member, repo, layer)
             manifest = parse_manifest(remote.data, remote.media_type)
-            scanner = (document.get("annotations") or {}).get(SCANNER_ANNOTATION, member.name)
+            blobs = {}
+            for layer in [manifest.config, *manifest.layers] if manifest.config else []:
+                blobs[str(layer.digest)] = await self._small_blob(
+                    member, its_repo, {"digest": str(layer.digest), "size": layer.size}
+                )
             report = await record_report(
-                self.app, repo, digest, str(scanner)[:64], remote.data, manifest, blobs
-            )
+                self.app, repo, digest, str(entry.get("scanner"))[:64], remote.data, manifest,
+                blobs,
+            )  # fmt: skip
             log.info("report of %s@%s copied from member %s", repo, digest, member.name)
             return report
         return None
@@ -334,13 +370,12 @@ class Gate:
             return None
         return [r for r in reports if r is not None]
 
-    async def _signature(self, repo: str, digest: str, number: int) -> str:
+    async def _signature(self, repo: str, digest: str, keys: list[PublicKey]) -> str:
         """ "" when the image is signed as the policy asks; else what is wrong."""
         tag = signature_tag(digest)
         data = await self._signature_manifest(repo, tag)
         if data is None:
             return f"no cosign signature ({tag})"
-        keys = self._keys[number]
         if not keys:
             return ""
         try:
@@ -395,6 +430,8 @@ class Gate:
         site = self.app.fetcher.site
         if self.app.owner is not None and (target.proxied or site is not None):
             raise NeedOwner("a signature to fetch")
+        if not isinstance(size, int) or not 0 <= size <= MAX_SIGNATURE_BLOB:
+            return None  # declared too large (or not at all): never downloaded
         if target.proxied:
             from ..preheat.providers import Fail, Retry, ensure_blob
 
@@ -406,7 +443,7 @@ class Gate:
             if blob is None or blob.size > MAX_SIGNATURE_BLOB:
                 return None
             return await trio.to_thread.run_sync(blob.path.read_bytes)
-        if site is None or not isinstance(size, int) or size > MAX_SIGNATURE_BLOB:
+        if site is None:
             return None
         for member in site.all(digest):
             try:
@@ -414,6 +451,20 @@ class Gate:
             except (UpstreamError, ValueError) as exc:
                 log.info("signature blob %s of %s from %s: %s", digest, repo, member.name, exc)
         return None
+
+
+_Decision = tuple[tuple[int, int], float | None, str, str]
+
+
+def _refusing(name: str, table: object) -> PullPolicy:
+    """An admin policy that no longer loads (a key file gone): it refuses every pull of the
+    repositories it named (the safe side), and no other."""
+    patterns = table.get("repositories") if isinstance(table, dict) else None
+    try:
+        selector = Selector(repositories=tuple(str(p) for p in patterns or ()))
+    except (ValueError, TypeError):
+        selector = Selector(repositories=())
+    return PullPolicy(selector, name=name, unscanned="deny", require_signature=True)
 
 
 class _Subject:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,11 +40,14 @@ from urllib.parse import quote
 import httpx
 import trio
 
+from ..bounded import BoundedCache
 from ..cache.routing import resolve
-from ..oci import errors, mediatypes
+from ..oci import errors, jsontext, mediatypes
 from ..oci.digest import Digest
 from ..oci.manifest import Manifest, parse_manifest
 from ..preheat.policy import select_manifests
+from ..preheat.providers import printable
+from ..upstream.session import call_service
 from .config import ScannerConfig, ScanSettings
 from .report import HARBOR_REPORT, VULN_REPORT_11, Report, parse_report
 
@@ -55,6 +59,7 @@ log = logging.getLogger("edgecache.scan")
 # The subject of the scanner's pull tokens: no user can have it (':' ends a user name), and
 # the gate lets it read an image it holds for its scan (scan/gate.py).
 SCANNER_SUBJECT = "edgecache:scanner"
+SCANNER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SCAN_REQUEST = "application/vnd.scanner.adapter.scan.request+json; version=1.0"
 SCAN_RESPONSE = "application/vnd.scanner.adapter.scan.response+json; version=1.0"
 METADATA = "application/vnd.scanner.adapter.metadata+json; version=1.0"
@@ -76,6 +81,7 @@ MAX_QUEUED = 1000
 FIRST_POLL = 1.0  # seconds before the first report request (Harbor waits 2)
 MAX_POLL = 30.0
 MAX_REPORT = 64 << 20
+REPORT_DEADLINE = 300.0  # seconds to download one report
 MAX_RECORDED = 5000  # vulnerabilities a gate record keeps (ids and severities)
 
 
@@ -260,7 +266,7 @@ class ScanService:
                 except (ScanFailed, _Lost) as exc:
                     log.info("scanner %s: no SBOM: %s", config.name, exc)
         try:
-            parsed = parse_report(HARBOR_REPORT, data)
+            parsed = await trio.to_thread.run_sync(parse_report, HARBOR_REPORT, data)
         except ValueError as exc:
             raise ScanFailed(f"scanner {config.name} sent an invalid report: {exc}") from None
         await self._store(task, config, reports, parsed)
@@ -324,7 +330,9 @@ class ScanService:
         delay = 1.0
         for attempt in range(4):
             try:
-                response = await client.post(
+                response = await call_service(
+                    client,
+                    "POST",
                     f"{config.url}/api/v1/scan",
                     content=json.dumps(body).encode(),
                     headers={"Content-Type": SCAN_REQUEST, "Accept": SCAN_RESPONSE},
@@ -335,7 +343,7 @@ class ScanService:
             else:
                 if response.status_code == 202:
                     try:
-                        scan_id = response.json()["id"]
+                        scan_id = jsontext.loads(response.content)["id"]  # type: ignore[index]
                     except (ValueError, KeyError, TypeError):
                         raise ScanFailed(f"scanner {config.name}: 202 without a scan id") from None
                     if not isinstance(scan_id, str) or not scan_id or len(scan_id) > 256:
@@ -366,7 +374,10 @@ class ScanService:
         while True:
             await trio.sleep(wait)
             try:
-                response = await client.get(url, headers={"Accept": media_type})
+                response = await call_service(
+                    client, "GET", url, headers={"Accept": media_type}, limit=MAX_REPORT,
+                    deadline=REPORT_DEADLINE,
+                )  # fmt: skip
             except httpx.HTTPError as exc:
                 failures += 1
                 self.on_up(config.name, False)
@@ -385,8 +396,6 @@ class ScanService:
                 raise _Lost(f"scanner {config.name} does not know scan {scan_id}")
             if status == 200:
                 self.on_up(config.name, True)
-                if len(response.content) > MAX_REPORT:
-                    raise ScanFailed(f"scanner {config.name}: a report over {MAX_REPORT} bytes")
                 return response.content
             if status >= 500 or status == 429:
                 failures += 1
@@ -471,19 +480,24 @@ class ScanService:
 
     async def _metadata_loop(self, config: ScannerConfig) -> None:
         while True:
-            await self.check_metadata(config)
+            try:
+                await self.check_metadata(config)
+            except Exception:  # whatever an adapter answers, the server goes on
+                log.exception("scanner %s: reading its metadata failed", config.name)
             await trio.sleep(config.metadata_interval)
 
     async def check_metadata(self, config: ScannerConfig) -> None:
         entry: dict[str, Any] = {"checked": self.clock()}
         try:
             async with self._client(config) as client:
-                response = await client.get(
-                    f"{config.url}/api/v1/metadata", headers={"Accept": METADATA}
+                response = await call_service(
+                    client, "GET", f"{config.url}/api/v1/metadata", headers={"Accept": METADATA}
                 )
             if response.status_code != 200:
                 raise ScanFailed(f"GET /api/v1/metadata: {response.status_code} {_error(response)}")
-            value = response.json()
+            value = jsontext.loads(response.content)
+            if not isinstance(value, dict):
+                raise ScanFailed("GET /api/v1/metadata: not a JSON object")
             scanner = value.get("scanner") or {}
             produces = [
                 m
@@ -531,12 +545,16 @@ class ScanService:
             for digest, scanner, record in self.app.store.index.scans():
                 if self.app.store.index.manifest(digest) is None:
                     continue
+                # A scanner no longer configured: the default one rescans.
+                which = scanner if scanner in self.settings.scanners else None
                 try:
-                    self.request(record["repo"], digest, "schedule", scanner)
+                    self.request(str(record.get("repo")), digest, "schedule", which)
                     count += 1
                 except ScanFailed as exc:
                     log.warning("scheduled rescans stopped at %d: %s", count, exc)
                     break
+                except Exception:
+                    log.exception("scheduled rescan of %s failed", digest)
             log.info("scheduled rescan of %d manifests", count)
 
     def status(self) -> list[dict[str, Any]]:
@@ -575,10 +593,12 @@ def _refresh_after(response: httpx.Response) -> float:
 
 
 def _error(response: httpx.Response) -> str:
+    """An adapter's error message, safe for a log line or a terminal."""
     try:
-        return str(response.json()["error"]["message"])[:300]
+        text = str(jsontext.loads(response.content)["error"]["message"])  # type: ignore[index]
     except (ValueError, KeyError, TypeError):
-        return response.text[:300]
+        text = response.text
+    return printable(text[:300])
 
 
 def target_for(app: App, repo: str) -> Any:
@@ -600,7 +620,9 @@ async def record_report(
     harbor = next((d for d in manifest.blob_children if d.media_type == HARBOR_REPORT), None)
     if harbor is None or str(harbor.digest) not in blobs:
         raise ValueError("the report artifact has no Harbor report layer")
-    parsed = parse_report(HARBOR_REPORT, blobs[str(harbor.digest)])
+    if not SCANNER_NAME.fullmatch(scanner):
+        scanner = "unknown"  # a name from another member's annotation: keys stay sound
+    parsed = await trio.to_thread.run_sync(parse_report, HARBOR_REPORT, blobs[str(harbor.digest)])
     artifact_digest = await store_artifact(app, repo, artifact, manifest, blobs)
     record = {
         "repo": repo,
@@ -635,46 +657,84 @@ async def store_artifact(
 def stored_report(
     app: App, repo: str, digest: str, scanner: str | None = None
 ) -> tuple[dict[str, Any], Report] | None:
-    """The newest stored report of a manifest (the gate record and the parsed Harbor report):
-    from the index's scan records, else from a report artifact among the manifest's
-    referrers in `repo` (one that came with `edgecache preload` from another site)."""
+    """The newest stored report of a manifest (the gate record and the parsed Harbor report).
+    Only the index's scan records count: made by a scan here, copied from a member's records,
+    or recorded by `edgecache preload`; never a report artifact that merely sits among the
+    referrers (an upstream, or anyone who can push there, could put a clean one there)."""
     for name, record in app.store.index.scans_of(digest):
         if scanner is not None and name != scanner:
             continue
-        if app.store.index.manifest(record["artifact"]) is None:
+        if app.store.index.manifest(str(record.get("artifact"))) is None:
             continue
-        report = _artifact_report(app, record["artifact"])
+        report = _artifact_report(app, str(record["artifact"]))
         if report is not None:
-            return record, report
-    try:
-        referrers = app.store.referrers(repo, Digest.parse(digest))
-    except errors.OCIError:
-        return None
-    found = []
-    for descriptor in referrers:
-        annotations = descriptor.get("annotations") or {}
-        name = annotations.get(SCANNER_ANNOTATION, "")
-        if descriptor.get("artifactType") != REPORT_ARTIFACT:
-            continue
-        if scanner is not None and name != scanner:
-            continue
-        found.append((str(annotations.get(CREATED, "")), name, str(descriptor.get("digest"))))
-    for created, name, artifact in sorted(found, reverse=True):  # the newest first
-        report = _artifact_report(app, artifact)
-        if report is not None:
-            record = {"repo": repo, "scanner": name, "severity": report.severity,
-                      "artifact": artifact, "created": created}  # fmt: skip
             return record, report
     return None
 
 
+def peer_reports(app: App, digest: str) -> list[dict[str, str]]:
+    """What a member is told of a manifest's reports (GET /_edgecache/peer/reports/<digest>):
+    this node's scan records only."""
+    found = []
+    for name, record in app.store.index.scans_of(digest)[:8]:
+        artifact = str(record.get("artifact", ""))
+        if app.store.index.manifest(artifact) is not None:
+            found.append({"scanner": name, "repo": str(record.get("repo")), "artifact": artifact})
+    return found
+
+
+def record_imported_reports(app_store: Any, repo: str, digest: str) -> int:
+    """Scan records for the report artifacts `edgecache preload` brought along with an image
+    (the operator's archive: trusted as the operator's own), for it and its platform
+    manifests; the number recorded."""
+    from ..store.index import Index
+
+    index: Index = app_store.index
+    subjects = [digest]
+    record = index.manifest(digest)
+    if record is not None:
+        subjects += list(record.get("manifests") or [])[:64]
+    count = 0
+    for subject in subjects:
+        if index.scans_of(subject):
+            continue
+        for descriptor in app_store.referrers(repo, Digest.parse(subject)):
+            if descriptor.get("artifactType") != REPORT_ARTIFACT:
+                continue
+            name = str((descriptor.get("annotations") or {}).get(SCANNER_ANNOTATION, ""))
+            report = _read_artifact_report(app_store, str(descriptor.get("digest")))
+            if report is None:
+                continue
+            entry = {"repo": repo, "scanner": name, "artifact": str(descriptor.get("digest")),
+                     "severity": report.severity, "scanned": time.time(),
+                     "vulnerabilities": len(report.vulnerabilities), "preloaded": True}  # fmt: skip
+            index.put_scan(subject, name if SCANNER_NAME.fullmatch(name) else "unknown", entry)
+            count += 1
+            break
+    return count
+
+
+# Parsed reports by artifact digest (content-addressed: never stale); the gate asks often.
+_PARSED: BoundedCache[str, Report] = BoundedCache(256)
+
+
 def _artifact_report(app: App, artifact: str) -> Report | None:
     """The Harbor report inside a stored report artifact (None: unreadable or invalid)."""
+    known = _PARSED.get(artifact)
+    if known is not None:
+        return known
+    report = _read_artifact_report(app.store, artifact)
+    if report is not None:
+        _PARSED.put(artifact, report)
+    return report
+
+
+def _read_artifact_report(store: Any, artifact: str) -> Report | None:
     try:
-        path = app.store.layout.blob_path(Digest.parse(artifact))
+        path = store.layout.blob_path(Digest.parse(artifact))
         document = json.loads(path.read_bytes())
         layer = next(layer for layer in document["layers"] if layer["mediaType"] == HARBOR_REPORT)
-        data = app.store.layout.blob_path(Digest.parse(layer["digest"])).read_bytes()
+        data = store.layout.blob_path(Digest.parse(layer["digest"])).read_bytes()
         return parse_report(HARBOR_REPORT, data)
     except (OSError, ValueError, KeyError, TypeError, StopIteration, errors.OCIError):
         return None

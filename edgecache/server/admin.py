@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .. import __version__
-from ..oci import errors
+from ..oci import errors, jsontext
 from ..oci.integers import parse_decimal
 from . import metricsum
 from .http import Request
@@ -85,7 +85,7 @@ MAX_BODY = 1 << 20
 async def _json_body(req: Request) -> dict[str, Any]:
     data = await req.read_body(MAX_BODY)
     try:
-        value = json.loads(data or b"{}")
+        value = jsontext.loads(data or b"{}")  # no NaN, no recursion blow-up: one ValueError
     except ValueError as exc:
         raise errors.BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(value, dict):

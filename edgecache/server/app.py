@@ -27,6 +27,7 @@ from ..oci.routes import Route, parse_v2_path
 from ..peers import sign
 from ..peers.site import MAX_MEMBERS
 from ..scan.gate import Gate
+from ..scan.service import peer_reports
 from ..store import ManifestInfo, Store
 from ..store.keys import check_keys
 from ..store.scrub import Verdict
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from ..scan.service import ScanService
 
 log = logging.getLogger("edgecache.server")
+
+# A member asks the scan records of a manifest here (scan/gate.py: reports across a site).
+PEER_REPORTS = "/_edgecache/peer/reports/"
 
 # A Host header fit to name the token endpoint in a challenge (no quotes, no spaces).
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -334,6 +338,16 @@ class App:
                     "push to a local repository instead"
                 )
             await proxy_handler(self, req, route, target)
+            return
+        if path.startswith(PEER_REPORTS):
+            req.extra["route"] = "peer"
+            if req.peer is None:
+                raise errors.Denied("a peer endpoint: only members of the site ask it, signed")
+            try:
+                digest = Digest.parse(path[len(PEER_REPORTS) :])
+            except errors.DigestInvalid as exc:
+                raise errors.BadRequest(exc.message) from None
+            await req.respond_json(200, {"reports": peer_reports(self, str(digest))})
             return
         if path == tokens.ENDPOINT:
             req.extra["route"] = "token"

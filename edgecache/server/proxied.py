@@ -12,12 +12,13 @@ from ..cache.fetch import PACE, BlobFetch, Pacer, reading
 from ..cache.routing import Target
 from ..oci import errors, mediatypes
 from ..oci.digest import Digest
+from ..oci.integers import parse_decimal
 from ..oci.manifest import referrers_index
 from ..oci.names import Reference
 from ..oci.pagination import link_header, paginate, parse_n
 from ..oci.ranges import parse_range
 from ..oci.routes import Route
-from ..preheat.config import MIN_BANDWIDTH
+from ..preheat.config import MAX_BANDWIDTH, MIN_BANDWIDTH
 from ..upstream import Upstream, UpstreamError, UpstreamNotFound
 from .http import Request
 from .pull import StoredFileBad, blob_headers, requested_range, send_manifest, send_stored
@@ -128,11 +129,8 @@ async def get_blob(app: App, req: Request, route: Route, target: Target) -> None
 def _pace(req: Request) -> Pacer | None:
     """A member's capped download (a preheat's bandwidth, PACE): one started for it is capped
     alike, so the site's uplink keeps to the cap too. Only from a member (signed)."""
-    value = req.headers.get(PACE, "")
-    if req.peer is None or not value.isdigit() or len(value) > 12:
-        return None
-    rate = int(value)
-    return Pacer(rate) if rate >= MIN_BANDWIDTH else None
+    rate = parse_decimal(req.headers.get(PACE, "")) if req.peer is not None else None
+    return Pacer(rate) if rate is not None and MIN_BANDWIDTH <= rate <= MAX_BANDWIDTH else None
 
 
 async def _send_sound(

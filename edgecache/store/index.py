@@ -524,10 +524,17 @@ class Index:
     def preheat_records(self, prefix: str, limit: int = 0) -> list[dict[str, Any]]:
         """Records under `prefix`, newest (last key) first; limit 0 = all."""
         found: list[dict[str, Any]] = []
-        for _, value in reversed(list(self._scan("preheat", prefix.encode()))):
-            found.append(_load(value))
-            if limit and len(found) >= limit:
-                break
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # just past the prefix's keys
+        with self.env.begin(db=self.db["preheat"]) as txn:
+            cursor = txn.cursor()
+            # The last key before `end`, then backwards: only `limit` records are read.
+            positioned = cursor.prev() if cursor.set_range(end) else cursor.last()
+            while positioned and cursor.key().startswith(start):
+                found.append(_load(cursor.value()))
+                if limit and len(found) >= limit:
+                    break
+                positioned = cursor.prev()
         return found
 
     def preheat_record(self, key: str) -> dict[str, Any] | None:
@@ -547,7 +554,7 @@ class Index:
     def scans_of(self, digest: str) -> list[tuple[str, dict[str, Any]]]:
         """(scanner, record) of every report of a manifest, newest first."""
         found = [
-            (key.decode().split(SEP)[1], _load(value))
+            (key.decode().partition(SEP)[2], _load(value))
             for key, value in self._scan("scans", _k(digest, ""))
         ]
         return sorted(found, key=lambda item: -float(item[1].get("scanned", 0)))
@@ -556,7 +563,7 @@ class Index:
         """(digest, scanner, record) of every report."""
         result = []
         for key, value in self._scan("scans", b""):
-            digest, scanner = key.decode().split(SEP)
+            digest, _, scanner = key.decode().partition(SEP)
             result.append((digest, scanner, _load(value)))
         return result
 

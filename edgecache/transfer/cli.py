@@ -122,8 +122,9 @@ def run_preload(args: argparse.Namespace) -> int:
 
 
 def _preload_events(data: Path, images: list[tuple[str, Any]]) -> None:
-    """The preload event of preheat policies: recorded in the index (a server started later
-    picks it up), then the running server, if any, is told to look (edgecache/preheat/)."""
+    """The preload event of preheat policies and scans: recorded in the index (a server
+    started later picks it up), then the running server, if any, is told to look; and the
+    scan records of the reports the archive carried (scan/service.py)."""
     import json
     import time
 
@@ -143,8 +144,14 @@ def _preload_events(data: Path, images: list[tuple[str, Any]]) -> None:
             for repo, tag in [split_image(name)]
         ],
     }
+    from ..scan.service import record_imported_reports
+
     store = Store.open(data)
     try:
+        # Vulnerability reports that came in the archive gate pulls here as scanned ones do.
+        for name, digest in images:
+            repo, _ = split_image(name)
+            record_imported_reports(store, repo, str(digest))
         store.index.put_preheat(f"event/{event_id}", record)
     finally:
         store.close()

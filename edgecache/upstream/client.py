@@ -224,6 +224,20 @@ class Upstream:
             if not verdict:
                 self.breaker.release()
 
+    async def get_small(self, path: str, *, deadline: float, limit: int = 1 << 20) -> bytes:
+        """GET a path of this upstream's host outside /v2 (a member's peer endpoint)."""
+        url = self._session.url(path.lstrip("/"))
+        what = f"GET {url.path}"
+
+        async def call() -> bytes:
+            response = await self._session.send("GET", url, scope="", headers={})
+            try:
+                return await self._read_small(response, what, limit)
+            finally:
+                await response.aclose()
+
+        return await self._guarded(what, deadline, call)
+
     def _path(self, repo: str, *rest: str) -> httpx.URL:
         return self._session.url("/".join(("v2", self.upstream_repo(repo), *rest)))
 

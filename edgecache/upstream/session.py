@@ -19,6 +19,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import httpx
 import trio
@@ -388,6 +389,32 @@ class Session:
 
 
 _FOREIGN = object()  # marker: the final answer came from a redirect target, not the registry
+
+
+async def call_service(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    limit: int = 1 << 20,
+    deadline: float = 30.0,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One request to a service edgecache calls (a P2P engine, a scanner adapter): the whole
+    answer within `deadline` seconds and at most `limit` bytes, or an httpx error (ReadTimeout,
+    ReadError) as for any other transport failure: a service that drips or floods costs a
+    bounded wait and bounded memory."""
+    with trio.move_on_after(deadline) as scope:
+        async with client.stream(method, url, **kwargs) as response:
+            body = await read_limited(response, limit)
+            if body is None:
+                raise httpx.ReadError(f"{method} {url}: an answer over {limit} bytes")
+            return httpx.Response(
+                response.status_code, headers=response.headers, content=body,
+                request=response.request,
+            )  # fmt: skip
+    assert scope.cancelled_caught
+    raise httpx.ReadTimeout(f"{method} {url}: no whole answer in {deadline:g} s")
 
 
 async def read_limited(response: httpx.Response, limit: int) -> bytes | None:

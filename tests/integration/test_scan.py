@@ -152,6 +152,11 @@ unscanned = "wait"
 wait = 60
 
 [[pull_policies]]
+repositories = ["up/forged/**"]
+block_severity = "High"
+unscanned = "deny"
+
+[[pull_policies]]
 repositories = ["signed/**"]
 require_signature = true
 public_keys = ["{base / "cosign.pub"}"]
@@ -551,3 +556,35 @@ def test_the_same_image_is_let_through_by_an_allowlist_and_blocked_again_when_it
             client.delete("/_edgecache/admin/pull_policies/listed", headers=token).status_code
             == 200
         )
+
+
+def test_a_report_from_the_upstream_opens_no_gate(
+    server: EdgecacheServer, upstream: RunningUpstream
+) -> None:
+    """Whoever can push to the upstream can attach a "clean" report artifact to an image;
+    fetched through this cache it is stored like any manifest, and trusted by nothing."""
+    config_blob, layer, manifest = image_blobs([HIGH], "forged")
+    digest = push(upstream.url, "forged/app", "v1", (config_blob, layer), manifest)
+    clean = json.dumps({"generated_at": "2026-11-30T00:00:00Z", "vulnerabilities": [],
+                        "scanner": {"name": "fake-scanner", "vendor": "x", "version": "1"},
+                        "severity": "None"}).encode()  # fmt: skip
+    forged = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.edgecache.vulnerability.report.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"),
+                   "size": 2},
+        "layers": [{"mediaType": "application/vnd.scanner.adapter.vuln.report.harbor+json; "
+                    "version=1.0", "digest": sha(clean), "size": len(clean)}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest)},
+        "annotations": {"io.edgecache.scanner": "fake"},
+    }).encode()  # fmt: skip
+    push(upstream.url, "forged/app", "report", (b"{}", clean), forged)
+    with server.client(headers=BASIC) as client:
+        # Fetched through the cache (stored before the gate answers; the gate refuses an
+        # unscanned artifact too) with its blobs.
+        client.get(f"/v2/up/forged/app/manifests/{sha(forged)}")
+        assert client.get(f"/v2/up/forged/app/blobs/{sha(clean)}").status_code == 200
+        listed = client.get(f"/v2/up/forged/app/referrers/{digest}").json()["manifests"]
+        assert [m["digest"] for m in listed] == [sha(forged)]  # it is there, and ...
+        refused = client.get("/v2/up/forged/app/manifests/v1")
+    assert refused.status_code == 412 and "has not been scanned" in refused.text

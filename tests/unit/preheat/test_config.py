@@ -81,7 +81,7 @@ url = "http://127.0.0.1:9000/events"
             "not a digest",
         ),
         ('[[preheat.policies]]\nname = "a"\nwindow = "25:00-01:00"', "HH:MM-HH:MM"),
-        ('[[preheat.policies]]\nname = "a"\nbandwidth = "1KB"', "at least 100000"),
+        ('[[preheat.policies]]\nname = "a"\nbandwidth = "1KB"', "100000 to"),
         ('[[preheat.policies]]\nname = "a"\nschedule = "every day"', "cron"),
         ('[[preheat.policies]]\nname = "a"\nplatforms = ["linux"]', "platforms"),
         ('[[preheat.policies]]\nname = "a"\n[[preheat.policies]]\nname = "a"', "used twice"),

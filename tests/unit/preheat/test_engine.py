@@ -140,3 +140,24 @@ def test_job_states_settle_from_results() -> None:
     job.result("site", bad).state = "failed"
     job.settle()
     assert job.state == "failed"
+
+
+def test_a_burst_of_events_makes_one_job_and_leaves_room_for_the_operator(tmp_path: Path) -> None:
+    preheater = engine(tmp_path, [{"name": "pulled", "repositories": ["**"], "on": ["pull"]}])
+    for i in range(300):
+        preheater.event("pull", f"up/app{i}", "v1", f"sha256:{i:064x}")
+    assert len(preheater._queue) == 1
+    assert len(preheater._queue[0].images) == 300
+    for _ in range(99):
+        preheater.submit("manual", images=[])
+    preheater.event("pull", "up/late", "v1", "sha256:" + "f" * 64)  # joins the waiting job
+    assert len(preheater._queue[0].images) == 301
+
+
+def test_policy_values_that_could_stall_a_loop_are_refused(tmp_path: Path) -> None:
+    from edgecache.configvalues import ConfigError
+
+    for bad in ({"watch_interval": float("nan")}, {"schedule": "0 0 31 2 *"},
+                {"bandwidth": "1" + "0" * 400}, {"tags": ["v*"] * 101}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            parse({"policies": [{"name": "x", **bad}]})

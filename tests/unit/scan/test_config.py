@@ -95,7 +95,7 @@ public_keys = ["{pub}"]
         ('[[pull_policies]]\nallowlist = ["CVE-1, CVE-2"]', "pull_policies[0].allowlist"),
         (
             '[[pull_policies]]\nrequire_signature = true\npublic_keys = ["/nope.pub"]',
-            "cannot read it",
+            "expected a PEM file",
         ),
         ('[[pull_policies]]\nrepositories = ["{a"]', "pull_policies[0].repositories"),
         ("[[pull_policies]]\nblock = 1", "pull_policies[0].block: unknown key"),
