@@ -63,6 +63,9 @@ READ_CHUNK = 1 << 20
 # A piece is written as soon as it is full or the network pauses (rawget.pump; on the httpx
 # path the writer takes whatever is queued), so on a slow link a waiter is not held back by it.
 WRITE_CHUNK = 1 << 20
+# A capped download reads this much between waits: at the lowest cap (100 KB/s) a member's
+# stream then never pauses near the 3 s a reader gives up after.
+PACED_CHUNK = 64 << 10
 # A member whose stream moves fewer bytes than this in a window is given up for the next
 # source (a member streams what its own download receives: a slow uplink there still moves
 # far more than this).
@@ -386,7 +389,7 @@ class BlobFetch:
         def work() -> rawget.BodyBroken | None:
             try:
                 rawget.pump(raw.response, raw.response.length, self.writer.write, progress,
-                            chunk=WRITE_CHUNK)  # fmt: skip
+                            chunk=WRITE_CHUNK if self.pace is None else PACED_CHUNK)  # fmt: skip
             except rawget.BodyBroken as exc:
                 return exc
             return None

@@ -271,6 +271,17 @@ class Preheater:
                 continue
             self.submit(kind, policy=policy, images=[image])
 
+    def _close_interrupted(self) -> None:
+        """Jobs a server that died (kill -9, power) left running or queued: recorded as
+        stopped, so that no listing shows them going on for ever."""
+        index = self.app.store.index
+        for record in index.preheat_records("job/"):
+            if record.get("state") in FINAL:
+                continue
+            record["state"] = "stopped"
+            record["error"] = "the server stopped during the job"
+            index.put_preheat(f"job/{record['id']}", record)
+
     async def drain_events(self) -> int:
         """The events other processes recorded in the index (`edgecache preload`), handled
         and removed; the number of images they named."""
@@ -380,6 +391,7 @@ class Preheater:
             for _ in range(CONCURRENT_JOBS):
                 nursery.start_soon(self._runner)
             nursery.start_soon(self._guarded, self._health_loop)
+            await trio.to_thread.run_sync(self._close_interrupted)
             await self.drain_events()  # recorded while no server ran
             task_status.started()
             while True:

@@ -359,9 +359,11 @@ class Gate:
             raise NeedOwner("a pull waiting for its scan")
         try:
             tasks = [service.request(repo, child, "pull") for child in missing]
-        except ScanFailed as exc:
-            log.warning("the scan a pull of %s@%s waits for was not started: %s", repo, digest, exc)
-            return None
+        except ScanFailed as exc:  # the queue is full: busy, not down; the client retries
+            raise errors.Unavailable(
+                f"{repo}@{digest} must be scanned before it is pulled, and the scans are busy "
+                f"({exc}); retry later"
+            ) from None
         with trio.move_on_after(policy.wait):
             for task in tasks:
                 await task.done.wait()

@@ -161,3 +161,14 @@ def test_policy_values_that_could_stall_a_loop_are_refused(tmp_path: Path) -> No
                 {"bandwidth": "1" + "0" * 400}, {"tags": ["v*"] * 101}):  # fmt: skip
         with pytest.raises(ConfigError):
             parse({"policies": [{"name": "x", **bad}]})
+
+
+def test_jobs_a_dead_server_left_running_are_recorded_stopped(tmp_path: Path) -> None:
+    preheater = engine(tmp_path, [])
+    index = preheater.app.store.index
+    index.put_preheat("job/1-a", {"id": "1-a", "state": "running"})
+    index.put_preheat("job/2-b", {"id": "2-b", "state": "succeeded"})
+    preheater._close_interrupted()
+    assert index.preheat_record("job/1-a")["state"] == "stopped"  # type: ignore[index]
+    assert index.preheat_record("job/2-b")["state"] == "succeeded"  # type: ignore[index]
+    assert [r["id"] for r in index.preheat_records("job/", 1)] == ["2-b"]
