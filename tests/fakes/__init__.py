@@ -186,6 +186,8 @@ class FakeServer:
         self._conns: set[socket.socket] = set()
         self._port: int | None = None
         self.stopping = threading.Event()  # set by close(): background work stops early
+        # Requests a fake refused as not what the real service accepts (each fake's own type).
+        self._rejections: list[Any] = []
 
     # -- lifecycle
 
@@ -250,6 +252,20 @@ class FakeServer:
     def requests(self) -> list[RecordedRequest]:
         with self._cond:
             return list(self._requests)
+
+    @property
+    def rejections(self) -> list[Any]:
+        with self._cond:
+            return list(self._rejections)
+
+    def wait_for_rejections(self, n: int, timeout: float) -> list[Any]:
+        if n <= 0:
+            return self.rejections
+        return self.wait_until(
+            lambda: list(self._rejections) if len(self._rejections) >= n else None,
+            timeout,
+            f"{n} rejected requests",
+        )
 
     @property
     def internal_errors(self) -> list[str]:

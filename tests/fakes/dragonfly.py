@@ -377,7 +377,6 @@ class FakeDragonflyManager(FakeServer):
         self.strict = strict
         self.verify = verify
         self._jobs: dict[int, DragonflyJob] = {}
-        self._rejections: list[Rejection] = []
         self._answered_429 = 0
         self._next_id = 1
         self._started_at = time.time()
@@ -389,11 +388,6 @@ class FakeDragonflyManager(FakeServer):
     def jobs(self) -> dict[int, DragonflyJob]:
         with self.lock:
             return dict(self._jobs)
-
-    @property
-    def rejections(self) -> list[Rejection]:
-        with self.lock:
-            return list(self._rejections)
 
     def wait_for_jobs(self, n: int, timeout: float) -> list[DragonflyJob]:
         """At least n jobs created and their downloads over; returns the finished ones."""
@@ -412,15 +406,6 @@ class FakeDragonflyManager(FakeServer):
             lambda: all(j.done for j in self._jobs.values()), timeout, "every job to finish"
         )
         return list(self.jobs.values())
-
-    def wait_for_rejections(self, n: int, timeout: float) -> list[Rejection]:
-        if n <= 0:
-            return self.rejections
-        return self.wait_until(
-            lambda: list(self._rejections) if len(self._rejections) >= n else None,
-            timeout,
-            f"{n} rejected requests",
-        )
 
     # -- HTTP
 

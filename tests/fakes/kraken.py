@@ -128,7 +128,6 @@ class FakeKrakenProxy(FakeServer):
         self._events: list[dict[str, Any]] = []
         self._ignored: list[tuple[dict[str, Any], str]] = []
         self._pulls: list[KrakenPull] = []
-        self._rejections: list[KrakenRejection] = []
         self._tags: dict[str, str] = {}
 
     # -- what happened
@@ -149,11 +148,6 @@ class FakeKrakenProxy(FakeServer):
     def pulls(self) -> list[KrakenPull]:
         with self.lock:
             return list(self._pulls)
-
-    @property
-    def rejections(self) -> list[KrakenRejection]:
-        with self.lock:
-            return list(self._rejections)
 
     @property
     def tags(self) -> dict[str, str]:

@@ -517,7 +517,6 @@ class FakeScannerAdapter(FakeServer):
         )
         self._scans: dict[str, ScanRecord] = {}
         self._order: list[str] = []
-        self._rejections: list[Rejection] = []
         self._failed_posts = 0
         self._lost = 0
         # Fail (or skip) now, not in a request thread.
@@ -531,11 +530,6 @@ class FakeScannerAdapter(FakeServer):
     def scans(self) -> dict[str, ScanRecord]:
         with self.lock:
             return {i: self._scans[i] for i in self._order}
-
-    @property
-    def rejections(self) -> list[Rejection]:
-        with self.lock:
-            return list(self._rejections)
 
     def wait_for_scans(self, n: int, timeout: float) -> list[ScanRecord]:
         """At least n scan requests accepted (202); returns them in the order accepted."""
@@ -562,15 +556,6 @@ class FakeScannerAdapter(FakeServer):
             lambda: all(r.done for r in self._scans.values()), timeout, "every scan to finish"
         )
         return list(self.scans.values())
-
-    def wait_for_rejections(self, n: int, timeout: float) -> list[Rejection]:
-        if n <= 0:
-            return self.rejections
-        return self.wait_until(
-            lambda: list(self._rejections) if len(self._rejections) >= n else None,
-            timeout,
-            f"{n} rejected requests",
-        )
 
     # -- HTTP
 

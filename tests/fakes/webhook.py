@@ -158,7 +158,6 @@ class WebhookReceiver(FakeServer):
         self.content_types = tuple(content_types)
         self._envelopes: list[dict[str, Any]] = []
         self._failed: list[dict[str, Any]] = []
-        self._rejections: list[WebhookRejection] = []
 
     @property
     def envelopes(self) -> list[dict[str, Any]]:
@@ -175,11 +174,6 @@ class WebhookReceiver(FakeServer):
         """Valid envelopes answered with `status` (the first `fail_first`)."""
         with self.lock:
             return list(self._failed)
-
-    @property
-    def rejections(self) -> list[WebhookRejection]:
-        with self.lock:
-            return list(self._rejections)
 
     def wait_for_events(
         self, predicate_or_n: int | Callable[[dict[str, Any]], bool], timeout: float
