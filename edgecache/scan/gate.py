@@ -7,8 +7,8 @@ pattern lookup), in order:
   repository (a proxied one asks its upstream); with `public_keys`, one of its simple-signing
   payloads must name this digest and verify with one of the keys (scan/cosign.py). Otherwise
   412 naming what is missing or wrong.
-- (the scanner's own pulls, with the token edgecache gave it, are never gated: a pull may be
-  waiting for that very scan)
+- (the scanner's own pulls of the manifest it scans, with the token edgecache gave it for that
+  manifest, are not gated: a pull may be waiting for that very scan)
 - severity (`block_severity`): the stored reports of the image's manifests (an index: each
   platform manifest's) must have no vulnerability at or above the threshold that the allowlist
   does not exempt; otherwise 412 with Harbor's message (scan/report.py).
@@ -145,8 +145,10 @@ class Gate:
     async def _check(self, req: Request, repo: str, subject: _Subject) -> None:
         if req.peer is not None:
             return  # a member fetching or relaying for its own clients, which it gates itself
-        if req.extra.get("user") == SCANNER_SUBJECT:  # the scan a pull may be waiting for
-            return
+        if req.extra.get("user") == SCANNER_SUBJECT and subject.digest in req.extra.get(
+            "digests", ()
+        ):
+            return  # the scanner reading the image it scans, which a pull may be waiting for
         number = self.policy(repo)
         if number is None:
             return

@@ -226,7 +226,7 @@ class ScanService:
         record = self.app.store.index.manifest(task.digest)
         if record is None:
             raise ScanFailed(f"manifest {task.digest} is not in {task.repo}")
-        token = self._pull_token(task.repo)
+        token = self._pull_token(task.repo, task.digest)
         body = {
             "registry": {
                 "url": config.registry_url or self.public_url,
@@ -316,10 +316,10 @@ class ScanService:
             raise errors.ManifestUnknown(f"{image} is not in this registry")
         return repo, str(info.digest)
 
-    def _pull_token(self, repo: str) -> str:
+    def _pull_token(self, repo: str, digest: str) -> str:
         issuer = self.app.auth.tokens
         assert issuer is not None
-        return issuer.pull_token(SCANNER_SUBJECT, repo, self.settings.scan.timeout)
+        return issuer.pull_token(SCANNER_SUBJECT, repo, self.settings.scan.timeout, [digest])
 
     def _client(self, config: ScannerConfig) -> httpx.AsyncClient:
         from ..upstream.session import service_client

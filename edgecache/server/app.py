@@ -311,6 +311,7 @@ class App:
                     client=req.scope.get("client"),
                     repo=route.name,
                     realm_url=self._token_url(req),
+                    bound=req.extra,
                 )
             ns = req.query.get("ns")
             if ns is not None:

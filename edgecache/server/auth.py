@@ -34,6 +34,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import bcrypt
 import trio
@@ -182,6 +183,7 @@ class Authenticator:
         client: tuple[str, int] | list[object] | None = None,
         repo: str | None = None,
         realm_url: str | None = None,
+        bound: dict[str, Any] | None = None,
     ) -> str | None:
         """The authenticated user (None for anonymous access that is allowed), or raise 401
         (429 when `client`, the ASGI scope's client address, has failed too often).
@@ -190,7 +192,8 @@ class Authenticator:
         credentials at all, so it challenges anonymous callers whenever some operation needs
         credentials, even though anonymous pulls of content may be allowed. `repo` and the
         method say what a bearer token must grant; `realm_url` is the token endpoint as the
-        client reached the server (for the Bearer challenge).
+        client reached the server (for the Bearer challenge). `bound` receives, under
+        "digests", the manifests a bearer token was made for (server/tokens.py), if any.
         """
         write = method in WRITE_METHODS
         action = "push" if write else "pull"
@@ -219,6 +222,8 @@ class Authenticator:
                     error.headers["WWW-Authenticate"] += ',error="insufficient_scope"'
                 raise error
             self.on_event("token")
+            if bound is not None and grant.digests:
+                bound["digests"] = grant.digests
             return grant.subject or None
         if authorization is None:
             if anonymous_ok:

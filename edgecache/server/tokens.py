@@ -38,6 +38,7 @@ ISSUER = "edgecache"
 SERVICE = "edgecache"
 ENDPOINT = "/_edgecache/token"
 ACTIONS = ("pull", "push")
+DIGESTS_CLAIM = "edgecache_digests"
 MAX_SCOPES = 16  # scopes one token request may name (each a repository)
 KEY_BYTES = 32
 
@@ -46,6 +47,9 @@ KEY_BYTES = 32
 class Grant:
     subject: str  # the user, or "" for anonymous
     access: Mapping[str, frozenset[str]]  # repository -> actions
+    # The manifests a token edgecache handed a program was made for (a scanner's: the one it
+    # scans); empty for users' tokens.
+    digests: frozenset[str] = frozenset()
 
     def allows(self, repo: str | None, action: str) -> bool:
         """`action` on `repo`; repo None (GET /v2/): any valid token."""
@@ -86,7 +90,11 @@ class TokenIssuer:
         self._clock = clock
 
     def issue(
-        self, subject: str, access: Mapping[str, Iterable[str]], ttl: float | None = None
+        self,
+        subject: str,
+        access: Mapping[str, Iterable[str]],
+        ttl: float | None = None,
+        digests: Iterable[str] = (),
     ) -> dict[str, Any]:
         """The token endpoint's JSON answer for a grant; `ttl` (at most a day) instead of the
         configured one for a credential edgecache hands to a slower consumer (a P2P engine)."""
@@ -105,6 +113,8 @@ class TokenIssuer:
                 for name, actions in sorted(access.items())
             ],
         }
+        if digests:
+            claims[DIGESTS_CLAIM] = sorted(digests)
         token = jwt.encode(claims, self.key, algorithm="HS256")
         issued = datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat()
         return {
@@ -114,10 +124,14 @@ class TokenIssuer:
             "issued_at": issued.replace("+00:00", "Z"),
         }
 
-    def pull_token(self, subject: str, repository: str, ttl: float) -> str:
+    def pull_token(
+        self, subject: str, repository: str, ttl: float, digests: Iterable[str] = ()
+    ) -> str:
         """A token for pull on one repository, for a program edgecache hands it to (a P2P
-        engine, a scanner adapter); `subject` names that program."""
-        token: str = self.issue(subject, {repository: ["pull"]}, ttl=ttl)["token"]
+        engine, a scanner adapter); `subject` names that program, `digests` the manifests it
+        is for (what the pull gate lets a scanner read: scan/gate.py)."""
+        answer = self.issue(subject, {repository: ["pull"]}, ttl=ttl, digests=digests)
+        token: str = answer["token"]
         return token
 
     def verify(self, token: str) -> Grant:
@@ -144,7 +158,9 @@ class TokenIssuer:
             if isinstance(entry, dict) and entry.get("type") == "repository":
                 actions = entry.get("actions") or []
                 access[str(entry.get("name"))] = frozenset(str(a) for a in actions)
-        return Grant(str(claims.get("sub", "")), access)
+        digests = claims.get(DIGESTS_CLAIM) or []
+        bound = frozenset(str(d) for d in digests) if isinstance(digests, list) else frozenset()
+        return Grant(str(claims.get("sub", "")), access, bound)
 
 
 async def endpoint(app: App, req: Request) -> None:

@@ -588,3 +588,21 @@ def test_a_report_from_the_upstream_opens_no_gate(
         assert [m["digest"] for m in listed] == [sha(forged)]  # it is there, and ...
         refused = client.get("/v2/up/forged/app/manifests/v1")
     assert refused.status_code == 412 and "has not been scanned" in refused.text
+
+
+def test_the_scanners_token_passes_the_gate_for_its_own_manifest_only(
+    server: EdgecacheServer, scanner: FakeScannerAdapter
+) -> None:
+    first = push_image(server, "gated/twice", [HIGH], "twice-1")
+    scanned(server, "gated/twice:v1")
+    record = next(r for r in scanner.scans.values() if r.artifact.get("digest") == first)
+    bearer = {"Authorization": record.authorization}
+    config_blob, layer, manifest = image_blobs([HIGH], "twice-2")
+    second = push(server.url, "gated/twice", "v2", (config_blob, layer), manifest, BASIC)
+    scanned(server, "gated/twice:v2")
+    with server.client() as client:
+        # What it scans (a pull may be waiting for this very scan): readable.
+        assert client.get(f"/v2/gated/twice/manifests/{first}", headers=bearer).status_code == 200
+        # Another manifest of the same repository: gated like any client's pull.
+        other = client.get(f"/v2/gated/twice/manifests/{second}", headers=bearer)
+        assert other.status_code == 412, other.text

@@ -67,3 +67,12 @@ def test_scopes() -> None:
             parse_scopes([bad])
     with pytest.raises(errors.BadRequest, match="more than"):
         parse_scopes([" ".join(f"repository:r{i}:pull" for i in range(17))])
+
+
+def test_a_program_token_names_the_manifests_it_was_made_for() -> None:
+    issuer = TokenIssuer(KEY, 300)
+    digest = "sha256:" + "a" * 64
+    grant = issuer.verify(issuer.pull_token("edgecache:scanner", "team/app", 60, [digest]))
+    assert grant.subject == "edgecache:scanner" and grant.digests == frozenset({digest})
+    assert grant.allows("team/app", "pull") and not grant.allows("team/other", "pull")
+    assert issuer.verify(issuer.issue("alice", {"team/app": ["pull"]})["token"]).digests == set()
