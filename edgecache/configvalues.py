@@ -128,6 +128,19 @@ _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtp])(i?)b?|b)?", re.IGNOREC
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
+def read_secret(where: str, value: object) -> tuple[str, str]:
+    """(path, the stripped text) of a file holding a secret a config key names; the message
+    names the key and the file, never the secret."""
+    path = coerce(where, "str", value, False)
+    assert isinstance(path, str)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return path, f.read(1 << 16).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{where} = {path!r}: cannot read it ({why})") from None
+
+
 def parse_size(value: object) -> int | None:
     """Bytes from 4194304, "4194304", "10G", "512MiB", "1.5GB" or "64 KiB"; None if not a size.
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..configvalues import ConfigError, coerce, parse_size
+from ..configvalues import ConfigError, coerce, parse_size, read_secret
 from .policy import BadPattern, Platform, Selector, check_pattern
 
 PROVIDER_TYPES = ("site", "dragonfly", "kraken")
@@ -253,12 +253,7 @@ def _dragonfly(where: str, table: Mapping[str, Any], values: dict[str, Any]) -> 
             f"{where}.token_file: required (a file holding a Dragonfly personal access token "
             "with the 'job' scope)"
         )
-    token_file = coerce(f"{where}.token_file", "str", token_file, False)
-    try:
-        token = Path(token_file).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        why = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(f"{where}.token_file = {token_file!r}: cannot read it ({why})") from None
+    token_file, token = read_secret(f"{where}.token_file", token_file)
     if not token or any(c.isspace() for c in token):
         raise ConfigError(f"{where}.token_file = {token_file!r}: expected one token, no spaces")
     values["token_file"], values["token"] = token_file, token

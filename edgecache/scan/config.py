@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..configvalues import ConfigError, coerce
+from ..configvalues import ConfigError, coerce, read_secret
 from ..preheat.policy import BadPattern, Selector, check_pattern
 from .report import AllowEntry, parse_allowlist, parse_severity
 
@@ -187,14 +187,7 @@ def _scanners(raw: object) -> dict[str, ScannerConfig]:
                     f"{where}.secret_file: required with auth = {auth!r} (a file holding the "
                     f"{what})"
                 )
-            secret_file = coerce(f"{where}.secret_file", "str", secret_file, False)
-            try:
-                secret = Path(secret_file).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = getattr(exc, "strerror", None) or "not UTF-8 text"
-                raise ConfigError(
-                    f"{where}.secret_file = {secret_file!r}: cannot read it ({why})"
-                ) from None
+            secret_file, secret = read_secret(f"{where}.secret_file", secret_file)
             if not secret or "\n" in secret:
                 raise ConfigError(f"{where}.secret_file = {secret_file!r}: expected one line")
             values["secret"] = secret

@@ -80,6 +80,7 @@ class BlobPull:
     status: int | None = None
     ok: bool = False
     error: str = ""
+    data: bytes | None = None  # the bytes, when fetch_blob was asked to keep them
 
 
 @dataclass
@@ -237,11 +238,14 @@ def fetch_blob(
     result: PullResult,
     *,
     accept: Iterable[str] | None = None,
+    keep: int | None = None,
 ) -> BlobPull:
-    """Stream one blob, hashing it; the outcome is appended to result.blobs."""
+    """Stream one blob, hashing it; the outcome is appended to result.blobs. With `keep`,
+    the bytes are kept in blob.data (a blob over `keep` bytes is an error)."""
     blob = BlobPull(url, digest, media_type, expected_size)
     result.blobs.append(blob)
     hasher = hashlib.sha256()
+    chunks: list[bytes] = []
     try:
         with client.stream("GET", url, headers=_headers(headers, accept)) as response:
             blob.status = response.status_code
@@ -254,6 +258,12 @@ def fetch_blob(
             for chunk in response.iter_bytes(CHUNK):
                 hasher.update(chunk)
                 blob.size += len(chunk)
+                if keep is not None:
+                    if blob.size > keep:
+                        blob.error = f"GET {url}: more than {keep} bytes (too big to keep)"
+                        result.errors.append(blob.error)
+                        return blob
+                    chunks.append(chunk)
     except httpx.HTTPError as exc:
         if blob.status is None:
             result.exchanges.append(Exchange("GET", url, None, repr(exc)))
@@ -271,6 +281,8 @@ def fetch_blob(
         result.errors.append(blob.error)
     else:
         blob.ok = True
+        if keep is not None:
+            blob.data = b"".join(chunks)
     return blob
 
 

@@ -107,9 +107,8 @@ from tests.fakes.dragonfly import REFERENCE_DIR, Rejection
 from tests.fakes.registryclient import (
     DOCKER_V2,
     OCI_MANIFEST,
-    BlobPull,
-    Exchange,
     PullResult,
+    fetch_blob,
     make_client,
     resolve_image,
 )
@@ -1060,50 +1059,13 @@ def _is_layer(desc: Mapping[str, Any]) -> bool:
 def _fetch_blob(
     client: httpx.Client, pull: PullResult, desc: Mapping[str, Any], headers: Mapping[str, str]
 ) -> bytes | None:
-    """registryclient.fetch_blob, keeping the bytes (the fake reads layers): one GET of
-    `<base>/v2/<repo>/blobs/<digest>`, checked against the descriptor's digest and size, with
-    the outcome in pull.blobs / pull.exchanges / pull.errors. None when it failed."""
+    """One layer of `<base>/v2/<repo>/blobs/<digest>`, checked against the descriptor's digest
+    and size, kept (the fake reads layers); the outcome in pull. None when it failed."""
     digest = str(desc.get("digest", ""))
     size = desc.get("size")
     url = f"{pull.base}/v2/{pull.repository}/blobs/{digest}"
-    blob = BlobPull(
-        url, digest, str(desc.get("mediaType", "")), size if type(size) is int else None
-    )
-    pull.blobs.append(blob)
-    hasher = hashlib.sha256()
-    chunks: list[bytes] = []
-    try:
-        with client.stream("GET", url, headers=dict(headers)) as response:
-            blob.status = response.status_code
-            pull.exchanges.append(Exchange("GET", url, response.status_code))
-            if response.status_code != 200:
-                response.read()
-                blob.error = f"GET {url}: HTTP {response.status_code}: {response.text[:300]}"
-                pull.errors.append(blob.error)
-                return None
-            for chunk in response.iter_bytes(CHUNK):
-                hasher.update(chunk)
-                blob.size += len(chunk)
-                if blob.size > MAX_LAYER:
-                    blob.error = f"GET {url}: more than {MAX_LAYER} bytes (too big for the fake)"
-                    pull.errors.append(blob.error)
-                    return None
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        if blob.status is None:
-            pull.exchanges.append(Exchange("GET", url, None, repr(exc)))
-        blob.error = f"GET {url}: {exc!r} after {blob.size} bytes"
-        pull.errors.append(blob.error)
-        return None
-    got = "sha256:" + hasher.hexdigest()
-    problems = []
-    if got != digest:
-        problems.append(f"content digest {got} is not {digest}")
-    if blob.expected_size is not None and blob.size != blob.expected_size:
-        problems.append(f"{blob.size} bytes, descriptor says {blob.expected_size}")
-    if problems:
-        blob.error = f"GET {url}: " + ", ".join(problems)
-        pull.errors.append(blob.error)
-        return None
-    blob.ok = True
-    return b"".join(chunks)
+    blob = fetch_blob(
+        client, url, headers, digest, size if type(size) is int else None,
+        str(desc.get("mediaType", "")), pull, keep=MAX_LAYER,
+    )  # fmt: skip
+    return blob.data if blob.ok else None

@@ -10,9 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 from datetime import UTC, date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -41,14 +39,8 @@ from edgecache.scan.report import (
     summary_text,
     worst,
 )
+from tests.fakes.dragonfly import REFERENCE_DIR  # the saved definitions, found as there
 
-_BESIDE = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
-REFERENCE_DIR = Path(
-    os.environ.get(
-        "EDGECACHE_REFERENCE_DIR",
-        _BESIDE if _BESIDE.is_dir() else Path("/work/shared/reference"),
-    )
-)
 SPECS = ("scanner-adapter-openapi-v1.1.yaml", "scanner-adapter-openapi-v1.2.yaml")
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
